@@ -1,0 +1,11 @@
+//! Stage 5, forward: `Session` + route → an upstream connection and the relay between them.
+//!
+//! Upstreams come from the config's route pools only. The relay is bounded: at most
+//! `max_frame_size` (device → upstream) and one read chunk (upstream → device) in flight per
+//! direction, with backpressure from whichever side is slow.
+
+mod pool;
+mod relay;
+
+pub use pool::Pool;
+pub use relay::{relay_stream, relay_websocket, Ending, RelaySettings};

@@ -1,0 +1,204 @@
+//! The running gateway: listeners, route pools, reload and graceful shutdown.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, ShutdownSettings, WebSocketSettings};
+use crate::forward::Pool;
+use crate::listener::{self, Listener, ListenerCtx};
+use crate::pipeline;
+use crate::shutdown::{self, Drain, DrainTrigger};
+
+type Routes = HashMap<String, Arc<Pool>>;
+
+/// What every connection can see. Reload swaps the routes; live tunnels keep their upstream.
+pub struct Shared {
+    routes: RwLock<Arc<Routes>>,
+    websocket: RwLock<Arc<WebSocketSettings>>,
+    pub drain: Drain,
+}
+
+impl Shared {
+    pub fn has_route(&self, name: &str) -> bool {
+        self.routes().contains_key(name)
+    }
+
+    pub fn pool(&self, name: &str) -> Option<Arc<Pool>> {
+        self.routes().get(name).cloned()
+    }
+
+    pub fn any_upstream_healthy(&self) -> bool {
+        self.routes().values().any(|p| p.any_healthy())
+    }
+
+    pub fn websocket(&self) -> Arc<WebSocketSettings> {
+        self.websocket.read().map(|g| g.clone()).unwrap_or_default()
+    }
+
+    fn routes(&self) -> Arc<Routes> {
+        self.routes.read().map(|g| g.clone()).unwrap_or_default()
+    }
+}
+
+fn build_routes(config: &Config) -> Result<Routes, String> {
+    let mut routes = HashMap::new();
+    for (name, cfg) in &config.routes {
+        let pool = Pool::new(name, cfg)?;
+        pool.spawn_health_checks();
+        routes.insert(name.clone(), pool);
+    }
+    Ok(routes)
+}
+
+pub struct Gateway {
+    shared: Arc<Shared>,
+    listeners: Vec<Arc<ListenerCtx>>,
+    trigger: DrainTrigger,
+    stop_accepting: CancellationToken,
+    hard_stop: CancellationToken,
+    tracker: TaskTracker,
+    shutdown: ShutdownSettings,
+}
+
+impl Gateway {
+    /// Bind every listener and start serving.
+    pub async fn start(config: Config) -> Result<Gateway, String> {
+        let routes = build_routes(&config)?;
+        let (trigger, drain) =
+            shutdown::channel(Duration::from_secs(config.shutdown.drain_window_secs));
+        let shared = Arc::new(Shared {
+            routes: RwLock::new(Arc::new(routes)),
+            websocket: RwLock::new(Arc::new(config.websocket.clone())),
+            drain,
+        });
+        let mut bound = Vec::new();
+        for l in &config.listeners {
+            bound.push(listener::bind(l).await?);
+        }
+        let gw = Gateway {
+            listeners: bound.iter().map(|l| l.ctx.clone()).collect(),
+            shared,
+            trigger,
+            stop_accepting: CancellationToken::new(),
+            hard_stop: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            shutdown: config.shutdown.clone(),
+        };
+        for l in bound {
+            tracing::info!(listener = %l.ctx.name, addr = %l.ctx.local_addr, kind = ?l.ctx.kind, tls = l.ctx.is_tls(), "listening");
+            tokio::spawn(accept_loop(
+                l,
+                gw.shared.clone(),
+                gw.stop_accepting.clone(),
+                gw.hard_stop.clone(),
+                gw.tracker.clone(),
+            ));
+        }
+        Ok(gw)
+    }
+
+    /// The bound addresses, in config order (useful with port 0).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners.iter().map(|l| l.local_addr).collect()
+    }
+
+    /// Swap certificates, trusted proxies, routes and WebSocket settings. Listener addresses
+    /// and kinds need a restart. Live tunnels are untouched.
+    pub fn reload(&self, config: &Config) -> Result<(), String> {
+        let routes = build_routes(config)?;
+        for (ctx, cfg) in self.listeners.iter().zip(&config.listeners) {
+            if ctx.name != cfg.display_name() {
+                tracing::warn!(listener = %ctx.name, "listener set changed; restart to apply");
+            }
+            ctx.reload(cfg)?;
+        }
+        if let Ok(mut g) = self.shared.routes.write() {
+            *g = Arc::new(routes);
+        }
+        if let Ok(mut g) = self.shared.websocket.write() {
+            *g = Arc::new(config.websocket.clone());
+        }
+        tracing::info!("configuration reloaded");
+        Ok(())
+    }
+
+    /// Connections still open (handshaking or relaying).
+    pub fn open_connections(&self) -> usize {
+        self.tracker.len()
+    }
+
+    /// Stop accepting, close every device at its jittered moment, wait for them (bounded).
+    pub async fn shutdown(self) {
+        self.stop_accepting.cancel();
+        self.trigger.start();
+        self.tracker.close();
+        let open = self.tracker.len();
+        tracing::info!(
+            open,
+            window_secs = self.shutdown.drain_window_secs,
+            "draining"
+        );
+        let timeout = Duration::from_secs(self.shutdown.drain_timeout_secs);
+        if tokio::time::timeout(timeout, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(left = self.tracker.len(), "drain timeout: closing the rest");
+        }
+        self.hard_stop.cancel();
+        self.tracker.wait().await;
+    }
+}
+
+async fn accept_loop(
+    listener: Listener,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    hard_stop: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        let (tcp, peer, slot) = tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let ctx = listener.ctx.clone();
+        let shared = shared.clone();
+        let hard_stop = hard_stop.clone();
+        tracker.spawn(async move {
+            tokio::select! {
+                () = pipeline::serve(tcp, peer, slot, ctx, shared) => {}
+                () = hard_stop.cancelled() => {}
+            }
+        });
+    }
+}
+
+/// Run until `shutdown` resolves, reloading on SIGHUP when the config came from a file.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), String> {
+    let source = config.source.clone();
+    let gw = Gateway::start(config).await?;
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| format!("cannot install SIGHUP handler: {e}"))?;
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            _ = hup.recv() => match &source {
+                Some(path) => match Config::load(path).map_err(|e| e.to_string()).and_then(|c| gw.reload(&c)) {
+                    Ok(()) => {}
+                    Err(e) => tracing::error!("reload failed, keeping the running config: {e}"),
+                },
+                None => tracing::warn!("SIGHUP: no config file to reload"),
+            },
+        }
+    }
+    gw.shutdown().await;
+    Ok(())
+}

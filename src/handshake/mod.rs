@@ -1,0 +1,131 @@
+//! Stage 2, handshake: `Conn` → `Session`. HTTP/1.1 (hyper) until a WebSocket upgrade.
+//!
+//! Health checks and refusals are answered here on the same connection; a valid upgrade on
+//! `/mqtt` or `/tunnel/{route}` ends the HTTP phase and hands back the raw WebSocket. The
+//! handshake is strict RFC 6455 because HAProxy (≥ 2.4) and F5 refuse sloppy ones.
+
+mod request;
+
+use std::convert::Infallible;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
+
+use crate::error::{Error, Kind, Result};
+use crate::gateway::Shared;
+use crate::identify::IpSource;
+use crate::listener::Conn;
+pub use request::Target;
+
+pub type DeviceWebSocket = WebSocketStream<TokioIo<Upgraded>>;
+
+/// What the device asked for and who it is, as far as HTTP can tell.
+pub struct WsSession {
+    pub ws: DeviceWebSocket,
+    pub target: Target,
+    pub client_ip: IpAddr,
+    pub ip_source: IpSource,
+}
+
+pub enum Session {
+    WebSocket(Box<WsSession>),
+    /// Only plain HTTP was served (health checks, refusals) and the client is gone.
+    Finished,
+}
+
+/// The part of an accepted upgrade that the service hands back once hyper lets go of the socket.
+struct Accepted {
+    on_upgrade: OnUpgrade,
+    target: Target,
+    client_ip: IpAddr,
+    ip_source: IpSource,
+}
+
+/// Serve HTTP on the connection until it upgrades to a WebSocket or closes.
+pub async fn negotiate(conn: Conn, shared: Arc<Shared>) -> Result<Session> {
+    let accepted: Arc<Mutex<Option<Accepted>>> = Arc::default();
+    let listener = conn.listener.clone();
+    let source = conn.source.ip();
+    let service = {
+        let accepted = accepted.clone();
+        let shared = shared.clone();
+        hyper::service::service_fn(move |req: Request<Incoming>| {
+            let answer = request::answer(req, source, &listener, &shared);
+            let response = match answer {
+                request::Answer::Upgrade(response, a) => {
+                    if let Ok(mut slot) = accepted.lock() {
+                        *slot = Some(Accepted {
+                            on_upgrade: a.on_upgrade,
+                            target: a.target,
+                            client_ip: a.client_ip,
+                            ip_source: a.ip_source,
+                        });
+                    }
+                    response
+                }
+                request::Answer::Plain(response) => response,
+            };
+            async move { Ok::<Response<Full<Bytes>>, Infallible>(response) }
+        })
+    };
+    let timeout = conn.listener.handshake_timeout;
+    let accept_unmasked = conn.listener.accept_unmasked_frames;
+    hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        // Slowloris guard: the request head must arrive within this time.
+        .header_read_timeout(timeout)
+        .max_buf_size(16 * 1024)
+        .serve_connection(TokioIo::new(conn.stream), service)
+        .with_upgrades()
+        .await
+        .map_err(|e| {
+            if e.is_timeout() {
+                Error::device(
+                    Kind::Timeout,
+                    "no complete request head within the handshake timeout",
+                )
+            } else {
+                Error::device(Kind::Protocol, format!("HTTP: {e}"))
+            }
+        })?;
+    let Some(a) = accepted.lock().ok().and_then(|mut slot| slot.take()) else {
+        return Ok(Session::Finished);
+    };
+    let upgraded = a
+        .on_upgrade
+        .await
+        .map_err(|e| Error::device(Kind::Protocol, format!("upgrade failed: {e}")))?;
+    let ws = WebSocketStream::from_raw_socket(
+        TokioIo::new(upgraded),
+        Role::Server,
+        Some(ws_config(&shared, accept_unmasked)),
+    )
+    .await;
+    Ok(Session::WebSocket(Box::new(WsSession {
+        ws,
+        target: a.target,
+        client_ip: a.client_ip,
+        ip_source: a.ip_source,
+    })))
+}
+
+fn ws_config(shared: &Shared, accept_unmasked: bool) -> WebSocketConfig {
+    let s = shared.websocket();
+    WebSocketConfig::default()
+        // Eagerly allocated per connection: small, so idle devices stay cheap; it grows to
+        // the frame being read and no further than max_frame_size.
+        .read_buffer_size(4 * 1024)
+        // Frames are queued up to this size and flushed when the upstream has nothing more.
+        .write_buffer_size(16 * 1024)
+        .max_write_buffer_size(64 * 1024 + s.max_frame_size)
+        .max_frame_size(Some(s.max_frame_size))
+        .max_message_size(Some(s.max_message_size))
+        .accept_unmasked_frames(accept_unmasked)
+}

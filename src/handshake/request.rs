@@ -1,0 +1,260 @@
+//! One HTTP request → one answer: a refusal, a health response, or an accepted upgrade.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, StatusCode};
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::upgrade::OnUpgrade;
+use hyper::{Request, Response};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+use crate::gateway::Shared;
+use crate::identify::{self, IpSource};
+use crate::listener::ListenerCtx;
+
+/// Where an accepted WebSocket goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// MQTT over WebSocket on `/mqtt`, to the listener's MQTT route.
+    Mqtt { route: Arc<str> },
+    /// Raw bytes on `/tunnel/{route}`.
+    Tunnel { route: Arc<str> },
+}
+
+impl Target {
+    pub fn route(&self) -> &str {
+        match self {
+            Target::Mqtt { route } | Target::Tunnel { route } => route,
+        }
+    }
+}
+
+pub(super) struct Upgrade {
+    pub on_upgrade: OnUpgrade,
+    pub target: Target,
+    pub client_ip: IpAddr,
+    pub ip_source: IpSource,
+}
+
+pub(super) enum Answer {
+    Plain(Response<Full<Bytes>>),
+    Upgrade(Response<Full<Bytes>>, Upgrade),
+}
+
+/// MQTT over WebSocket subprotocols we speak, in the order we prefer them.
+const MQTT_SUBPROTOCOLS: [&str; 3] = ["mqtt", "mqttv3.1", "mqttv5"];
+
+pub(super) fn answer(
+    mut req: Request<Incoming>,
+    source: IpAddr,
+    listener: &ListenerCtx,
+    shared: &Shared,
+) -> Answer {
+    let path = req.uri().path();
+    let target = match path {
+        "/healthz" => return Answer::Plain(text(StatusCode::OK, "ok\n")),
+        "/readyz" => {
+            return Answer::Plain(if shared.any_upstream_healthy() {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n")
+            })
+        }
+        "/mqtt" => match shared.has_route(&listener.mqtt_route) {
+            true => Target::Mqtt {
+                route: listener.mqtt_route.as_str().into(),
+            },
+            false => {
+                return Answer::Plain(text(
+                    StatusCode::NOT_FOUND,
+                    "no MQTT route is configured here\n",
+                ))
+            }
+        },
+        p => match p.strip_prefix("/tunnel/") {
+            // Only names from the config: a device can never name a host or a port.
+            Some(name) if shared.has_route(name) => Target::Tunnel { route: name.into() },
+            Some(_) => return Answer::Plain(text(StatusCode::NOT_FOUND, "unknown tunnel route\n")),
+            None => return Answer::Plain(text(StatusCode::NOT_FOUND, "not found\n")),
+        },
+    };
+
+    let headers = req.headers();
+    if req.method() != Method::GET {
+        let mut r = text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "WebSocket endpoints take GET\n",
+        );
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET"));
+        return Answer::Plain(r);
+    }
+    if !has_token(headers, header::UPGRADE, "websocket") {
+        return Answer::Plain(text(
+            StatusCode::BAD_REQUEST,
+            "this is a WebSocket endpoint: send Upgrade: websocket (a proxy on the way may have dropped it)\n",
+        ));
+    }
+    if !has_token(headers, header::CONNECTION, "upgrade") {
+        return Answer::Plain(text(
+            StatusCode::BAD_REQUEST,
+            "WebSocket upgrade needs Connection: Upgrade\n",
+        ));
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(|v| v.as_bytes())
+        != Some(b"13")
+    {
+        let mut r = text(
+            StatusCode::UPGRADE_REQUIRED,
+            "only WebSocket version 13 is supported\n",
+        );
+        r.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        return Answer::Plain(r);
+    }
+    let Some(key) = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .filter(|k| valid_key(k.as_bytes()))
+    else {
+        return Answer::Plain(text(
+            StatusCode::BAD_REQUEST,
+            "missing or malformed Sec-WebSocket-Key\n",
+        ));
+    };
+    let subprotocol = match &target {
+        Target::Mqtt { .. } => match choose_mqtt_subprotocol(headers) {
+            Ok(p) => p,
+            Err(()) => {
+                return Answer::Plain(text(
+                    StatusCode::BAD_REQUEST,
+                    "MQTT over WebSocket: offer the subprotocol mqtt (or mqttv3.1, mqttv5)\n",
+                ))
+            }
+        },
+        Target::Tunnel { .. } => None,
+    };
+
+    let (client_ip, ip_source) = identify::client_ip(source, headers, &listener.trusted_proxies());
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = response.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    if let Some(p) = subprotocol {
+        h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p));
+    }
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    Answer::Upgrade(
+        response,
+        Upgrade {
+            on_upgrade,
+            target,
+            client_ip,
+            ip_source,
+        },
+    )
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// Does a comma-separated header contain `token` (case-insensitive)?
+fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// RFC 6455 §4.1: the key is 16 random bytes, base64-encoded: 24 characters ending in "==".
+fn valid_key(key: &[u8]) -> bool {
+    key.len() == 24
+        && key.ends_with(b"==")
+        && key[..22]
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
+}
+
+/// `Ok(None)`: the client offered no subprotocol (older clients); we answer without one.
+/// `Err`: it offered some, none of them MQTT.
+fn choose_mqtt_subprotocol(headers: &HeaderMap) -> Result<Option<&'static str>, ()> {
+    let offered: Vec<&str> = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    if offered.is_empty() {
+        return Ok(None);
+    }
+    MQTT_SUBPROTOCOLS
+        .iter()
+        .find(|p| offered.iter().any(|o| o.eq_ignore_ascii_case(p)))
+        .map(|p| Some(*p))
+        .ok_or(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_validation() {
+        assert!(valid_key(b"dGhlIHNhbXBsZSBub25jZQ=="));
+        assert!(!valid_key(b"dGhlIHNhbXBsZSBub25jZQ="));
+        assert!(!valid_key(b"dGhlIHNhbXBsZSBub25jZ!=="));
+        assert!(!valid_key(b""));
+    }
+
+    #[test]
+    fn subprotocol_choice_prefers_mqtt() {
+        let mut h = HeaderMap::new();
+        assert_eq!(choose_mqtt_subprotocol(&h), Ok(None));
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("mqttv3.1, mqtt"),
+        );
+        assert_eq!(choose_mqtt_subprotocol(&h), Ok(Some("mqtt")));
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("MQTTv5"),
+        );
+        assert_eq!(choose_mqtt_subprotocol(&h), Ok(Some("mqttv5")));
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("chat"),
+        );
+        assert_eq!(choose_mqtt_subprotocol(&h), Err(()));
+    }
+
+    #[test]
+    fn connection_tokens() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
+        assert!(has_token(&h, header::CONNECTION, "upgrade"));
+        assert!(!has_token(&h, header::UPGRADE, "websocket"));
+    }
+}

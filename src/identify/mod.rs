@@ -1,0 +1,134 @@
+//! Stage 3, identify: who is this device? `Session` facts → `Identity`.
+//!
+//! The client IP is the TCP peer (or the PROXY header's source) unless that peer is a trusted
+//! proxy, in which case `CF-Connecting-IP`, then `X-Forwarded-For` (rightmost hop that is not
+//! itself a trusted proxy), then `X-Real-IP` are believed. Anyone else can write those headers,
+//! so from anyone else they are ignored.
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use http::HeaderMap;
+use ipnet::IpNet;
+
+/// A set of CIDRs, checked on every connection: small, so a linear scan beats a trie.
+#[derive(Debug, Clone, Default)]
+pub struct CidrSet(Vec<IpNet>);
+
+impl CidrSet {
+    pub fn new(nets: impl IntoIterator<Item = IpNet>) -> Self {
+        CidrSet(nets.into_iter().collect())
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        self.0.iter().any(|n| n.contains(&ip))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// IPv4-mapped IPv6 peers (dual-stack sockets) compare as the IPv4 address they are.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+/// Read one CIDR (or bare address) per line; `#` starts a comment.
+pub fn read_cidr_file(path: &Path) -> Result<Vec<IpNet>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut nets = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let entry = line.split('#').next().unwrap_or("").trim();
+        if entry.is_empty() {
+            continue;
+        }
+        let net = entry
+            .parse::<IpNet>()
+            .or_else(|_| entry.parse::<IpAddr>().map(IpNet::from))
+            .map_err(|_| format!("{} line {}: {entry:?} is not a CIDR", path.display(), i + 1))?;
+        nets.push(net);
+    }
+    Ok(nets)
+}
+
+/// Where the client IP came from, for logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpSource {
+    Peer,
+    ProxyProtocol,
+    CfConnectingIp,
+    XForwardedFor,
+    XRealIp,
+}
+
+/// The real client IP for a request that arrived from `peer`.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &CidrSet) -> (IpAddr, IpSource) {
+    let peer = canonical(peer);
+    if !trusted.contains(peer) {
+        return (peer, IpSource::Peer);
+    }
+    if let Some(ip) = single_ip(headers, "cf-connecting-ip") {
+        return (ip, IpSource::CfConnectingIp);
+    }
+    if let Some(ip) = rightmost_untrusted_forwarded(headers, trusted) {
+        return (ip, IpSource::XForwardedFor);
+    }
+    if let Some(ip) = single_ip(headers, "x-real-ip") {
+        return (ip, IpSource::XRealIp);
+    }
+    (peer, IpSource::Peer)
+}
+
+fn single_ip(headers: &HeaderMap, name: &str) -> Option<IpAddr> {
+    // Two copies of a single-valued header mean someone is playing games: believe neither.
+    let mut values = headers.get_all(name).iter();
+    let value = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    parse_ip(value.to_str().ok()?)
+}
+
+/// Walk `X-Forwarded-For` from the right: each hop was appended by the proxy before it, so the
+/// first hop (from the right) that is not one of our trusted proxies is the client. Anything to
+/// its left was written by the client and may be forged.
+fn rightmost_untrusted_forwarded(headers: &HeaderMap, trusted: &CidrSet) -> Option<IpAddr> {
+    let mut last_trusted = None;
+    let values: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .map(|v| v.to_str().ok())
+        .collect::<Option<_>>()?;
+    for hop in values.iter().rev().flat_map(|v| v.rsplit(',')) {
+        let ip = parse_ip(hop)?;
+        if !trusted.contains(ip) {
+            return Some(ip);
+        }
+        last_trusted = Some(ip);
+    }
+    // Every hop is a trusted proxy: the leftmost is as close to the client as we can know.
+    last_trusted
+}
+
+fn parse_ip(s: &str) -> Option<IpAddr> {
+    let s = s.trim();
+    // Some proxies bracket IPv6 or append a port; accept those forms, nothing looser.
+    let s = s
+        .strip_prefix('[')
+        .map_or(s, |rest| rest.split(']').next().unwrap_or(rest));
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Some(canonical(ip));
+    }
+    let (host, port) = s.rsplit_once(':')?;
+    port.parse::<u16>().ok()?;
+    host.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,138 @@
+use super::*;
+use http::HeaderValue;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in pairs {
+        h.append(*k, HeaderValue::from_str(v).unwrap());
+    }
+    h
+}
+
+fn trusted() -> CidrSet {
+    CidrSet::new([
+        "10.0.0.0/8".parse().unwrap(),
+        "2001:db8::/32".parse().unwrap(),
+    ])
+}
+
+#[test]
+fn untrusted_peer_headers_are_ignored() {
+    let h = headers(&[
+        ("x-forwarded-for", "1.2.3.4"),
+        ("cf-connecting-ip", "5.6.7.8"),
+        ("x-real-ip", "9.9.9.9"),
+    ]);
+    assert_eq!(
+        client_ip(ip("203.0.113.9"), &h, &trusted()),
+        (ip("203.0.113.9"), IpSource::Peer)
+    );
+}
+
+#[test]
+fn cf_connecting_ip_wins_from_a_trusted_peer() {
+    let h = headers(&[
+        ("x-forwarded-for", "1.2.3.4"),
+        ("cf-connecting-ip", "5.6.7.8"),
+    ]);
+    assert_eq!(
+        client_ip(ip("10.1.1.1"), &h, &trusted()),
+        (ip("5.6.7.8"), IpSource::CfConnectingIp)
+    );
+}
+
+#[test]
+fn xff_rightmost_untrusted_hop_is_the_client() {
+    // The device forged "6.6.6.6"; our LB (10.0.0.2) appended the real 1.2.3.4.
+    let h = headers(&[("x-forwarded-for", "6.6.6.6, 1.2.3.4, 10.0.0.2")]);
+    assert_eq!(
+        client_ip(ip("10.0.0.1"), &h, &trusted()),
+        (ip("1.2.3.4"), IpSource::XForwardedFor)
+    );
+    // Split over two header lines, same answer.
+    let h = headers(&[
+        ("x-forwarded-for", "6.6.6.6"),
+        ("x-forwarded-for", "1.2.3.4"),
+    ]);
+    assert_eq!(client_ip(ip("10.0.0.1"), &h, &trusted()).0, ip("1.2.3.4"));
+}
+
+#[test]
+fn xff_all_trusted_gives_leftmost() {
+    let h = headers(&[("x-forwarded-for", "10.9.9.9, 10.0.0.2")]);
+    assert_eq!(client_ip(ip("10.0.0.1"), &h, &trusted()).0, ip("10.9.9.9"));
+}
+
+#[test]
+fn garbage_in_xff_falls_back_to_x_real_ip_then_peer() {
+    let h = headers(&[
+        ("x-forwarded-for", "1.2.3.4, bogus"),
+        ("x-real-ip", "7.7.7.7"),
+    ]);
+    assert_eq!(
+        client_ip(ip("10.0.0.1"), &h, &trusted()),
+        (ip("7.7.7.7"), IpSource::XRealIp)
+    );
+    let h = headers(&[("x-forwarded-for", "nonsense")]);
+    assert_eq!(
+        client_ip(ip("10.0.0.1"), &h, &trusted()),
+        (ip("10.0.0.1"), IpSource::Peer)
+    );
+}
+
+#[test]
+fn duplicated_single_value_header_is_not_believed() {
+    let h = headers(&[
+        ("cf-connecting-ip", "5.6.7.8"),
+        ("cf-connecting-ip", "6.6.6.6"),
+    ]);
+    assert_eq!(client_ip(ip("10.0.0.1"), &h, &trusted()).1, IpSource::Peer);
+}
+
+#[test]
+fn ipv6_and_port_forms() {
+    let h = headers(&[("x-forwarded-for", "[2001:db9::1]:443")]);
+    assert_eq!(
+        client_ip(ip("2001:db8::5"), &h, &trusted()).0,
+        ip("2001:db9::1")
+    );
+    let h = headers(&[("x-forwarded-for", "1.2.3.4:5555")]);
+    assert_eq!(client_ip(ip("10.0.0.1"), &h, &trusted()).0, ip("1.2.3.4"));
+}
+
+#[test]
+fn ipv4_mapped_peer_is_matched_as_ipv4() {
+    let h = headers(&[("x-real-ip", "8.8.8.8")]);
+    assert_eq!(
+        client_ip(ip("::ffff:10.0.0.1"), &h, &trusted()).0,
+        ip("8.8.8.8")
+    );
+}
+
+#[test]
+fn no_trusted_proxies_means_the_peer() {
+    let h = headers(&[("x-forwarded-for", "1.2.3.4")]);
+    assert_eq!(
+        client_ip(ip("10.0.0.1"), &h, &CidrSet::default()).0,
+        ip("10.0.0.1")
+    );
+}
+
+#[test]
+fn cidr_file_parses_comments_and_names_bad_lines() {
+    let dir = std::env::temp_dir().join(format!("portcullis-cidr-{}", std::process::id()));
+    std::fs::write(
+        &dir,
+        "# cloudflare\n173.245.48.0/20\n\n2400:cb00::/32 # v6\n1.2.3.4\n",
+    )
+    .unwrap();
+    assert_eq!(read_cidr_file(&dir).unwrap().len(), 3);
+    std::fs::write(&dir, "173.245.48.0/20\nnot-an-ip\n").unwrap();
+    let e = read_cidr_file(&dir).unwrap_err();
+    assert!(e.contains("line 2") && e.contains("not-an-ip"), "{e}");
+    let _ = std::fs::remove_file(&dir);
+}

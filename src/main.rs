@@ -1,0 +1,112 @@
+//! The `portcullis` command: parse arguments, load config, call the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use portcullis::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "portcullis",
+    version,
+    about = "IoT edge gateway: MQTT and TCP over WebSocket, through any TLS-terminating proxy"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config file; exits non-zero with the key (and line) at fault.
+    CheckConfig { file: PathBuf },
+    /// A self-contained demo: embedded broker, the gateway, simulated devices.
+    Demo {
+        /// Stop after this many seconds (Ctrl-C stops it earlier).
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+    },
+}
+
+/// EX_USAGE / EX_CONFIG from sysexits: scripts can tell a bad config from a crash.
+const EXIT_CONFIG: u8 = 78;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { file } => match Config::load(&file) {
+            Ok(c) => {
+                println!(
+                    "{}: ok ({} listener(s), {} route(s))",
+                    file.display(),
+                    c.listeners.len(),
+                    c.routes.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", file.display());
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Command::Serve { config } => {
+            let config = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{}: {e}", config.display());
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            portcullis::telemetry::init("info");
+            exit(runtime().block_on(portcullis::run(config, terminate())))
+        }
+        Command::Demo { seconds } => {
+            portcullis::telemetry::init("warn");
+            exit(runtime().block_on(portcullis::demo::run(
+                std::time::Duration::from_secs(seconds),
+                terminate(),
+            )))
+        }
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn exit(result: Result<(), String>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("portcullis: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// SIGTERM or Ctrl-C.
+async fn terminate() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

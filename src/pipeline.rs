@@ -1,0 +1,164 @@
+//! The story of one connection, top to bottom:
+//!
+//! ```text
+//! listener ──► handshake ──► identify ──► policy ──► forward
+//! PROXY, TLS   HTTP/1.1 →    client IP    (issue:    pool → upstream,
+//!              WebSocket     (trusted     policy)    relay until one
+//!                            proxies)                side ends
+//! ```
+//!
+//! Each stage is a folder with one entry point; this file only strings them together and says
+//! how every connection ends, in one log line with its id, client IP and route.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::SinkExt;
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+use tracing::{field, Instrument};
+
+use crate::config::ListenerKind;
+use crate::error::{Error, Kind};
+use crate::forward::{self, Ending};
+use crate::gateway::Shared;
+use crate::handshake::{self, DeviceWebSocket, Session};
+use crate::listener::{self, Conn, ListenerCtx};
+
+/// Serve one accepted TCP connection to its end.
+pub async fn serve(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    slot: OwnedSemaphorePermit,
+    listener: Arc<ListenerCtx>,
+    shared: Arc<Shared>,
+) {
+    let span = tracing::info_span!(
+        "conn",
+        id = field::Empty,
+        listener = %listener.name,
+        peer = %peer,
+        client_ip = field::Empty,
+        route = field::Empty,
+    );
+    story(tcp, peer, slot, listener, shared)
+        .instrument(span)
+        .await
+}
+
+async fn story(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    slot: OwnedSemaphorePermit,
+    listener: Arc<ListenerCtx>,
+    shared: Arc<Shared>,
+) {
+    let span = tracing::Span::current();
+
+    // 1. listener: PROXY header (where required) and TLS, within the handshake timeout.
+    let conn = match listener::establish(tcp, peer, slot, listener).await {
+        Ok(conn) => conn,
+        Err(e) => return log_refused(&e),
+    };
+    span.record("id", conn.id);
+    if conn.listener.kind == ListenerKind::Mqtt {
+        return raw_mqtt(conn, &shared).await;
+    }
+
+    // 2. handshake: HTTP/1.1 until a WebSocket upgrade; health checks are answered in there.
+    let negotiated = tokio::select! {
+        n = handshake::negotiate(conn, shared.clone()) => n,
+        () = shared.drain.started() => return,
+    };
+    let session = match negotiated {
+        Ok(Session::WebSocket(session)) => session,
+        Ok(Session::Finished) => return,
+        Err(e) => return log_refused(&e),
+    };
+
+    // 3. identify: the client IP (believed from headers only behind trusted proxies).
+    let handshake::WsSession {
+        ws,
+        target,
+        client_ip,
+        ip_source,
+    } = *session;
+    span.record("client_ip", field::display(client_ip));
+    span.record("route", target.route());
+    tracing::debug!(?ip_source, "websocket accepted");
+
+    // 4. policy: the per-device rules (rhythm, rate limits, bans) arrive with the policy stage.
+
+    // 5. forward: an upstream from the route's pool, then the relay until one side ends.
+    let Some(pool) = shared.pool(target.route()) else {
+        let e = Error::upstream(Kind::NoUpstream, "route removed by a reload");
+        return close_early(ws, &e).await;
+    };
+    // Affinity key: the client IP for now; the MQTT client ID once CONNECT is read.
+    let key = client_ip.to_string();
+    let (upstream, upstream_addr) = match pool.connect(key.as_bytes()).await {
+        Ok(pair) => pair,
+        Err(e) => return close_early(ws, &e).await,
+    };
+    tracing::debug!(upstream = %upstream_addr, "relaying");
+    let settings = forward::RelaySettings::from(&*shared.websocket());
+    let ending = forward::relay_websocket(ws, upstream, &settings, &shared.drain).await;
+    log_ending(&ending);
+}
+
+/// Raw MQTT over TCP: no HTTP, no WebSocket; straight to the MQTT route.
+async fn raw_mqtt(conn: Conn, shared: &Shared) {
+    let span = tracing::Span::current();
+    let client_ip = conn.source.ip();
+    span.record("client_ip", field::display(client_ip));
+    span.record("route", conn.listener.mqtt_route.as_str());
+    let Some(pool) = shared.pool(&conn.listener.mqtt_route) else {
+        return log_refused(&Error::upstream(
+            Kind::NoUpstream,
+            "route removed by a reload",
+        ));
+    };
+    let upstream = match pool.connect(client_ip.to_string().as_bytes()).await {
+        Ok((upstream, _)) => upstream,
+        Err(e) => return log_refused(&e),
+    };
+    let ending = forward::relay_stream(conn.stream, upstream, &shared.drain).await;
+    log_ending(&ending);
+}
+
+/// Close a WebSocket we could not connect anywhere, with the code that tells the device why.
+async fn close_early(mut ws: DeviceWebSocket, e: &Error) {
+    let frame = CloseFrame {
+        code: e.close_code(),
+        reason: "upstream unavailable, try again later".into(),
+    };
+    let _ =
+        tokio::time::timeout(Duration::from_secs(5), ws.send(Message::Close(Some(frame)))).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), ws.close(None)).await;
+    tracing::warn!(close = u16::from(e.close_code()), side = %e.side(), "tunnel not opened: {e}");
+}
+
+fn log_refused(e: &Error) {
+    if e.is_device() {
+        tracing::info!(side = %e.side(), "connection refused: {e}");
+    } else {
+        tracing::warn!(side = %e.side(), "connection refused: {e}");
+    }
+}
+
+fn log_ending(ending: &Ending) {
+    let code = u16::from(ending.code);
+    let routine = matches!(
+        ending.code,
+        CloseCode::Normal | CloseCode::Away | CloseCode::Status | CloseCode::Abnormal
+    );
+    if routine {
+        tracing::info!(close = code, by = %ending.by, up = ending.bytes_up, down = ending.bytes_down, "tunnel ended: {}", ending.reason);
+    } else {
+        tracing::warn!(close = code, by = %ending.by, up = ending.bytes_up, down = ending.bytes_down, "tunnel ended: {}", ending.reason);
+    }
+}

@@ -1,0 +1,199 @@
+//! Test harness: real mosquitto per test, the real gateway in-process, real clients.
+//! Every server binds an ephemeral port; nothing here sleeps to synchronise, it polls.
+
+#![allow(dead_code)]
+
+pub mod certs;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use portcullis::{Config, Gateway};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Poll `cond` until it is true or `timeout` passes.
+pub async fn eventually<F: FnMut() -> bool>(timeout: Duration, mut cond: F) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[macro_export]
+macro_rules! assert_eventually {
+    ($cond:expr) => {
+        assert!(
+            $crate::support::eventually(std::time::Duration::from_secs(10), || $cond).await,
+            "condition never became true: {}",
+            stringify!($cond)
+        )
+    };
+}
+
+/// A port that was free a moment ago (for servers we cannot ask to bind port 0).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr").port()
+}
+
+/// Wait until something accepts TCP connections on `addr`.
+pub async fn wait_listening(addr: SocketAddr) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(addr).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing listening on {addr}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn require_binary(name: &str) -> PathBuf {
+    for dir in ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"] {
+        let p = PathBuf::from(dir).join(name);
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("{name} is not installed: the test command installs it (see README: `bash .ci/run`), or apt-get install {name}");
+}
+
+/// A real mosquitto on an ephemeral port, killed on drop.
+pub struct Broker {
+    pub addr: SocketAddr,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Broker {
+    pub async fn spawn() -> Broker {
+        let bin = require_binary("mosquitto");
+        let dir = tempfile::tempdir().expect("tempdir");
+        // A free port can be taken by someone else before mosquitto binds it: retry a few times.
+        for _ in 0..5 {
+            let port = free_port();
+            let conf = dir.path().join("mosquitto.conf");
+            std::fs::write(
+                &conf,
+                format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\nlog_type error\nmax_keepalive 65535\n"),
+            )
+            .expect("write mosquitto.conf");
+            let mut child = Command::new(&bin)
+                .arg("-c")
+                .arg(&conf)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn mosquitto");
+            let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                if TcpStream::connect(addr).await.is_ok() {
+                    return Broker {
+                        addr,
+                        child,
+                        _dir: dir,
+                    };
+                }
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // port taken: try another
+                }
+                if tokio::time::Instant::now() > deadline {
+                    let _ = child.kill();
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        panic!("mosquitto did not start");
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The gateway, started in-process from TOML text.
+pub struct TestGateway {
+    pub gateway: Option<Gateway>,
+    pub addrs: Vec<SocketAddr>,
+}
+
+impl TestGateway {
+    pub async fn start(toml: &str) -> TestGateway {
+        let config =
+            Config::parse(toml, None).unwrap_or_else(|e| panic!("test config: {e}\n{toml}"));
+        let gateway = Gateway::start(config).await.expect("gateway starts");
+        let addrs = gateway.local_addrs();
+        TestGateway {
+            gateway: Some(gateway),
+            addrs,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addrs[0]
+    }
+
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws://{}{path}", self.addr())
+    }
+
+    pub fn gw(&self) -> &Gateway {
+        self.gateway.as_ref().expect("gateway running")
+    }
+
+    pub async fn shutdown(&mut self) {
+        if let Some(g) = self.gateway.take() {
+            g.shutdown().await;
+        }
+    }
+}
+
+/// The smallest useful config: one plain WebSocket listener and an `mqtt` route to `broker`.
+pub fn basic_config(broker: SocketAddr) -> String {
+    format!(
+        r#"
+[[listener]]
+bind = "127.0.0.1:0"
+handshake_timeout_secs = 2
+
+[routes.mqtt]
+upstreams = ["{broker}"]
+
+[shutdown]
+drain_window_secs = 1
+drain_timeout_secs = 5
+"#
+    )
+}
+
+/// A TCP echo server (a stand-in collector for `/tunnel` routes).
+pub async fn echo_server() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
