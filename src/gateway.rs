@@ -111,12 +111,17 @@ impl Gateway {
     /// Swap certificates, trusted proxies, routes and WebSocket settings. Listener addresses
     /// and kinds need a restart. Live tunnels are untouched.
     pub fn reload(&self, config: &Config) -> Result<(), String> {
-        let routes = build_routes(config)?;
+        // Everything that can fail happens before anything is swapped: all or nothing.
+        let mut prepared = Vec::with_capacity(self.listeners.len());
         for (ctx, cfg) in self.listeners.iter().zip(&config.listeners) {
             if ctx.name != cfg.display_name() {
                 tracing::warn!(listener = %ctx.name, "listener set changed; restart to apply");
             }
-            ctx.reload(cfg)?;
+            prepared.push(ListenerCtx::prepare_reload(cfg)?);
+        }
+        let routes = build_routes(config)?;
+        for (ctx, p) in self.listeners.iter().zip(prepared) {
+            ctx.apply(p);
         }
         if let Ok(mut g) = self.shared.routes.write() {
             *g = Arc::new(routes);

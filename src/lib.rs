@@ -15,6 +15,7 @@ pub mod gateway;
 pub mod handshake;
 pub mod identify;
 pub mod listener;
+pub mod mqtt;
 pub mod pipeline;
 pub mod shutdown;
 pub mod telemetry;

@@ -67,7 +67,9 @@ async fn a_device_that_stops_answering_pings_is_closed() {
     );
     let gw = TestGateway::start(&config).await;
     // A client that answers pings (tungstenite does while reading) stays up past 3 intervals.
-    let (mut alive, _) = tokio_tungstenite::connect_async(gw.ws_url("/tunnel/echo")).await.unwrap();
+    let (mut alive, _) = tokio_tungstenite::connect_async(gw.ws_url("/tunnel/echo"))
+        .await
+        .unwrap();
     let keep_reading = tokio::spawn(async move {
         let mut pings = 0;
         while let Some(Ok(m)) = alive.next().await {
@@ -91,7 +93,11 @@ async fn a_device_that_stops_answering_pings_is_closed() {
     let mut stream = Vec::new();
     let read_all = tokio::time::timeout(Duration::from_secs(15), dead.read_to_end(&mut stream));
     read_all.await.expect("the gateway closes a dead peer").ok();
-    let head_end = stream.windows(4).position(|w| w == b"\r\n\r\n").expect("101 response") + 4;
+    let head_end = stream
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("101 response")
+        + 4;
     assert!(stream.starts_with(b"HTTP/1.1 101"));
     // Server frames are unmasked: [FIN|opcode, len(<126), payload].
     let mut frames = Vec::new();
@@ -106,7 +112,11 @@ async fn a_device_that_stops_answering_pings_is_closed() {
     let (op, payload) = frames.last().unwrap();
     assert_eq!(*op, 0x8, "last frame is a Close");
     assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), 1008);
-    assert_eq!(keep_reading.await.unwrap(), 4, "the answering client got 4 pings and was never closed");
+    assert_eq!(
+        keep_reading.await.unwrap(),
+        4,
+        "the answering client got 4 pings and was never closed"
+    );
 }
 
 #[tokio::test]
@@ -140,19 +150,30 @@ async fn upstream_half_close_delivers_everything_then_close_1000() {
         .unwrap();
     let mut received = 0;
     while received < 100_000 {
-        let m = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.unwrap();
+        let m = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .unwrap();
         received += m.unwrap().unwrap().into_data().len();
     }
     // The upstream is done sending, and the gateway has (or soon will have) sent Close. What the
     // device sends before it has read that Close still reaches the upstream: half-close.
-    ws.send(Message::binary(b"last words".to_vec())).await.unwrap();
+    ws.send(Message::binary(b"last words".to_vec()))
+        .await
+        .unwrap();
     let (code, data) = next_close(&mut ws).await;
     assert_eq!(code, CloseCode::Normal);
     assert!(data.is_empty(), "every byte arrived before the close");
     // Reading on sends tungstenite's queued Close reply, which completes the handshake.
-    let drained = tokio::time::timeout(Duration::from_secs(5), async { while ws.next().await.is_some() {} });
-    drained.await.expect("the gateway ends the connection after the close handshake");
-    let got = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+    let drained = tokio::time::timeout(Duration::from_secs(5), async {
+        while ws.next().await.is_some() {}
+    });
+    drained
+        .await
+        .expect("the gateway ends the connection after the close handshake");
+    let got = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(got, b"last words");
 }
 
@@ -183,7 +204,9 @@ async fn one_frame_may_hold_several_packets_or_part_of_one() {
     let mut sub = tokio::net::TcpStream::connect(broker.addr).await.unwrap();
     sub.write_all(&connect_packet("framing-sub")).await.unwrap();
     // SUBSCRIBE id 1, filter "f/#", QoS 0: [0x82, len, id(2), filter len(2), "f/#", qos]
-    sub.write_all(&[0x82, 8, 0, 1, 0, 3, b'f', b'/', b'#', 0]).await.unwrap();
+    sub.write_all(&[0x82, 8, 0, 1, 0, 3, b'f', b'/', b'#', 0])
+        .await
+        .unwrap();
     let mut buf = vec![0u8; 64];
     let mut seen = Vec::new();
     // CONNACK (4 bytes) + SUBACK (5 bytes)

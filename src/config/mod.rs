@@ -74,6 +74,9 @@ pub struct ListenerConfig {
     /// Peers whose `CF-Connecting-IP` / `X-Forwarded-For` / `X-Real-IP` are believed.
     #[serde(default)]
     pub trusted_proxies: Vec<IpNet>,
+    /// The one header believed from `trusted_proxies`: x-forwarded-for, cf-connecting-ip, x-real-ip.
+    #[serde(default)]
+    pub client_ip_header: crate::identify::ClientIpHeader,
     /// A file of further trusted CIDRs, one per line (`#` comments), e.g. Cloudflare's ranges.
     #[serde(default)]
     pub trusted_proxies_file: Option<PathBuf>,

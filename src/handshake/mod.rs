@@ -20,7 +20,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::error::{Error, Kind, Result};
 use crate::gateway::Shared;
-use crate::identify::IpSource;
+use crate::identify::{IpSource, Origin};
 use crate::listener::Conn;
 pub use request::Target;
 
@@ -52,12 +52,19 @@ struct Accepted {
 pub async fn negotiate(conn: Conn, shared: Arc<Shared>) -> Result<Session> {
     let accepted: Arc<Mutex<Option<Accepted>>> = Arc::default();
     let listener = conn.listener.clone();
-    let source = conn.source.ip();
+    let origin = Origin {
+        addr: conn.source.ip(),
+        source: if conn.source == conn.peer {
+            IpSource::Peer
+        } else {
+            IpSource::ProxyProtocol
+        },
+    };
     let service = {
         let accepted = accepted.clone();
         let shared = shared.clone();
         hyper::service::service_fn(move |req: Request<Incoming>| {
-            let answer = request::answer(req, source, &listener, &shared);
+            let answer = request::answer(req, origin, &listener, &shared);
             let response = match answer {
                 request::Answer::Upgrade(response, a) => {
                     if let Ok(mut slot) = accepted.lock() {

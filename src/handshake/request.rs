@@ -12,7 +12,7 @@ use hyper::{Request, Response};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use crate::gateway::Shared;
-use crate::identify::{self, IpSource};
+use crate::identify::{self, IpSource, Origin};
 use crate::listener::ListenerCtx;
 
 /// Where an accepted WebSocket goes.
@@ -49,7 +49,7 @@ const MQTT_SUBPROTOCOLS: [&str; 3] = ["mqtt", "mqttv3.1", "mqttv5"];
 
 pub(super) fn answer(
     mut req: Request<Incoming>,
-    source: IpAddr,
+    origin: Origin,
     listener: &ListenerCtx,
     shared: &Shared,
 ) -> Answer {
@@ -141,7 +141,12 @@ pub(super) fn answer(
         Target::Tunnel { .. } => None,
     };
 
-    let (client_ip, ip_source) = identify::client_ip(source, headers, &listener.trusted_proxies());
+    let (client_ip, ip_source) = identify::client_ip(
+        origin,
+        headers,
+        &listener.trusted_proxies(),
+        listener.client_ip_header,
+    );
     let mut response = Response::new(Full::new(Bytes::new()));
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = response.headers_mut();

@@ -1,9 +1,10 @@
 //! Stage 3, identify: who is this device? `Session` facts → `Identity`.
 //!
 //! The client IP is the TCP peer (or the PROXY header's source) unless that peer is a trusted
-//! proxy, in which case `CF-Connecting-IP`, then `X-Forwarded-For` (rightmost hop that is not
-//! itself a trusted proxy), then `X-Real-IP` are believed. Anyone else can write those headers,
-//! so from anyone else they are ignored.
+//! proxy, in which case the one header the listener names is believed: `X-Forwarded-For`
+//! (rightmost hop that is not itself a trusted proxy; the default), `CF-Connecting-IP` or
+//! `X-Real-IP`. Only one, because a proxy passes the others through from the client untouched
+//! (nginx forwards a client's own `CF-Connecting-IP`), and anyone can write those.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -57,6 +58,19 @@ pub fn read_cidr_file(path: &Path) -> Result<Vec<IpNet>, String> {
     Ok(nets)
 }
 
+/// The forwarding header a listener believes from its trusted proxies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientIpHeader {
+    /// Appended by nginx, HAProxy, F5, ALB: the rightmost untrusted hop is the client.
+    #[default]
+    XForwardedFor,
+    /// Set by Cloudflare's edge to the single client address.
+    CfConnectingIp,
+    /// Set by some nginx setups to the single client address.
+    XRealIp,
+}
+
 /// Where the client IP came from, for logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IpSource {
@@ -67,22 +81,36 @@ pub enum IpSource {
     XRealIp,
 }
 
-/// The real client IP for a request that arrived from `peer`.
-pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &CidrSet) -> (IpAddr, IpSource) {
-    let peer = canonical(peer);
+/// Who a connection's peer is before any header: the TCP peer, or the PROXY header's source.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin {
+    pub addr: IpAddr,
+    pub source: IpSource,
+}
+
+/// The real client IP for a request that arrived from `origin`.
+pub fn client_ip(
+    origin: Origin,
+    headers: &HeaderMap,
+    trusted: &CidrSet,
+    header: ClientIpHeader,
+) -> (IpAddr, IpSource) {
+    let peer = canonical(origin.addr);
     if !trusted.contains(peer) {
-        return (peer, IpSource::Peer);
+        return (peer, origin.source);
     }
-    if let Some(ip) = single_ip(headers, "cf-connecting-ip") {
-        return (ip, IpSource::CfConnectingIp);
-    }
-    if let Some(ip) = rightmost_untrusted_forwarded(headers, trusted) {
-        return (ip, IpSource::XForwardedFor);
-    }
-    if let Some(ip) = single_ip(headers, "x-real-ip") {
-        return (ip, IpSource::XRealIp);
-    }
-    (peer, IpSource::Peer)
+    let believed = match header {
+        ClientIpHeader::XForwardedFor => {
+            rightmost_untrusted_forwarded(headers, trusted).map(|ip| (ip, IpSource::XForwardedFor))
+        }
+        ClientIpHeader::CfConnectingIp => {
+            single_ip(headers, "cf-connecting-ip").map(|ip| (ip, IpSource::CfConnectingIp))
+        }
+        ClientIpHeader::XRealIp => {
+            single_ip(headers, "x-real-ip").map(|ip| (ip, IpSource::XRealIp))
+        }
+    };
+    believed.unwrap_or((peer, origin.source))
 }
 
 fn single_ip(headers: &HeaderMap, name: &str) -> Option<IpAddr> {

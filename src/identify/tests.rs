@@ -13,12 +13,29 @@ fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
     h
 }
 
+fn peer(s: &str) -> Origin {
+    Origin {
+        addr: ip(s),
+        source: IpSource::Peer,
+    }
+}
+
+fn xff(p: &str, h: &HeaderMap, t: &CidrSet) -> (IpAddr, IpSource) {
+    client_ip(peer(p), h, t, ClientIpHeader::XForwardedFor)
+}
+
 fn trusted() -> CidrSet {
     CidrSet::new([
         "10.0.0.0/8".parse().unwrap(),
         "2001:db8::/32".parse().unwrap(),
     ])
 }
+
+const ALL: [ClientIpHeader; 3] = [
+    ClientIpHeader::XForwardedFor,
+    ClientIpHeader::CfConnectingIp,
+    ClientIpHeader::XRealIp,
+];
 
 #[test]
 fn untrusted_peer_headers_are_ignored() {
@@ -27,21 +44,28 @@ fn untrusted_peer_headers_are_ignored() {
         ("cf-connecting-ip", "5.6.7.8"),
         ("x-real-ip", "9.9.9.9"),
     ]);
-    assert_eq!(
-        client_ip(ip("203.0.113.9"), &h, &trusted()),
-        (ip("203.0.113.9"), IpSource::Peer)
-    );
+    for header in ALL {
+        let got = client_ip(peer("203.0.113.9"), &h, &trusted(), header);
+        assert_eq!(got, (ip("203.0.113.9"), IpSource::Peer), "{header:?}");
+    }
 }
 
 #[test]
-fn cf_connecting_ip_wins_from_a_trusted_peer() {
+fn only_the_configured_header_is_believed() {
     let h = headers(&[
         ("x-forwarded-for", "1.2.3.4"),
         ("cf-connecting-ip", "5.6.7.8"),
+        ("x-real-ip", "9.9.9.9"),
     ]);
+    let t = trusted();
+    let cf = client_ip(peer("10.1.1.1"), &h, &t, ClientIpHeader::CfConnectingIp);
+    assert_eq!(cf, (ip("5.6.7.8"), IpSource::CfConnectingIp));
+    let real = client_ip(peer("10.1.1.1"), &h, &t, ClientIpHeader::XRealIp);
+    assert_eq!(real, (ip("9.9.9.9"), IpSource::XRealIp));
+    // Behind nginx (XFF), a client's own CF-Connecting-IP passed through is not believed.
     assert_eq!(
-        client_ip(ip("10.1.1.1"), &h, &trusted()),
-        (ip("5.6.7.8"), IpSource::CfConnectingIp)
+        xff("10.1.1.1", &h, &t),
+        (ip("1.2.3.4"), IpSource::XForwardedFor)
     );
 }
 
@@ -50,7 +74,7 @@ fn xff_rightmost_untrusted_hop_is_the_client() {
     // The device forged "6.6.6.6"; our LB (10.0.0.2) appended the real 1.2.3.4.
     let h = headers(&[("x-forwarded-for", "6.6.6.6, 1.2.3.4, 10.0.0.2")]);
     assert_eq!(
-        client_ip(ip("10.0.0.1"), &h, &trusted()),
+        xff("10.0.0.1", &h, &trusted()),
         (ip("1.2.3.4"), IpSource::XForwardedFor)
     );
     // Split over two header lines, same answer.
@@ -58,28 +82,28 @@ fn xff_rightmost_untrusted_hop_is_the_client() {
         ("x-forwarded-for", "6.6.6.6"),
         ("x-forwarded-for", "1.2.3.4"),
     ]);
-    assert_eq!(client_ip(ip("10.0.0.1"), &h, &trusted()).0, ip("1.2.3.4"));
+    assert_eq!(xff("10.0.0.1", &h, &trusted()).0, ip("1.2.3.4"));
 }
 
 #[test]
 fn xff_all_trusted_gives_leftmost() {
     let h = headers(&[("x-forwarded-for", "10.9.9.9, 10.0.0.2")]);
-    assert_eq!(client_ip(ip("10.0.0.1"), &h, &trusted()).0, ip("10.9.9.9"));
+    assert_eq!(xff("10.0.0.1", &h, &trusted()).0, ip("10.9.9.9"));
 }
 
 #[test]
-fn garbage_in_xff_falls_back_to_x_real_ip_then_peer() {
+fn garbage_in_xff_falls_back_to_the_peer() {
     let h = headers(&[
         ("x-forwarded-for", "1.2.3.4, bogus"),
         ("x-real-ip", "7.7.7.7"),
     ]);
     assert_eq!(
-        client_ip(ip("10.0.0.1"), &h, &trusted()),
-        (ip("7.7.7.7"), IpSource::XRealIp)
+        xff("10.0.0.1", &h, &trusted()),
+        (ip("10.0.0.1"), IpSource::Peer)
     );
     let h = headers(&[("x-forwarded-for", "nonsense")]);
     assert_eq!(
-        client_ip(ip("10.0.0.1"), &h, &trusted()),
+        xff("10.0.0.1", &h, &trusted()),
         (ip("10.0.0.1"), IpSource::Peer)
     );
 }
@@ -90,36 +114,44 @@ fn duplicated_single_value_header_is_not_believed() {
         ("cf-connecting-ip", "5.6.7.8"),
         ("cf-connecting-ip", "6.6.6.6"),
     ]);
-    assert_eq!(client_ip(ip("10.0.0.1"), &h, &trusted()).1, IpSource::Peer);
+    let got = client_ip(
+        peer("10.0.0.1"),
+        &h,
+        &trusted(),
+        ClientIpHeader::CfConnectingIp,
+    );
+    assert_eq!(got, (ip("10.0.0.1"), IpSource::Peer));
 }
 
 #[test]
 fn ipv6_and_port_forms() {
     let h = headers(&[("x-forwarded-for", "[2001:db9::1]:443")]);
-    assert_eq!(
-        client_ip(ip("2001:db8::5"), &h, &trusted()).0,
-        ip("2001:db9::1")
-    );
+    assert_eq!(xff("2001:db8::5", &h, &trusted()).0, ip("2001:db9::1"));
     let h = headers(&[("x-forwarded-for", "1.2.3.4:5555")]);
-    assert_eq!(client_ip(ip("10.0.0.1"), &h, &trusted()).0, ip("1.2.3.4"));
+    assert_eq!(xff("10.0.0.1", &h, &trusted()).0, ip("1.2.3.4"));
 }
 
 #[test]
 fn ipv4_mapped_peer_is_matched_as_ipv4() {
-    let h = headers(&[("x-real-ip", "8.8.8.8")]);
-    assert_eq!(
-        client_ip(ip("::ffff:10.0.0.1"), &h, &trusted()).0,
-        ip("8.8.8.8")
-    );
+    let h = headers(&[("x-forwarded-for", "8.8.8.8")]);
+    assert_eq!(xff("::ffff:10.0.0.1", &h, &trusted()).0, ip("8.8.8.8"));
 }
 
 #[test]
 fn no_trusted_proxies_means_the_peer() {
     let h = headers(&[("x-forwarded-for", "1.2.3.4")]);
-    assert_eq!(
-        client_ip(ip("10.0.0.1"), &h, &CidrSet::default()).0,
-        ip("10.0.0.1")
-    );
+    assert_eq!(xff("10.0.0.1", &h, &CidrSet::default()).0, ip("10.0.0.1"));
+}
+
+#[test]
+fn proxy_protocol_origin_is_kept_when_no_header_applies() {
+    let origin = Origin {
+        addr: ip("203.0.113.7"),
+        source: IpSource::ProxyProtocol,
+    };
+    let h = headers(&[("x-forwarded-for", "1.2.3.4")]);
+    let got = client_ip(origin, &h, &trusted(), ClientIpHeader::XForwardedFor);
+    assert_eq!(got, (ip("203.0.113.7"), IpSource::ProxyProtocol));
 }
 
 #[test]

@@ -18,7 +18,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{ListenerConfig, ListenerKind, ProxyProtocolMode};
 use crate::error::{Error, Kind, Result};
-use crate::identify::{read_cidr_file, CidrSet};
+use crate::identify::{read_cidr_file, CidrSet, ClientIpHeader};
 use proxy_protocol::ProxyVersion;
 pub use stream::DeviceStream;
 
@@ -31,6 +31,7 @@ pub struct ListenerCtx {
     pub handshake_timeout: Duration,
     pub accept_unmasked_frames: bool,
     pub mqtt_route: String,
+    pub client_ip_header: ClientIpHeader,
     proxy_protocol: ProxyProtocolMode,
     proxy_protocol_from: CidrSet,
     trusted_proxies: RwLock<Arc<CidrSet>>,
@@ -48,6 +49,11 @@ pub struct Conn {
     pub source: SocketAddr,
     pub listener: Arc<ListenerCtx>,
     _slot: OwnedSemaphorePermit,
+}
+
+pub struct PreparedReload {
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    trusted: Arc<CidrSet>,
 }
 
 pub struct Listener {
@@ -74,6 +80,7 @@ pub async fn bind(cfg: &ListenerConfig) -> std::result::Result<Listener, String>
         handshake_timeout: cfg.handshake_timeout(),
         accept_unmasked_frames: cfg.accept_unmasked_frames,
         mqtt_route: cfg.mqtt_route().to_string(),
+        client_ip_header: cfg.client_ip_header,
         proxy_protocol: cfg.proxy_protocol,
         proxy_protocol_from: CidrSet::new(cfg.proxy_protocol_from.iter().copied()),
         trusted_proxies: RwLock::new(Arc::new(trusted_proxies(cfg)?)),
@@ -144,17 +151,23 @@ impl ListenerCtx {
         self.tls.read().map(|g| g.is_some()).unwrap_or(false)
     }
 
-    /// Swap in new certificates and trusted proxies; live connections keep what they have.
-    pub fn reload(&self, cfg: &ListenerConfig) -> std::result::Result<(), String> {
-        let tls = tls_acceptor(cfg)?;
-        let trusted = trusted_proxies(cfg)?;
+    /// Read new certificates and trusted proxies; nothing changes until `apply`, so a reload
+    /// either applies to every listener or to none.
+    pub fn prepare_reload(cfg: &ListenerConfig) -> std::result::Result<PreparedReload, String> {
+        Ok(PreparedReload {
+            tls: tls_acceptor(cfg)?,
+            trusted: Arc::new(trusted_proxies(cfg)?),
+        })
+    }
+
+    /// Swap in what `prepare_reload` read; live connections keep what they have.
+    pub fn apply(&self, prepared: PreparedReload) {
         if let Ok(mut g) = self.tls.write() {
-            *g = tls;
+            *g = prepared.tls;
         }
         if let Ok(mut g) = self.trusted_proxies.write() {
-            *g = Arc::new(trusted);
+            *g = prepared.trusted;
         }
-        Ok(())
     }
 
     fn acceptor(&self) -> Option<tokio_rustls::TlsAcceptor> {

@@ -4,6 +4,11 @@
 #![allow(dead_code)]
 
 pub mod certs;
+pub mod logs;
+pub mod mqtt_wss;
+pub mod nginx;
+pub mod tls_client;
+pub mod ws;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -136,6 +141,13 @@ pub struct TestGateway {
 
 impl TestGateway {
     pub async fn start(toml: &str) -> TestGateway {
+        // Logs only on request (RUST_LOG=debug cargo test ...): some test binaries capture them.
+        if std::env::var_os("RUST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                .with_test_writer()
+                .try_init();
+        }
         let config =
             Config::parse(toml, None).unwrap_or_else(|e| panic!("test config: {e}\n{toml}"));
         let gateway = Gateway::start(config).await.expect("gateway starts");

@@ -1,0 +1,155 @@
+//! The gateway behind a real nginx that terminates TLS and proxies WebSocket upgrades to the
+//! gateway's plain listener: MQTT end to end, and which client IP the gateway believes.
+//!
+//! The client IP is read from the gateway's logs (`client_ip` on the `conn` span). nginx's
+//! upstream connection has a port we cannot know, so each test uses a route name no other
+//! test in this binary uses, and finds its connection's line by that.
+
+mod support;
+
+use std::net::SocketAddr;
+
+use support::certs::{Ca, Leaf};
+use support::nginx::Nginx;
+use support::ws::{self, assert_echo, upgrade};
+use support::{echo_server, logs, mqtt_wss, tls_client, Broker, TestGateway};
+use tokio::net::TcpStream;
+
+const GW: &str = "gw.example.test";
+
+/// A plain listener that believes forwarding headers from `trusted` only.
+fn listener(trusted: &str) -> String {
+    format!("trusted_proxies = [\"{trusted}\"]")
+}
+
+/// The `websocket accepted` line of the one connection on `route`.
+async fn accepted_on(route: &str) -> String {
+    let quoted = format!("{route:?}");
+    logs::wait_for_line("websocket accepted", &[("route", &quoted)]).await
+}
+
+/// Upgrade through nginx (TLS, SNI gw.example.test) to `/tunnel/{route}` with extra request
+/// headers, and check an echo.
+async fn tunnel_through(nginx: &Nginx, ca: &Ca, route: &str, headers: &[(&str, &str)]) {
+    let tls = tls_client::connect(nginx.addr, tls_client::default_client(&ca.pem), GW).await;
+    let url = format!("wss://{GW}/tunnel/{route}");
+    let mut ws = upgrade(tls, &url, headers).await;
+    assert_echo(&mut ws, route.as_bytes()).await;
+}
+
+struct Stack {
+    ca: Ca,
+    nginx: Nginx,
+    _gw: TestGateway,
+    _dir: tempfile::TempDir,
+}
+
+/// nginx (TLS for gw.example.test and localhost) in front of a gateway trusting 127.0.0.1,
+/// with `routes`.
+async fn stack(routes: &[(&str, SocketAddr)]) -> Stack {
+    logs::capture();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new();
+    let leaf: Leaf = ca.leaf(dir.path(), "nginx", &[GW, "localhost"]);
+    let gw = TestGateway::start(&ws::config(&listener("127.0.0.1/32"), routes)).await;
+    let nginx = Nginx::spawn(&leaf, gw.addr()).await;
+    Stack {
+        ca,
+        nginx,
+        _gw: gw,
+        _dir: dir,
+    }
+}
+
+#[tokio::test]
+async fn mqtt_over_wss_through_nginx_round_trips_qos1() {
+    let broker = Broker::spawn().await;
+    let s = stack(&[("mqtt", broker.addr)]).await;
+    let port = s.nginx.addr.port();
+    mqtt_wss::qos1_round_trip("localhost", port, &s.ca.pem, "behind-nginx", "nginx/echo").await;
+}
+
+#[tokio::test]
+async fn forwarding_headers_from_an_untrusted_peer_are_ignored() {
+    logs::capture();
+    let echo = echo_server().await;
+    let config = ws::config(&listener("10.0.0.0/8"), &[("direct_forged", echo)]);
+    let gw = TestGateway::start(&config).await;
+    let tcp = TcpStream::connect(gw.addr()).await.unwrap();
+    let local = tcp.local_addr().unwrap();
+    let forged = [
+        ("X-Forwarded-For", "198.51.100.66"),
+        ("X-Real-IP", "198.51.100.67"),
+        ("CF-Connecting-IP", "198.51.100.68"),
+    ];
+    let mut ws = upgrade(tcp, &gw.ws_url("/tunnel/direct_forged"), &forged).await;
+    assert_echo(&mut ws, b"forged").await;
+
+    let line = logs::accepted_from_peer(local).await;
+    assert!(logs::has_field(&line, "client_ip", "127.0.0.1"), "{line}");
+    assert!(logs::has_field(&line, "ip_source", "Peer"), "{line}");
+}
+
+#[tokio::test]
+async fn through_nginx_the_rightmost_untrusted_forwarded_hop_is_the_client() {
+    let echo = echo_server().await;
+    let s = stack(&[("via_nginx_xff", echo), ("via_nginx_chain", echo)]).await;
+
+    // nginx sends "198.51.100.77, 127.0.0.1"; 127.0.0.1 is nginx itself (trusted).
+    let xff = [("X-Forwarded-For", "198.51.100.77")];
+    tunnel_through(&s.nginx, &s.ca, "via_nginx_xff", &xff).await;
+    let line = accepted_on("via_nginx_xff").await;
+    assert!(
+        logs::has_field(&line, "client_ip", "198.51.100.77"),
+        "{line}"
+    );
+    assert!(
+        logs::has_field(&line, "ip_source", "XForwardedFor"),
+        "{line}"
+    );
+    // ...while the TCP peer is nginx's upstream connection.
+    assert!(peer_of(&line).starts_with("127.0.0.1:"), "{line}");
+
+    // Everything left of the rightmost untrusted hop was written by the client: not believed.
+    let chain = [("X-Forwarded-For", "198.51.100.78, 198.51.100.79")];
+    tunnel_through(&s.nginx, &s.ca, "via_nginx_chain", &chain).await;
+    let line = accepted_on("via_nginx_chain").await;
+    assert!(
+        logs::has_field(&line, "client_ip", "198.51.100.79"),
+        "{line}"
+    );
+}
+
+#[tokio::test]
+async fn through_nginx_without_a_client_header_the_client_is_nginx_peer() {
+    let echo = echo_server().await;
+    let s = stack(&[("via_nginx_plain", echo)]).await;
+    // nginx sends "X-Forwarded-For: 127.0.0.1": every hop trusted, the leftmost is the client.
+    tunnel_through(&s.nginx, &s.ca, "via_nginx_plain", &[]).await;
+    let line = accepted_on("via_nginx_plain").await;
+    assert!(logs::has_field(&line, "client_ip", "127.0.0.1"), "{line}");
+    assert!(
+        logs::has_field(&line, "ip_source", "XForwardedFor"),
+        "{line}"
+    );
+}
+
+/// nginx passes client request headers through unchanged; only Cloudflare sets (and
+/// overwrites) CF-Connecting-IP, so behind nginx a device can name any client IP with it.
+#[tokio::test]
+async fn cf_connecting_ip_sent_by_a_client_through_nginx_is_not_believed() {
+    let echo = echo_server().await;
+    let s = stack(&[("via_nginx_cf", echo)]).await;
+    let forged = [("CF-Connecting-IP", "198.51.100.99")];
+    tunnel_through(&s.nginx, &s.ca, "via_nginx_cf", &forged).await;
+    let line = accepted_on("via_nginx_cf").await;
+    assert!(logs::has_field(&line, "client_ip", "127.0.0.1"), "{line}");
+}
+
+/// The `peer=` value of a log line.
+fn peer_of(line: &str) -> String {
+    line.split_whitespace()
+        .find_map(|t| t.strip_prefix("peer="))
+        .unwrap_or_else(|| panic!("no peer in {line:?}"))
+        .to_string()
+}
