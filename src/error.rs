@@ -32,6 +32,24 @@ impl fmt::Display for Side {
 pub(crate) enum Kind {
     /// The device broke the protocol (bad frame, text frame on /mqtt, bad PROXY header...).
     Protocol,
+    /// An MQTT packet that does not parse.
+    Malformed,
+    /// An MQTT 5 topic alias that was never defined, or too many of them.
+    BadAlias,
+    /// The policy refused the device (CONNACK with a failure code).
+    Refused,
+    /// A connected device was banned and is being kicked.
+    Kicked,
+    /// More unacknowledged packets than any client window allows.
+    Overflow,
+    /// The device closed cleanly (WebSocket Close, DISCONNECT, FIN).
+    DeviceClosed,
+    /// The device vanished without a close.
+    Gone,
+    /// The upstream closed its side.
+    UpstreamClosed,
+    /// The gateway is draining.
+    Shutdown,
     /// A frame or message larger than the configured maximum.
     TooBig,
     /// The device stopped answering pings or sent nothing before a deadline.
@@ -67,6 +85,10 @@ impl Error {
         Self::new(kind, Side::Upstream, detail)
     }
 
+    pub(crate) fn kind(&self) -> Kind {
+        self.kind
+    }
+
     pub fn side(&self) -> Side {
         self.side
     }
@@ -90,7 +112,11 @@ impl Error {
     /// The WebSocket close code a device is sent for this error (RFC 6455 §7.4.1).
     pub fn close_code(&self) -> CloseCode {
         match self.kind {
-            Kind::Protocol => CloseCode::Protocol,
+            Kind::Protocol | Kind::Malformed | Kind::BadAlias => CloseCode::Protocol,
+            Kind::Refused | Kind::Kicked | Kind::Overflow => CloseCode::Policy,
+            Kind::DeviceClosed | Kind::UpstreamClosed => CloseCode::Normal,
+            Kind::Gone => CloseCode::Abnormal,
+            Kind::Shutdown => CloseCode::Away,
             Kind::TooBig => CloseCode::Size,
             Kind::Timeout => CloseCode::Policy,
             // 1013 "try again later": the device should back off and reconnect.
@@ -102,12 +128,88 @@ impl Error {
     /// The HTTP status for an error that happens before the WebSocket upgrade.
     pub fn http_status(&self) -> http::StatusCode {
         match self.kind {
-            Kind::Protocol => http::StatusCode::BAD_REQUEST,
+            Kind::Protocol | Kind::Malformed | Kind::BadAlias | Kind::Gone | Kind::DeviceClosed => {
+                http::StatusCode::BAD_REQUEST
+            }
+            Kind::Refused | Kind::Kicked => http::StatusCode::FORBIDDEN,
+            Kind::Overflow => http::StatusCode::TOO_MANY_REQUESTS,
+            Kind::UpstreamClosed => http::StatusCode::BAD_GATEWAY,
+            Kind::Shutdown => http::StatusCode::SERVICE_UNAVAILABLE,
             Kind::TooBig => http::StatusCode::PAYLOAD_TOO_LARGE,
             Kind::Timeout => http::StatusCode::REQUEST_TIMEOUT,
             Kind::NoUpstream => http::StatusCode::SERVICE_UNAVAILABLE,
             Kind::UpstreamIo => http::StatusCode::BAD_GATEWAY,
         }
+    }
+}
+
+// === MQTT: the codes a device sees, all in this one place ===
+
+impl Kind {
+    pub(crate) fn from_wire(e: &crate::mqtt::wire::WireError) -> Kind {
+        match e {
+            crate::mqtt::wire::WireError::TooBig(_) => Kind::TooBig,
+            _ => Kind::Malformed,
+        }
+    }
+}
+
+impl Error {
+    /// The MQTT 5 DISCONNECT reason a device is sent for this error, where one applies.
+    pub fn mqtt_reason(&self) -> Option<u8> {
+        use crate::mqtt::server::reason;
+        Some(match self.kind {
+            Kind::Malformed => reason::MALFORMED,
+            Kind::Protocol => reason::PROTOCOL_ERROR,
+            Kind::BadAlias => reason::TOPIC_ALIAS_INVALID,
+            Kind::TooBig => reason::PACKET_TOO_LARGE,
+            Kind::Timeout => reason::KEEP_ALIVE_TIMEOUT,
+            Kind::Kicked => reason::ADMINISTRATIVE_ACTION,
+            Kind::Overflow => reason::RECEIVE_MAXIMUM_EXCEEDED,
+            Kind::Shutdown => reason::SERVER_SHUTTING_DOWN,
+            Kind::NoUpstream | Kind::UpstreamIo | Kind::UpstreamClosed => {
+                reason::SERVER_UNAVAILABLE
+            }
+            Kind::Refused | Kind::DeviceClosed | Kind::Gone => return None,
+        })
+    }
+}
+
+/// CONNACK code for a CONNECT the policy refused. MQTT 3.1.1 has no "banned": 0x05, as EMQX.
+pub fn connack_for_refusal(
+    refusal: &crate::policy::Refusal,
+    version: crate::mqtt::wire::Version,
+) -> u8 {
+    use crate::mqtt::server::reason;
+    use crate::policy::Refusal;
+    let v5 = version == crate::mqtt::wire::Version::V5;
+    match (refusal, v5) {
+        (Refusal::Banned(_), true) => reason::BANNED,
+        (Refusal::UnknownDevice, true) => reason::NOT_AUTHORIZED,
+        (Refusal::ConnectRate, true) => reason::CONNECTION_RATE_EXCEEDED,
+        (Refusal::TooManyConnections, true) => reason::QUOTA_EXCEEDED,
+        (Refusal::Banned(_) | Refusal::UnknownDevice, false) => reason::V3_NOT_AUTHORIZED,
+        (Refusal::ConnectRate | Refusal::TooManyConnections, false) => {
+            reason::V3_SERVER_UNAVAILABLE
+        }
+    }
+}
+
+/// CONNACK code when no broker could be reached for the device.
+pub fn connack_unavailable(version: crate::mqtt::wire::Version) -> u8 {
+    use crate::mqtt::server::reason;
+    match version {
+        crate::mqtt::wire::Version::V5 => reason::SERVER_UNAVAILABLE,
+        crate::mqtt::wire::Version::V311 => reason::V3_SERVER_UNAVAILABLE,
+    }
+}
+
+/// CONNACK code for an empty client ID, which identifies no device.
+pub fn connack_for_empty_client_id(version: crate::mqtt::wire::Version) -> u8 {
+    use crate::mqtt::server::reason;
+    match version {
+        crate::mqtt::wire::Version::V5 => reason::CLIENT_IDENTIFIER_NOT_VALID,
+        crate::mqtt::wire::Version::V311 => reason::V3_IDENTIFIER_REJECTED,
     }
 }
 

@@ -9,7 +9,13 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use std::net::IpAddr;
+
+use tokio::sync::watch;
+
+use crate::config::policy::{MqttSettings, PolicyConfig};
 use crate::config::{Config, ShutdownSettings, WebSocketSettings};
+use crate::policy::{Admit, Ban, BanList, MemoryBanList, Policy};
 use crate::forward::Pool;
 use crate::listener::{self, Listener, ListenerCtx};
 use crate::pipeline;
@@ -22,9 +28,48 @@ pub struct Shared {
     routes: RwLock<Arc<Routes>>,
     websocket: RwLock<Arc<WebSocketSettings>>,
     pub drain: Drain,
+    pub policy: Policy,
+    pub policy_config: PolicyConfig,
+    pub mqtt: MqttSettings,
+    pub bans: Arc<MemoryBanList>,
+    /// Bumped on every new ban, so connected devices re-check theirs (and get kicked).
+    pub ban_epoch: watch::Sender<u64>,
 }
 
 impl Shared {
+    /// Before TLS, before a byte is read: listener accept rate, then the peer's IP bans and
+    /// connect rate. A trusted proxy's own address is not judged: its clients are, once known.
+    pub fn admit_at_accept(&self, ctx: &ListenerCtx, ip: IpAddr) -> bool {
+        if !self.policy.admit_listener(&ctx.name) {
+            tracing::debug!(listener = %ctx.name, %ip, "accept rate exceeded; refused");
+            return false;
+        }
+        if ctx.is_proxy_peer(ip) {
+            return true;
+        }
+        self.admit_ip(ip)
+    }
+
+    /// IP bans and connect rate for a client IP (the peer, PROXY source or believed header).
+    pub fn admit_ip(&self, ip: IpAddr) -> bool {
+        match self.policy.admit_ip(ip) {
+            Admit::Ok => true,
+            Admit::Banned(ban) => {
+                tracing::debug!(%ip, reason = %ban.reason, "banned IP refused");
+                false
+            }
+            Admit::RateLimited => {
+                tracing::debug!(%ip, "connect rate exceeded; refused");
+                false
+            }
+        }
+    }
+
+    /// Announce bans made elsewhere (admin, policy) to every connection.
+    pub fn bans_changed(&self) {
+        self.ban_epoch.send_modify(|e| *e += 1);
+    }
+
     pub fn has_route(&self, name: &str) -> bool {
         self.routes().contains_key(name)
     }
@@ -49,7 +94,8 @@ impl Shared {
 fn build_routes(config: &Config) -> Result<Routes, String> {
     let mut routes = HashMap::new();
     for (name, cfg) in &config.routes {
-        let pool = Pool::new(name, cfg)?;
+        let mqtt = config.route_protocol(name) == crate::config::RouteProtocol::Mqtt;
+        let pool = Pool::new(name, cfg, mqtt)?;
         pool.spawn_health_checks();
         routes.insert(name.clone(), pool);
     }
@@ -72,11 +118,20 @@ impl Gateway {
         let routes = build_routes(&config)?;
         let (trigger, drain) =
             shutdown::channel(Duration::from_secs(config.shutdown.drain_window_secs));
+        let bans = Arc::new(MemoryBanList::default());
+        let policy = Policy::new(&config.policy, bans.clone(), Default::default())
+            .map_err(|e| format!("policy: {e}"))?;
         let shared = Arc::new(Shared {
             routes: RwLock::new(Arc::new(routes)),
             websocket: RwLock::new(Arc::new(config.websocket.clone())),
             drain,
+            policy,
+            policy_config: config.policy.clone(),
+            mqtt: config.mqtt.clone(),
+            bans,
+            ban_epoch: watch::channel(0).0,
         });
+        spawn_sweeper(Arc::downgrade(&shared));
         let mut bound = Vec::new();
         for l in &config.listeners {
             bound.push(listener::bind(l).await?);
@@ -133,6 +188,21 @@ impl Gateway {
         Ok(())
     }
 
+    /// The policy (for its counters).
+    pub fn policy(&self) -> &Policy {
+        &self.shared.policy
+    }
+
+    /// Add a ban (as an admin would) and kick whoever it covers.
+    pub fn ban(&self, ban: Ban) -> Result<(), String> {
+        self.shared
+            .bans
+            .insert(ban, std::time::SystemTime::now())
+            .map_err(|e| e.to_string())?;
+        self.shared.bans_changed();
+        Ok(())
+    }
+
     /// Connections still open (handshaking or relaying).
     pub fn open_connections(&self) -> usize {
         self.tracker.len()
@@ -161,6 +231,19 @@ impl Gateway {
     }
 }
 
+/// Keyed limiter state, strike windows and expired bans are swept so that memory stays bounded
+/// however many distinct devices and addresses come by.
+fn spawn_sweeper(shared: std::sync::Weak<Shared>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            let Some(shared) = shared.upgrade() else { return };
+            shared.policy.sweep();
+        }
+    });
+}
+
 async fn accept_loop(
     listener: Listener,
     shared: Arc<Shared>,
@@ -173,6 +256,10 @@ async fn accept_loop(
             () = stop.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
+        if !shared.admit_at_accept(&listener.ctx, peer.ip()) {
+            // Closed before TLS, before a byte is read.
+            continue;
+        }
         let ctx = listener.ctx.clone();
         let shared = shared.clone();
         let hard_stop = hard_stop.clone();

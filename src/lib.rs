@@ -17,6 +17,7 @@ pub mod identify;
 pub mod listener;
 pub mod mqtt;
 pub mod pipeline;
+pub mod policy;
 pub mod shutdown;
 pub mod telemetry;
 

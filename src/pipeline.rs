@@ -24,7 +24,7 @@ use tracing::{field, Instrument};
 
 use crate::config::ListenerKind;
 use crate::error::{Error, Kind};
-use crate::forward::{self, Ending};
+use crate::forward::{self, mqtt, Ending};
 use crate::gateway::Shared;
 use crate::handshake::{self, DeviceWebSocket, Session};
 use crate::listener::{self, Conn, ListenerCtx};
@@ -44,6 +44,7 @@ pub async fn serve(
         peer = %peer,
         client_ip = field::Empty,
         route = field::Empty,
+        client_id = field::Empty,
     );
     story(tcp, peer, slot, listener, shared)
         .instrument(span)
@@ -65,6 +66,10 @@ async fn story(
         Err(e) => return log_refused(&e),
     };
     span.record("id", conn.id);
+    // A PROXY header named the client only now: its IP bans and connect rate apply here.
+    if conn.source != conn.peer && !shared.admit_ip(conn.source.ip()) {
+        return;
+    }
     if conn.listener.kind == ListenerKind::Mqtt {
         return raw_mqtt(conn, &shared).await;
     }
@@ -91,42 +96,61 @@ async fn story(
     span.record("route", target.route());
     tracing::debug!(?ip_source, "websocket accepted");
 
-    // 4. policy: the per-device rules (rhythm, rate limits, bans) arrive with the policy stage.
-
-    // 5. forward: an upstream from the route's pool, then the relay until one side ends.
+    // 4 and 5. forward, with the policy judging MQTT routes packet by packet.
     let Some(pool) = shared.pool(target.route()) else {
         let e = Error::upstream(Kind::NoUpstream, "route removed by a reload");
         return close_early(ws, &e).await;
     };
-    // Affinity key: the client IP for now; the MQTT client ID once CONNECT is read.
+    let settings = forward::RelaySettings::from(&*shared.websocket());
+    if pool.mqtt {
+        let (tx, rx) = futures_util::StreamExt::split(ws);
+        let ctx = mqtt_ctx(&shared, &pool, &settings, client_ip);
+        let ending = forward::mqtt::relay(mqtt::WsRx(rx), mqtt::WsTx(tx), ctx).await;
+        return log_ending(&ending);
+    }
+    // An opaque tunnel: the affinity key is the client IP.
     let key = client_ip.to_string();
     let (upstream, upstream_addr) = match pool.connect(key.as_bytes()).await {
         Ok(pair) => pair,
         Err(e) => return close_early(ws, &e).await,
     };
     tracing::debug!(upstream = %upstream_addr, "relaying");
-    let settings = forward::RelaySettings::from(&*shared.websocket());
     let ending = forward::relay_websocket(ws, upstream, &settings, &shared.drain).await;
     log_ending(&ending);
 }
 
-/// Raw MQTT over TCP: no HTTP, no WebSocket; straight to the MQTT route.
+fn mqtt_ctx<'a>(
+    shared: &'a Shared,
+    pool: &'a forward::Pool,
+    relay: &'a forward::RelaySettings,
+    client_ip: std::net::IpAddr,
+) -> mqtt::MqttCtx<'a> {
+    mqtt::MqttCtx {
+        policy: &shared.policy,
+        policy_config: &shared.policy_config,
+        pool,
+        settings: &shared.mqtt,
+        relay,
+        bans: shared.ban_epoch.subscribe(),
+        ban_notify: &shared.ban_epoch,
+        drain: &shared.drain,
+        client_ip,
+    }
+}
+
+/// Raw MQTT over TCP: no HTTP, no WebSocket; the same MQTT relay and policy.
 async fn raw_mqtt(conn: Conn, shared: &Shared) {
     let span = tracing::Span::current();
     let client_ip = conn.source.ip();
     span.record("client_ip", field::display(client_ip));
     span.record("route", conn.listener.mqtt_route.as_str());
     let Some(pool) = shared.pool(&conn.listener.mqtt_route) else {
-        return log_refused(&Error::upstream(
-            Kind::NoUpstream,
-            "route removed by a reload",
-        ));
+        return log_refused(&Error::upstream(Kind::NoUpstream, "route removed by a reload"));
     };
-    let upstream = match pool.connect(client_ip.to_string().as_bytes()).await {
-        Ok((upstream, _)) => upstream,
-        Err(e) => return log_refused(&e),
-    };
-    let ending = forward::relay_stream(conn.stream, upstream, &shared.drain).await;
+    let settings = forward::RelaySettings::from(&*shared.websocket());
+    let (rx, tx) = tokio::io::split(conn.stream);
+    let ctx = mqtt_ctx(shared, &pool, &settings, client_ip);
+    let ending = forward::mqtt::relay(mqtt::RawRx(rx), mqtt::RawTx(tx), ctx).await;
     log_ending(&ending);
 }
 

@@ -31,7 +31,10 @@ fn quickstart_is_valid() {
 fn cloudflare_profile_trusts_only_cloudflare_ranges() {
     let (c, _dir) = check("cloudflare.toml", &["certs/origin.pem", "certs/origin.key"]);
     let l = &c.listeners[0];
-    assert_eq!(l.client_ip_header, portcullis::identify::ClientIpHeader::CfConnectingIp);
+    assert_eq!(
+        l.client_ip_header,
+        portcullis::identify::ClientIpHeader::CfConnectingIp
+    );
     let file = l.trusted_proxies_file.as_ref().unwrap();
     let nets = portcullis::identify::read_cidr_file(file).unwrap();
     let set = portcullis::identify::CidrSet::new(nets.iter().copied());

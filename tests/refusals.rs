@@ -181,12 +181,22 @@ async fn health_endpoints() {
 async fn readyz_is_503_and_device_gets_1013_when_no_upstream_is_up() {
     let dead = support::free_port();
     let config = format!(
-        "[[listener]]\nbind = \"127.0.0.1:0\"\n[routes.mqtt]\nupstreams = [\"127.0.0.1:{dead}\"]\nconnect_timeout_ms = 500\nhealth_check_interval_secs = 1\n"
+        "[[listener]]\nbind = \"127.0.0.1:0\"\n\
+         [routes.mqtt]\nupstreams = [\"127.0.0.1:{dead}\"]\nconnect_timeout_ms = 500\nhealth_check_interval_secs = 1\n\
+         [routes.collector]\nupstreams = [\"127.0.0.1:{dead}\"]\nconnect_timeout_ms = 500\n"
     );
     let gw = TestGateway::start(&config).await;
-    let (mut ws, _) = tokio_tungstenite::connect_async(gw.ws_url("/tunnel/mqtt"))
+    // A plain tunnel learns it at once.
+    let (mut ws, _) = tokio_tungstenite::connect_async(gw.ws_url("/tunnel/collector"))
         .await
         .unwrap();
+    assert_eq!(close_code(&mut ws).await, CloseCode::Again);
+    // An MQTT device learns it in MQTT first: CONNACK 0x03 (server unavailable), then 1013.
+    let (mut ws, _) = tokio_tungstenite::connect_async(gw.ws_url("/mqtt")).await.unwrap();
+    let connect = portcullis::mqtt::wire::connect("dev-1", 30, portcullis::mqtt::wire::Version::V311);
+    ws.send(Message::binary(connect)).await.unwrap();
+    let connack = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(connack.into_data().as_ref(), &[0x20, 2, 0, 0x03]);
     assert_eq!(close_code(&mut ws).await, CloseCode::Again);
     // Once the health check has run, readiness says so too.
     let addr = gw.addr();

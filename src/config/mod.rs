@@ -4,6 +4,7 @@
 //! reads unambiguously without a duration grammar.
 
 mod locate;
+pub mod policy;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -28,6 +29,10 @@ pub struct Config {
     pub websocket: WebSocketSettings,
     #[serde(default)]
     pub shutdown: ShutdownSettings,
+    #[serde(default)]
+    pub policy: policy::PolicyConfig,
+    #[serde(default)]
+    pub mqtt: policy::MqttSettings,
     /// The file this came from, for reload on SIGHUP.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -116,11 +121,24 @@ pub enum Balance {
     RoundRobin,
 }
 
+/// What a route carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteProtocol {
+    /// MQTT: read packet by packet, with the device policy applied.
+    Mqtt,
+    /// Opaque bytes.
+    Tcp,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// `host:port` of each upstream. Resolved once at start (and on reload).
     pub upstreams: Vec<String>,
+    /// Default: `mqtt` for a listener's MQTT route (the `/mqtt` target), `tcp` otherwise.
+    #[serde(default)]
+    pub protocol: Option<RouteProtocol>,
     #[serde(default)]
     pub balance: Balance,
     #[serde(default = "defaults::connect_timeout_ms")]
@@ -382,6 +400,17 @@ impl Config {
             ));
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// Does `route` carry MQTT (so the policy applies to it)?
+    pub fn route_protocol(&self, route: &str) -> RouteProtocol {
+        match self.routes.get(route).and_then(|r| r.protocol) {
+            Some(p) => p,
+            None if self.listeners.iter().any(|l| l.mqtt_route() == route) => RouteProtocol::Mqtt,
+            None => RouteProtocol::Tcp,
+        }
     }
 }
 

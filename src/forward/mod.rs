@@ -4,8 +4,9 @@
 //! `max_frame_size` (device → upstream) and one read chunk (upstream → device) in flight per
 //! direction, with backpressure from whichever side is slow.
 
+pub mod mqtt;
 mod pool;
-mod relay;
+pub(crate) mod relay;
 
 pub use pool::Pool;
-pub use relay::{relay_stream, relay_websocket, Ending, RelaySettings};
+pub use relay::{relay_websocket, Ending, RelaySettings};

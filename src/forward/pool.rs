@@ -25,6 +25,8 @@ enum Balancer {
 
 pub struct Pool {
     pub name: String,
+    /// MQTT routes get the MQTT-aware relay and the device policy.
+    pub mqtt: bool,
     balancer: Balancer,
     connect_timeout: Duration,
     health_interval: Duration,
@@ -32,7 +34,7 @@ pub struct Pool {
 
 impl Pool {
     /// Resolve the upstreams (blocking DNS: call at start or reload, not per connection).
-    pub fn new(name: &str, cfg: &RouteConfig) -> std::result::Result<Arc<Pool>, String> {
+    pub fn new(name: &str, cfg: &RouteConfig, mqtt: bool) -> std::result::Result<Arc<Pool>, String> {
         let addrs = cfg.upstreams.iter().map(String::as_str);
         let err = |e: std::io::Error| format!("routes.{name}.upstreams: {e}");
         let mut balancer = match cfg.balance {
@@ -51,6 +53,7 @@ impl Pool {
         }
         Ok(Arc::new(Pool {
             name: name.to_string(),
+            mqtt,
             balancer,
             connect_timeout: cfg.connect_timeout(),
             health_interval: Duration::from_secs(cfg.health_check_interval_secs),

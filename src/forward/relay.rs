@@ -299,7 +299,7 @@ where
 }
 
 /// `writev` all of `bufs` to the upstream, waiting for it to accept them (backpressure).
-async fn write_all_vectored(up: &TcpStream, bufs: &mut [Bytes]) -> io::Result<()> {
+pub(crate) async fn write_all_vectored(up: &TcpStream, bufs: &mut [Bytes]) -> io::Result<()> {
     let mut first = 0;
     while first < bufs.len() {
         up.writable().await?;
@@ -331,34 +331,11 @@ async fn write_all_vectored(up: &TcpStream, bufs: &mut [Bytes]) -> io::Result<()
 
 /// `shutdown(SHUT_WR)` through std: tokio's `&TcpStream` has no shutdown of its own. The
 /// duplicated descriptor shares the socket, so the FIN goes out on the real connection.
-fn shutdown_write(up: &TcpStream) -> io::Result<()> {
+pub(crate) fn shutdown_write(up: &TcpStream) -> io::Result<()> {
     use std::os::fd::AsFd;
     let fd = up.as_fd().try_clone_to_owned()?;
     let std_stream = std::net::TcpStream::from(fd);
     std_stream.shutdown(std::net::Shutdown::Write)
-}
-
-/// Relay a raw device stream (the MQTT-over-TCP listener) to the upstream.
-pub async fn relay_stream<D>(mut device: D, mut upstream: TcpStream, drain: &Drain) -> Ending
-where
-    D: AsyncRead + AsyncWrite + Unpin,
-{
-    let copy =
-        tokio::io::copy_bidirectional_with_sizes(&mut device, &mut upstream, 8 * 1024, 8 * 1024);
-    let (by, code, reason, up, down) = tokio::select! {
-        r = copy => match r {
-            Ok((up, down)) => (Side::Device, CloseCode::Normal, "closed".to_string(), up, down),
-            Err(e) => (Side::Device, CloseCode::Abnormal, format!("relay error: {e}"), 0, 0),
-        },
-        () = drain.my_turn() => (Side::Internal, CloseCode::Away, "gateway shutting down".to_string(), 0, 0),
-    };
-    Ending {
-        code,
-        by,
-        reason,
-        bytes_up: up,
-        bytes_down: down,
-    }
 }
 
 impl From<&crate::config::WebSocketSettings> for RelaySettings {

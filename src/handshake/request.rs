@@ -147,6 +147,10 @@ pub(super) fn answer(
         &listener.trusted_proxies(),
         listener.client_ip_header,
     );
+    // Behind a trusted proxy the client was unknown at accept: judge its IP now.
+    if ip_source != origin.source && !shared.admit_ip(client_ip) {
+        return Answer::Plain(text(StatusCode::FORBIDDEN, "refused: banned or connecting too often\n"));
+    }
     let mut response = Response::new(Full::new(Bytes::new()));
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = response.headers_mut();

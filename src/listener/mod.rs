@@ -147,6 +147,12 @@ impl ListenerCtx {
             .unwrap_or_default()
     }
 
+    /// A peer whose own address is not the client's: a trusted proxy or PROXY protocol sender.
+    pub fn is_proxy_peer(&self, ip: std::net::IpAddr) -> bool {
+        (self.proxy_protocol != ProxyProtocolMode::Off && self.proxy_protocol_from.contains(ip))
+            || self.trusted_proxies().contains(ip)
+    }
+
     pub fn is_tls(&self) -> bool {
         self.tls.read().map(|g| g.is_some()).unwrap_or(false)
     }

@@ -4,4 +4,5 @@
 //! The gateway itself never parses MQTT: it relays bytes. These helpers live in the library so
 //! that every tool that needs a scripted client uses the same, tested encoder.
 
+pub mod server;
 pub mod wire;

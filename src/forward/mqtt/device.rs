@@ -1,0 +1,126 @@
+//! The device side of the MQTT relay, whether its bytes come in WebSocket binary frames
+//! (`/mqtt`, `/tunnel/{mqtt route}`) or straight over TCP/TLS (the raw MQTT listener).
+
+use std::future::Future;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
+
+use crate::error::{Error, Kind};
+
+const RAW_CHUNK: usize = 8 * 1024;
+
+pub enum RxEvent {
+    Data(Bytes),
+    /// A WebSocket pong (liveness).
+    Pong,
+    /// A WebSocket ping or other control frame: nothing to do.
+    Control,
+    /// The device closed (WebSocket Close or TCP FIN).
+    Closed,
+    /// The connection failed under us.
+    Gone,
+    Failed(Error),
+}
+
+pub trait DeviceRx: Send {
+    fn recv(&mut self) -> impl Future<Output = RxEvent> + Send;
+}
+
+pub trait DeviceTx: Send {
+    fn send(&mut self, data: Bytes) -> impl Future<Output = Result<(), ()>> + Send;
+    /// Whether this transport has WebSocket pings to keep the path alive.
+    fn has_pings(&self) -> bool;
+    fn ping(&mut self) -> impl Future<Output = Result<(), ()>> + Send;
+    /// End the transport, telling the device why where it can hear it.
+    fn close(&mut self, code: CloseCode, reason: &str) -> impl Future<Output = ()> + Send;
+}
+
+// === WebSocket ===
+
+pub struct WsRx<S>(pub SplitStream<WebSocketStream<S>>);
+pub struct WsTx<S>(pub SplitSink<WebSocketStream<S>, Message>);
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> DeviceRx for WsRx<S> {
+    async fn recv(&mut self) -> RxEvent {
+        match self.0.next().await {
+            Some(Ok(Message::Binary(b))) => RxEvent::Data(b),
+            Some(Ok(Message::Pong(_))) => RxEvent::Pong,
+            Some(Ok(Message::Ping(_) | Message::Frame(_))) => RxEvent::Control,
+            Some(Ok(Message::Text(_))) => RxEvent::Failed(Error::device(
+                Kind::Protocol,
+                "text frame: MQTT over WebSocket is binary frames only",
+            )),
+            Some(Ok(Message::Close(_))) => RxEvent::Closed,
+            None | Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed | WsError::Io(_))) => RxEvent::Gone,
+            Some(Err(WsError::Capacity(c))) => {
+                RxEvent::Failed(Error::device(Kind::TooBig, format!("device frame too big: {c}")))
+            }
+            Some(Err(e)) => RxEvent::Failed(Error::device(Kind::Protocol, format!("WebSocket protocol error: {e}"))),
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> DeviceTx for WsTx<S> {
+    async fn send(&mut self, data: Bytes) -> Result<(), ()> {
+        self.0.send(Message::Binary(data)).await.map_err(|_| ())
+    }
+
+    fn has_pings(&self) -> bool {
+        true
+    }
+
+    async fn ping(&mut self) -> Result<(), ()> {
+        self.0.send(Message::Ping(Bytes::new())).await.map_err(|_| ())
+    }
+
+    async fn close(&mut self, code: CloseCode, reason: &str) {
+        let frame = CloseFrame {
+            code,
+            reason: reason.chars().take(120).collect::<String>().into(),
+        };
+        let _ = self.0.send(Message::Close(Some(frame))).await;
+        let _ = self.0.close().await;
+    }
+}
+
+// === raw stream (TCP / TLS) ===
+
+pub struct RawRx<D>(pub ReadHalf<D>);
+pub struct RawTx<D>(pub WriteHalf<D>);
+
+impl<D: AsyncRead + AsyncWrite + Send> DeviceRx for RawRx<D> {
+    async fn recv(&mut self) -> RxEvent {
+        // Allocated per read: an idle connection holds no buffer.
+        let mut buf = BytesMut::with_capacity(RAW_CHUNK);
+        match self.0.read_buf(&mut buf).await {
+            Ok(0) => RxEvent::Closed,
+            Ok(_) => RxEvent::Data(buf.freeze()),
+            Err(_) => RxEvent::Gone,
+        }
+    }
+}
+
+impl<D: AsyncRead + AsyncWrite + Send> DeviceTx for RawTx<D> {
+    async fn send(&mut self, data: Bytes) -> Result<(), ()> {
+        self.0.write_all(&data).await.map_err(|_| ())
+    }
+
+    fn has_pings(&self) -> bool {
+        false
+    }
+
+    async fn ping(&mut self) -> Result<(), ()> {
+        Ok(())
+    }
+
+    async fn close(&mut self, _code: CloseCode, _reason: &str) {
+        let _ = self.0.shutdown().await;
+    }
+}

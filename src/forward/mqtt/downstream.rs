@@ -1,0 +1,122 @@
+//! Broker → device: pass everything through in order, settle pending acks, swallow the
+//! PINGRESPs that answer our own PINGREQs, and slot local acks in at packet boundaries.
+
+use std::sync::atomic::Ordering;
+
+use bytes::BytesMut;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+use super::device::DeviceTx;
+use super::scan::{Piece, Scanner};
+use super::state::AckKind;
+use super::upstream::Counters;
+use super::{lock, Guarded};
+use crate::error::{Error, Kind, Side};
+use crate::forward::relay::RelaySettings;
+use crate::mqtt::server::{self, BrokerPacket, Version};
+
+const CHUNK: usize = 16 * 1024;
+
+/// Runs until the broker side ends or the device cannot be written; returns why.
+pub async fn run<T: DeviceTx>(
+    tx: &mut T,
+    up: &TcpStream,
+    version: Version,
+    shared: &Guarded,
+    notify: &Notify,
+    counters: &Counters,
+    relay: &RelaySettings,
+) -> Error {
+    let mut scanner = Scanner::default();
+    let start = tokio::time::Instant::now() + relay.ping_interval;
+    let mut ping = tokio::time::interval_at(start, relay.ping_interval);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            ready = up.readable() => {
+                if let Err(e) = ready {
+                    return Error::upstream(Kind::UpstreamIo, e);
+                }
+                let mut buf = BytesMut::with_capacity(CHUNK);
+                match up.try_read_buf(&mut buf) {
+                    Ok(0) => return Error::new(Kind::UpstreamClosed, Side::Upstream, "broker closed the connection"),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Error::upstream(Kind::UpstreamIo, format!("reading from broker: {e}")),
+                }
+                let mut out = BytesMut::with_capacity(buf.len());
+                let scanned = scanner.feed(&buf, |piece| match piece {
+                    Piece::Pass(b) => out.extend_from_slice(b),
+                    Piece::Control(packet) => control(packet, version, shared, &mut out),
+                });
+                if scanned.is_err() {
+                    return Error::upstream(Kind::UpstreamIo, "malformed packet from the broker");
+                }
+                if scanner.at_boundary() {
+                    take_due(shared, &mut out);
+                }
+                if !out.is_empty() {
+                    counters.add_down(out.len());
+                    if tx.send(out.freeze()).await.is_err() {
+                        return Error::new(Kind::Gone, Side::Device, "device went away");
+                    }
+                }
+            }
+            () = notify.notified() => {
+                // Local acks may only go between the broker's packets.
+                if scanner.at_boundary() {
+                    let mut out = BytesMut::new();
+                    take_due(shared, &mut out);
+                    if !out.is_empty() && tx.send(out.freeze()).await.is_err() {
+                        return Error::new(Kind::Gone, Side::Device, "device went away");
+                    }
+                }
+            }
+            _ = ping.tick(), if tx.has_pings() => {
+                let missed = counters.missed_pongs.fetch_add(1, Ordering::Relaxed);
+                if missed >= relay.max_missed_pongs {
+                    return Error::device(Kind::Timeout, format!("device missed {missed} pongs"));
+                }
+                if tx.ping().await.is_err() {
+                    return Error::new(Kind::Gone, Side::Device, "device went away");
+                }
+            }
+        }
+    }
+}
+
+/// One whole control packet from the broker: pass it on (unless it answers our own PINGREQ)
+/// and release the local acks that were waiting for it.
+fn control(packet: &[u8], version: Version, shared: &Guarded, out: &mut BytesMut) {
+    let parsed = server::parse_broker(packet, version).unwrap_or(BrokerPacket::Other);
+    let mut s = lock(shared);
+    let settled = match parsed {
+        BrokerPacket::PingResp if s.injected_pings > 0 => {
+            s.injected_pings -= 1;
+            return;
+        }
+        BrokerPacket::PubAck(id) => Some((AckKind::PubAck, id)),
+        BrokerPacket::PubRec(id) => Some((AckKind::PubRec, id)),
+        BrokerPacket::PubComp(id) => Some((AckKind::PubComp, id)),
+        _ => None,
+    };
+    out.extend_from_slice(packet);
+    if let Some((kind, id)) = settled {
+        if kind != AckKind::PubComp {
+            s.inflight.acked(id);
+        }
+        for (local_id, ack) in s.acks.broker_acked(kind, id) {
+            s.inflight.acked(local_id);
+            out.extend_from_slice(&ack);
+        }
+    }
+}
+
+fn take_due(shared: &Guarded, out: &mut BytesMut) {
+    let mut s = lock(shared);
+    while let Some(p) = s.to_device.pop_front() {
+        out.extend_from_slice(&p);
+    }
+}
+

@@ -1,0 +1,221 @@
+//! The MQTT-aware relay: the same bytes as a plain tunnel, but read packet by packet so the
+//! policy can judge each CONNECT and PUBLISH before the broker sees it.
+//!
+//! The device's CONNECT is read and judged before any upstream connection exists, so a banned
+//! or unknown device never costs the broker a socket. After that, device packets are forwarded
+//! unchanged unless the policy discards a publish; then the gateway answers for the broker
+//! (PUBACK / PUBREC / PUBCOMP), in order, and keeps the broker session alive with PINGREQs.
+
+mod device;
+mod downstream;
+mod scan;
+mod state;
+mod upstream;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::net::TcpStream;
+use tokio::sync::{watch, Notify};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+pub use device::{DeviceRx, DeviceTx, RawRx, RawTx, WsRx, WsTx};
+
+use crate::config::policy::{MqttSettings, PolicyConfig};
+use crate::error::{self, Error, Kind, Side};
+use crate::forward::relay::{shutdown_write, Ending, RelaySettings};
+use crate::forward::Pool;
+use crate::mqtt::server::{self, DevicePacket, Framer, Version};
+use crate::policy::{Identity, Policy};
+use crate::shutdown::Drain;
+use device::RxEvent;
+use state::{AckOrder, Inflight};
+
+/// Everything the MQTT relay needs from the gateway.
+pub struct MqttCtx<'a> {
+    pub policy: &'a Policy,
+    pub policy_config: &'a PolicyConfig,
+    pub pool: &'a Pool,
+    pub settings: &'a MqttSettings,
+    pub relay: &'a RelaySettings,
+    pub bans: watch::Receiver<u64>,
+    pub ban_notify: &'a watch::Sender<u64>,
+    pub drain: &'a Drain,
+    pub client_ip: IpAddr,
+}
+
+/// State both directions touch. Held only between awaits (never across one).
+#[derive(Default)]
+struct Shared {
+    acks: AckOrder,
+    inflight: Inflight,
+    /// QoS 2 ids whose PUBREC we sent ourselves: their PUBREL is ours to answer.
+    local_qos2: std::collections::HashSet<u16>,
+    /// PINGREQs we sent for the device: that many PINGRESPs are ours to swallow.
+    injected_pings: u32,
+    /// Local packets due to the device now, in order.
+    to_device: std::collections::VecDeque<Bytes>,
+}
+
+type Guarded = std::sync::Mutex<Shared>;
+
+fn lock(s: &Guarded) -> std::sync::MutexGuard<'_, Shared> {
+    // Poisoning needs a panic while held; nothing in here panics, and the data stays coherent.
+    s.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Relay one MQTT device connection to the broker, judging it packet by packet.
+pub async fn relay<R: DeviceRx, T: DeviceTx>(mut rx: R, mut tx: T, ctx: MqttCtx<'_>) -> Ending {
+    let mut framer = Framer::new(ctx.settings.max_packet_size);
+
+    // 1. CONNECT, within the connect timeout; nothing else may come first.
+    let connect_timeout = Duration::from_secs(ctx.settings.connect_timeout_secs);
+    let connect = match tokio::time::timeout(connect_timeout, read_connect(&mut rx, &mut framer)).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(e)) => return fail_before_connect(&mut tx, e).await,
+        Err(_) => {
+            let e = Error::device(Kind::Timeout, "no CONNECT within the connect timeout");
+            return fail_before_connect(&mut tx, e).await;
+        }
+    };
+    let Ok(DevicePacket::Connect(c)) = server::parse_device(&connect, Version::V311) else {
+        let e = Error::device(Kind::Malformed, "first packet is not a well-formed CONNECT");
+        return fail_before_connect(&mut tx, e).await;
+    };
+    let version = c.version;
+    let keep_alive = c.keep_alive;
+    if c.client_id.is_empty() {
+        // The gateway knows devices by client ID; a broker-assigned one identifies nobody.
+        let code = error::connack_for_empty_client_id(version);
+        let e = Error::device(Kind::Refused, "empty client ID");
+        return refuse(&mut tx, server::connack(code, version), e).await;
+    }
+    let identity = Identity {
+        client_id: Arc::from(c.client_id),
+        username: c.username.map(Arc::from),
+        ip: ctx.client_ip,
+    };
+    let span = tracing::Span::current();
+    span.record("client_id", &*identity.client_id);
+
+    // 2. policy: bans, unknown devices, flapping, concurrent connections.
+    let session = match ctx.policy.on_connect(&identity) {
+        Ok(s) => s,
+        Err(refusal) => {
+            let code = error::connack_for_refusal(&refusal, version);
+            let e = Error::device(Kind::Refused, format!("CONNECT refused: {refusal}"));
+            return refuse(&mut tx, server::connack(code, version), e).await;
+        }
+    };
+
+    // 3. forward: a broker chosen by client ID, so a device keeps its broker across reconnects.
+    let upstream = match ctx.pool.connect(identity.client_id.as_bytes()).await {
+        Ok((up, _)) => up,
+        Err(e) => return refuse(&mut tx, server::connack(error::connack_unavailable(version), version), e).await,
+    };
+    let up = &upstream;
+    if let Err(e) = crate::forward::relay::write_all_vectored(up, &mut [connect]).await {
+        let e = Error::upstream(Kind::UpstreamIo, format!("sending CONNECT: {e}"));
+        return refuse(&mut tx, server::connack(error::connack_unavailable(version), version), e).await;
+    }
+
+    let shared = Guarded::default();
+    let notify = Notify::new();
+    let counters = upstream::Counters::default();
+    let ending = {
+        let mut to_broker = std::pin::pin!(upstream::run(upstream::Up {
+            rx: &mut rx,
+            framer,
+            up,
+            version,
+            keep_alive,
+            session,
+            shared: &shared,
+            notify: &notify,
+            counters: &counters,
+            ctx: &ctx,
+        }));
+        let mut to_device = std::pin::pin!(downstream::run(&mut tx, up, version, &shared, &notify, &counters, ctx.relay));
+        let mut turn = std::pin::pin!(ctx.drain.my_turn());
+        tokio::select! {
+            e = &mut to_broker => e,
+            e = &mut to_device => e,
+            () = &mut turn => Error::new(Kind::Shutdown, Side::Internal, "gateway shutting down"),
+        }
+    };
+    finish(&mut tx, up, version, &shared, ending, &counters).await
+}
+
+async fn read_connect<R: DeviceRx>(rx: &mut R, framer: &mut Framer) -> Result<Bytes, Error> {
+    loop {
+        match framer.next_packet() {
+            Ok(Some(p)) => return Ok(p),
+            Ok(None) => {}
+            Err(e) => return Err(Error::device(Kind::from_wire(&e), format!("before CONNECT: {e}"))),
+        }
+        match rx.recv().await {
+            RxEvent::Data(b) => framer.push(&b),
+            RxEvent::Pong | RxEvent::Control => {}
+            RxEvent::Closed | RxEvent::Gone => return Err(Error::device(Kind::Gone, "device left before CONNECT")),
+            RxEvent::Failed(e) => return Err(e),
+        }
+    }
+}
+
+/// Before CONNECT there is no MQTT version to answer in: only the transport can say why.
+async fn fail_before_connect<T: DeviceTx>(tx: &mut T, e: Error) -> Ending {
+    tx.close(e.close_code(), &e.to_string()).await;
+    Ending::from_error(&e, 0, 0)
+}
+
+/// CONNACK with a failure code, then close: the broker never hears of this device.
+async fn refuse<T: DeviceTx>(tx: &mut T, connack: Vec<u8>, e: Error) -> Ending {
+    let _ = tx.send(Bytes::from(connack)).await;
+    tx.close(e.close_code(), &e.to_string()).await;
+    Ending::from_error(&e, 0, 0)
+}
+
+/// Tell the device why (MQTT 5 DISCONNECT with a reason, then the transport close), and let the
+/// broker see a clean end of stream.
+async fn finish<T: DeviceTx>(
+    tx: &mut T,
+    up: &TcpStream,
+    version: Version,
+    shared: &Guarded,
+    e: Error,
+    counters: &upstream::Counters,
+) -> Ending {
+    let pending: Vec<Bytes> = lock(shared).to_device.drain(..).collect();
+    for p in pending {
+        let _ = tx.send(p).await;
+    }
+    let device_gone = matches!(e.kind(), Kind::Gone | Kind::DeviceClosed);
+    if !device_gone {
+        if let (Version::V5, Some(reason)) = (version, e.mqtt_reason()) {
+            let _ = tokio::time::timeout(Duration::from_secs(2), tx.send(Bytes::from(server::disconnect(reason)))).await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), tx.close(e.close_code(), &e.to_string())).await;
+    }
+    let _ = shutdown_write(up);
+    Ending::from_error(&e, counters.up(), counters.down())
+}
+
+// Kept here so both directions agree on what the device's close codes mean.
+impl Ending {
+    pub(crate) fn from_error(e: &Error, bytes_up: u64, bytes_down: u64) -> Ending {
+        let code = match e.kind() {
+            Kind::DeviceClosed => CloseCode::Normal,
+            Kind::Gone => CloseCode::Abnormal,
+            _ => e.close_code(),
+        };
+        Ending {
+            code,
+            by: e.side(),
+            reason: e.to_string(),
+            bytes_up,
+            bytes_down,
+        }
+    }
+}

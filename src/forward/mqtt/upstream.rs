@@ -1,0 +1,248 @@
+//! Device → broker: read packets, judge publishes, forward or answer locally.
+
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::device::{DeviceRx, RxEvent};
+use super::state::{AckKind, AliasError, Aliases, Disposition, Upstream};
+use super::{lock, Guarded, MqttCtx, Shared};
+use crate::config::policy::DiscardReasonCode;
+use crate::error::{Error, Kind, Side};
+use crate::forward::relay::write_all_vectored;
+use crate::mqtt::server::{self, reason, DevicePacket, Framer, Publish, Version};
+use crate::policy::{PublishFacts, Reason, Session, Verdict};
+
+#[derive(Default)]
+pub struct Counters {
+    up: AtomicU64,
+    down: AtomicU64,
+    pub missed_pongs: AtomicU32,
+}
+
+impl Counters {
+    pub fn up(&self) -> u64 {
+        self.up.load(Ordering::Relaxed)
+    }
+    pub fn down(&self) -> u64 {
+        self.down.load(Ordering::Relaxed)
+    }
+    pub fn add_down(&self, n: usize) {
+        self.down.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+pub struct Up<'a, R> {
+    pub rx: &'a mut R,
+    pub framer: Framer,
+    pub up: &'a TcpStream,
+    pub version: Version,
+    pub keep_alive: u16,
+    pub session: Session,
+    pub shared: &'a Guarded,
+    pub notify: &'a Notify,
+    pub counters: &'a Counters,
+    pub ctx: &'a MqttCtx<'a>,
+}
+
+/// Runs until the device side ends; returns why.
+pub async fn run<R: DeviceRx>(mut u: Up<'_, R>) -> Error {
+    let mut aliases = Aliases::default();
+    let mut out: Vec<Bytes> = Vec::new();
+    let mut bans = u.ctx.bans.clone();
+    let mut bans_open = true;
+    // A device whose publishes are all discarded sends the broker nothing, and the broker drops
+    // it after 1.5 × keep-alive; we send PINGREQ for it when nothing went up for half of that.
+    let keep_alive = Duration::from_secs(u64::from(u.keep_alive));
+    let half = (keep_alive / 2).max(Duration::from_millis(500));
+    let mut tick = tokio::time::interval_at(Instant::now() + half, half);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_from_device = Instant::now();
+    let mut sent_up = false;
+
+    loop {
+        let mut stop = None;
+        loop {
+            match u.framer.next_packet() {
+                Ok(Some(p)) => {
+                    if let Err(e) = handle(&mut u, &mut aliases, p, &mut out) {
+                        stop = Some(e);
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    stop = Some(Error::device(Kind::from_wire(&e), format!("device packet: {e}")));
+                    break;
+                }
+            }
+        }
+        if !out.is_empty() {
+            let n: usize = out.iter().map(Bytes::len).sum();
+            if let Err(e) = write_all_vectored(u.up, &mut out).await {
+                return Error::upstream(Kind::UpstreamIo, format!("writing to broker: {e}"));
+            }
+            u.counters.up.fetch_add(n as u64, Ordering::Relaxed);
+            out.clear();
+            sent_up = true;
+        }
+        if let Some(e) = stop {
+            return e;
+        }
+        tokio::select! {
+            ev = u.rx.recv() => match ev {
+                RxEvent::Data(b) => {
+                    last_from_device = Instant::now();
+                    u.framer.push(&b);
+                }
+                RxEvent::Pong => u.counters.missed_pongs.store(0, Ordering::Relaxed),
+                RxEvent::Control => {}
+                RxEvent::Closed => return Error::new(Kind::DeviceClosed, Side::Device, "device closed the connection"),
+                RxEvent::Gone => return Error::new(Kind::Gone, Side::Device, "device went away without a close"),
+                RxEvent::Failed(e) => return e,
+            },
+            changed = bans.changed(), if bans_open => match changed {
+                Ok(()) => {
+                    if let Some(ban) = u.ctx.policy.banned(&u.session) {
+                        return Error::device(Kind::Kicked, format!("banned while connected: {}", ban.reason));
+                    }
+                }
+                Err(_) => bans_open = false,
+            },
+            _ = tick.tick(), if u.keep_alive > 0 => {
+                if last_from_device.elapsed() > keep_alive + keep_alive / 2 {
+                    return Error::device(Kind::Timeout, "nothing from the device within 1.5 × its keep-alive");
+                }
+                if !sent_up {
+                    if let Err(e) = write_all_vectored(u.up, &mut [Bytes::copy_from_slice(&server::pingreq())]).await {
+                        return Error::upstream(Kind::UpstreamIo, format!("writing to broker: {e}"));
+                    }
+                    lock(u.shared).injected_pings += 1;
+                }
+                sent_up = false;
+            }
+        }
+    }
+}
+
+fn handle<R>(u: &mut Up<'_, R>, aliases: &mut Aliases, p: Bytes, out: &mut Vec<Bytes>) -> Result<(), Error> {
+    let packet = server::parse_device(&p, u.version)
+        .map_err(|e| Error::device(Kind::from_wire(&e), format!("device packet: {e}")))?;
+    match packet {
+        DevicePacket::Publish(pb) => publish(u, aliases, &p, &pb, out),
+        DevicePacket::PubRel(id) => {
+            let mut s = lock(u.shared);
+            if s.local_qos2.remove(&id) {
+                // Ours to answer: the broker never saw this QoS 2 publish.
+                let ack = Bytes::from(server::ack(server::AckKind::PubComp, id, reason::SUCCESS, u.version));
+                local_ack(&mut s, u.notify, id, ack)
+            } else {
+                s.acks.expect_from_broker(AckKind::PubComp, id).map_err(|_| overflow())?;
+                out.push(p);
+                Ok(())
+            }
+        }
+        DevicePacket::Connect(_) => Err(Error::device(Kind::Protocol, "a second CONNECT")),
+        DevicePacket::Disconnect => {
+            out.push(p);
+            Err(Error::new(Kind::DeviceClosed, Side::Device, "device sent DISCONNECT"))
+        }
+        _ => {
+            out.push(p);
+            Ok(())
+        }
+    }
+}
+
+fn publish<R>(u: &mut Up<'_, R>, aliases: &mut Aliases, p: &Bytes, pb: &Publish<'_>, out: &mut Vec<Bytes>) -> Result<(), Error> {
+    let topic: Cow<'_, str> = match aliases.resolve(pb.topic, pb.topic_alias) {
+        Ok(t) => Cow::Owned(t.to_string()),
+        Err(AliasError::Unknown(a)) => {
+            return Err(Error::device(Kind::BadAlias, format!("topic alias {a} was never defined")))
+        }
+        Err(AliasError::TooMany) => return Err(Error::device(Kind::BadAlias, "too many topic aliases")),
+    };
+    let earlier = pb.packet_id.and_then(|id| lock(u.shared).inflight.disposition(pb.dup, id));
+    let verdict = match earlier {
+        // Our queued ack will answer the retransmission too.
+        Some(Disposition::Local) => return Ok(()),
+        Some(Disposition::Broker) => Verdict::Forward,
+        None => {
+            let facts = PublishFacts {
+                topic: &topic,
+                qos: pb.qos,
+                len: p.len(),
+                retransmit: pb.dup,
+            };
+            let decision = u.ctx.policy.on_publish(&mut u.session, &facts);
+            if let Some(ban) = decision.ban {
+                tracing::warn!(subject = %ban.subject, reason = %ban.reason, "banned");
+                u.ctx.ban_notify.send_modify(|epoch| *epoch += 1);
+            }
+            decision.verdict
+        }
+    };
+    match verdict {
+        Verdict::Forward => {
+            let bytes = match aliases.forwarding(pb.topic, &topic, pb.topic_alias) {
+                Upstream::AsIs => p.clone(),
+                Upstream::WithTopic(t) => Bytes::from(server::publish_with_topic(p, pb, &t)),
+            };
+            if let Some(id) = pb.packet_id {
+                let kind = if pb.qos == 1 { AckKind::PubAck } else { AckKind::PubRec };
+                let mut s = lock(u.shared);
+                s.acks.expect_from_broker(kind, id).map_err(|_| overflow())?;
+                s.inflight.insert(id, Disposition::Broker).map_err(|_| overflow())?;
+            }
+            out.push(bytes);
+            Ok(())
+        }
+        Verdict::Discard(why) => {
+            tracing::debug!(topic = %topic, qos = pb.qos, ?why, "publish discarded");
+            let Some(id) = pb.packet_id else { return Ok(()) }; // QoS 0: dropped
+            let code = discard_code(why, u.ctx.policy_config.discard_reason);
+            let mut s = lock(u.shared);
+            let ack = if pb.qos == 1 {
+                server::ack(server::AckKind::PubAck, id, code, u.version)
+            } else {
+                // A PUBREC of 0x80 or more ends the QoS 2 flow; below, a PUBREL will follow.
+                if code < 0x80 {
+                    s.local_qos2.insert(id);
+                }
+                server::ack(server::AckKind::PubRec, id, code, u.version)
+            };
+            s.inflight.insert(id, Disposition::Local).map_err(|_| overflow())?;
+            local_ack(&mut s, u.notify, id, Bytes::from(ack))
+        }
+    }
+}
+
+/// Hand a local ack to the device side: now if nothing is pending before it, else in turn.
+fn local_ack(s: &mut Shared, notify: &Notify, id: u16, ack: Bytes) -> Result<(), Error> {
+    if let Some(now) = s.acks.local(id, ack).map_err(|_| overflow())? {
+        s.inflight.acked(id);
+        s.to_device.push_back(now);
+        notify.notify_one();
+    }
+    Ok(())
+}
+
+fn discard_code(why: Reason, configured: DiscardReasonCode) -> u8 {
+    match why {
+        // Over a rate: say so (EMQX does the same), MQTT 5 clients see a quota error.
+        Reason::MessageRate | Reason::ByteRate => reason::QUOTA_EXCEEDED,
+        Reason::Early | Reason::Late => match configured {
+            DiscardReasonCode::Success => reason::SUCCESS,
+            DiscardReasonCode::NoMatchingSubscribers => reason::NO_MATCHING_SUBSCRIBERS,
+        },
+    }
+}
+
+fn overflow() -> Error {
+    Error::device(Kind::Overflow, "more unacknowledged packets than any client window allows")
+}

@@ -1,0 +1,274 @@
+//! Bans: who is refused, why, by whom, until when.
+//!
+//! Bans carry wall-clock times because they outlive the process and travel between gateways;
+//! every read therefore takes `now: SystemTime` from the caller (the policy's [`WallClock`]),
+//! which keeps expiry testable. An expired ban is not a ban, and inserting one is an error:
+//! EMQX silently accepts an `until` in the past and the operator believes a device is banned
+//! (emqx#2943).
+//!
+//! [`WallClock`]: super::WallClock
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::SystemTime;
+
+use ipnet::IpNet;
+
+/// What a ban applies to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Subject {
+    ClientId(Arc<str>),
+    Username(Arc<str>),
+    Ip(IpAddr),
+    Cidr(IpNet),
+}
+
+impl Subject {
+    /// The form the ban list stores: IPv4-mapped IPv6 addresses as IPv4 (a dual-stack socket
+    /// reports `::ffff:a.b.c.d`, an admin types `a.b.c.d`), CIDRs truncated to their network.
+    pub fn canonical(self) -> Subject {
+        match self {
+            Subject::Ip(ip) => Subject::Ip(ip.to_canonical()),
+            Subject::Cidr(net) => Subject::Cidr(canonical_net(net)),
+            other => other,
+        }
+    }
+}
+
+fn canonical_net(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => IpNet::new(IpAddr::V4(v4), v6.prefix_len() - 96)
+                .map(|n| n.trunc())
+                .unwrap_or(net.trunc()),
+            None => net.trunc(),
+        },
+        _ => net.trunc(),
+    }
+}
+
+impl fmt::Display for Subject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Subject::ClientId(id) => write!(f, "client_id:{id}"),
+            Subject::Username(u) => write!(f, "username:{u}"),
+            Subject::Ip(ip) => write!(f, "ip:{ip}"),
+            Subject::Cidr(net) => write!(f, "cidr:{net}"),
+        }
+    }
+}
+
+/// Who created a ban.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BanSource {
+    /// The strike rules of this policy.
+    Auto,
+    /// The admin API.
+    Admin,
+    /// A seed file.
+    File,
+    /// Another gateway instance.
+    Peer,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ban {
+    pub subject: Subject,
+    pub reason: String,
+    pub source: BanSource,
+    pub created: SystemTime,
+    /// `None`: until removed.
+    pub expires: Option<SystemTime>,
+}
+
+impl Ban {
+    /// In force at `now` (expiry is exclusive: at `expires` the ban is over).
+    pub fn active(&self, now: SystemTime) -> bool {
+        self.expires.is_none_or(|t| now < t)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BanError {
+    #[error("ban on {0} expired before it was inserted (expires is in the past)")]
+    AlreadyExpired(Subject),
+}
+
+/// For callers that report errors as text (`?` into `Result<_, String>`).
+impl From<BanError> for String {
+    fn from(e: BanError) -> String {
+        e.to_string()
+    }
+}
+
+/// The ban store the policy reads and writes. Implementations: [`MemoryBanList`] here; the
+/// persistent and clustered stores wrap it. Every insert goes through this trait, so a wrapper
+/// is also the place to notice new bans (kick connected devices, tell peers), including the
+/// ones the policy issues on paths whose return type has no room for them (accept, CONNECT).
+pub trait BanList: Send + Sync {
+    /// The ban in force for `subject`. For `Subject::Ip` that is an exact IP ban or, failing
+    /// that, a CIDR ban containing the address; other subjects match exactly.
+    fn get(&self, subject: &Subject, now: SystemTime) -> Option<Ban>;
+    /// Adds or replaces the ban on `ban.subject`.
+    fn insert(&self, ban: Ban, now: SystemTime) -> Result<(), BanError>;
+    /// Removes the ban on exactly this subject (a CIDR ban is not lifted by removing one IP).
+    fn remove(&self, subject: &Subject) -> Option<Ban>;
+    /// Bans in force, oldest first.
+    fn list(&self, now: SystemTime) -> Vec<Ban>;
+    /// Forgets expired bans; returns how many.
+    fn sweep(&self, now: SystemTime) -> usize;
+}
+
+/// Bans in memory. Read-mostly (checked at accept and CONNECT, never per publish), hence one
+/// `RwLock`. CIDR bans are found by prefix length: for each length that has a ban, truncate the
+/// address and look it up, so the cost is bounded by the number of distinct lengths (≤ 33 for
+/// IPv4, 129 for IPv6), not by the number of CIDR bans (EMQX scans every rule on CONNECT).
+#[derive(Debug, Default)]
+pub struct MemoryBanList {
+    inner: RwLock<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    bans: HashMap<Subject, Ban>,
+    /// Number of CIDR bans per prefix length, IPv4 and IPv6.
+    v4_lens: [u32; 33],
+    v6_lens: [u32; 129],
+}
+
+impl Default for Inner {
+    fn default() -> Self {
+        Inner {
+            bans: HashMap::new(),
+            v4_lens: [0; 33],
+            v6_lens: [0; 129],
+        }
+    }
+}
+
+impl Inner {
+    fn lens(&mut self, net: &IpNet) -> Option<&mut u32> {
+        let len = usize::from(net.prefix_len());
+        match net {
+            IpNet::V4(_) => self.v4_lens.get_mut(len),
+            IpNet::V6(_) => self.v6_lens.get_mut(len),
+        }
+    }
+
+    fn count(&mut self, subject: &Subject, delta: i32) {
+        if let Subject::Cidr(net) = subject {
+            if let Some(n) = self.lens(net) {
+                *n = n.saturating_add_signed(delta);
+            }
+        }
+    }
+
+    fn active(&self, subject: &Subject, now: SystemTime) -> Option<&Ban> {
+        self.bans.get(subject).filter(|b| b.active(now))
+    }
+
+    fn ip(&self, ip: IpAddr, now: SystemTime) -> Option<&Ban> {
+        if let Some(b) = self.active(&Subject::Ip(ip), now) {
+            return Some(b);
+        }
+        let lens: &[u32] = match ip {
+            IpAddr::V4(_) => &self.v4_lens,
+            IpAddr::V6(_) => &self.v6_lens,
+        };
+        // Longest prefix first, so the most specific ban (and its reason) is reported.
+        lens.iter()
+            .enumerate()
+            .rev()
+            .filter(|(_, n)| **n > 0)
+            .filter_map(|(len, _)| IpNet::new(ip, u8::try_from(len).ok()?).ok())
+            .find_map(|net| self.active(&Subject::Cidr(net.trunc()), now))
+    }
+}
+
+impl MemoryBanList {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    // A poisoned lock only means another thread panicked mid-operation; every operation here
+    // leaves the map consistent, so keep serving rather than cascade the panic.
+    fn read(&self) -> RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Entries stored, expired ones included until the next sweep.
+    pub fn len(&self) -> usize {
+        self.read().bans.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl BanList for MemoryBanList {
+    fn get(&self, subject: &Subject, now: SystemTime) -> Option<Ban> {
+        let inner = self.read();
+        match subject.clone().canonical() {
+            Subject::Ip(ip) => inner.ip(ip, now).cloned(),
+            s => inner.active(&s, now).cloned(),
+        }
+    }
+
+    fn insert(&self, mut ban: Ban, now: SystemTime) -> Result<(), BanError> {
+        ban.subject = ban.subject.canonical();
+        if !ban.active(now) {
+            return Err(BanError::AlreadyExpired(ban.subject));
+        }
+        let mut inner = self.write();
+        let subject = ban.subject.clone();
+        if inner.bans.insert(subject.clone(), ban).is_none() {
+            inner.count(&subject, 1);
+        }
+        Ok(())
+    }
+
+    fn remove(&self, subject: &Subject) -> Option<Ban> {
+        let subject = subject.clone().canonical();
+        let mut inner = self.write();
+        let removed = inner.bans.remove(&subject);
+        if removed.is_some() {
+            inner.count(&subject, -1);
+        }
+        removed
+    }
+
+    fn list(&self, now: SystemTime) -> Vec<Ban> {
+        let mut out: Vec<Ban> = self
+            .read()
+            .bans
+            .values()
+            .filter(|b| b.active(now))
+            .cloned()
+            .collect();
+        out.sort_by_key(|b| b.created);
+        out
+    }
+
+    fn sweep(&self, now: SystemTime) -> usize {
+        let mut inner = self.write();
+        let expired: Vec<Subject> = inner
+            .bans
+            .values()
+            .filter(|b| !b.active(now))
+            .map(|b| b.subject.clone())
+            .collect();
+        for s in &expired {
+            inner.bans.remove(s);
+            inner.count(s, -1);
+        }
+        inner.bans.shrink_to_fit();
+        expired.len()
+    }
+}

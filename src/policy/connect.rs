@@ -1,0 +1,123 @@
+//! Admission: at accept (IP, listener) and at CONNECT (identity).
+
+use std::hash::BuildHasher;
+use std::net::IpAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use governor::clock::Clock;
+use governor::RateLimiter;
+
+use super::bans::{Ban, Subject};
+use super::session::Session;
+use super::stats::inc;
+use super::strikes::ip_key;
+use super::types::{Admit, Identity, Refusal};
+use super::Policy;
+
+impl<C: Clock + Clone> Policy<C> {
+    /// Accept stage, before TLS: IP/CIDR ban, then the per-address connect-attempt rate.
+    /// A rate violation is a strike against the address (a flood before any CONNECT ends in an
+    /// IP ban) unless a reconnect storm is on. IPv6 addresses are limited by their /64.
+    pub fn admit_ip(&self, ip: IpAddr) -> Admit {
+        if let Some(ban) = self.bans.get(&Subject::Ip(ip), self.wall.now()) {
+            inc(&self.stats.accept_banned);
+            return Admit::Banned(ban);
+        }
+        let key = ip_key(ip);
+        if self.per_ip.check_key(&key).is_err() {
+            inc(&self.stats.accept_rate_limited);
+            let now = self.now();
+            if !self.storm_on(now) {
+                // A ban issued here reaches the gateway through its BanList (see `BanList`).
+                let _ = self.strike_ip(key, now);
+            }
+            return Admit::RateLimited;
+        }
+        Admit::Ok
+    }
+
+    /// Accepts per second on the named listener. The limiter for a name is created on its
+    /// first call, so pass the listener names from the config (not anything a peer sent).
+    pub fn admit_listener(&self, listener: &str) -> bool {
+        let ok = match self.listeners.get(listener) {
+            Some(l) => l.check().is_ok(),
+            None => self
+                .listeners
+                .entry(listener.into())
+                .or_insert_with(|| {
+                    RateLimiter::direct_with_clock(self.rules.per_listener, self.clock.clone())
+                })
+                .check()
+                .is_ok(),
+        };
+        if !ok {
+            inc(&self.stats.listener_rate_limited);
+        }
+        ok
+    }
+
+    /// CONNECT read. In order: bans (client ID, username, IP/CIDR), the device rules (unknown
+    /// devices), the per-client connect rate (a violation is a strike unless a storm is on),
+    /// and the class's concurrent-connection limit. Every CONNECT that reaches the rate check
+    /// consumes a cell, refused or not, as EMQX counts flapping (PR #9045).
+    pub fn on_connect(&self, id: &Identity) -> Result<Session, Refusal> {
+        if let Some(ban) = self.identity_ban(id) {
+            inc(&self.stats.refused_banned);
+            return Err(Refusal::Banned(ban));
+        }
+        let Some(class) = self.resolver.resolve(&id.client_id) else {
+            inc(&self.stats.refused_unknown);
+            return Err(Refusal::UnknownDevice);
+        };
+        let now = self.now();
+        if self.per_client.check_key(&id.client_id).is_err() {
+            inc(&self.stats.refused_connect_rate);
+            if !self.storm_on(now) {
+                let _ = self.strike_client(id, now, "reconnecting too fast");
+            }
+            return Err(Refusal::ConnectRate);
+        }
+        let device = self.stats.device_entry(&id.client_id);
+        if device.connections.fetch_add(1, Relaxed) >= class.max_connections {
+            device.connections.fetch_sub(1, Relaxed);
+            inc(&self.stats.refused_too_many);
+            return Err(Refusal::TooManyConnections);
+        }
+        device.last_active.store(now, Relaxed);
+        let r = &self.rules;
+        let hash = self.hasher.hash_one(&*id.client_id);
+        if self
+            .storm
+            .connected(hash, now, r.storm_min, r.storm_window, r.storm_hold)
+        {
+            inc(&self.stats.storms);
+            self.stats.storm_active.store(true, Relaxed);
+        }
+        Ok(Session {
+            id: id.clone(),
+            class: Arc::clone(class),
+            device,
+            last_accepted: None,
+        })
+    }
+
+    /// Whether this connection's identity is banned now, e.g. by an admin or a peer gateway
+    /// after it connected: the gateway kicks it.
+    pub fn banned(&self, s: &Session) -> Option<Ban> {
+        self.identity_ban(&s.id)
+    }
+
+    /// Client ID first, then username, then IP (exact or CIDR): the seed's subject order,
+    /// which also decides which ban a refused device is told about.
+    fn identity_ban(&self, id: &Identity) -> Option<Ban> {
+        let now = self.wall.now();
+        self.bans
+            .get(&Subject::ClientId(Arc::clone(&id.client_id)), now)
+            .or_else(|| {
+                let user = id.username.as_ref()?;
+                self.bans.get(&Subject::Username(Arc::clone(user)), now)
+            })
+            .or_else(|| self.bans.get(&Subject::Ip(id.ip), now))
+    }
+}

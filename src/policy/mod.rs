@@ -1,0 +1,227 @@
+//! The policy stage: bans, connect limits, the reporting-rhythm check, per-device rate limits,
+//! strikes and escalation. DESIGN.md "The policy, precisely" is the spec.
+//!
+//! Pure and synchronous: no I/O, no async, no lock shared by all publishes. Monotonic time
+//! comes only from the injected `governor` clock (the same one drives the rate limiters, so a
+//! test with `FakeRelativeClock` is exact to the nanosecond); wall-clock time, for ban
+//! timestamps only, from a [`WallClock`].
+//!
+//! Where state lives:
+//! - per connection, in [`Session`]: identity, class, rhythm clock, the connection slot;
+//! - per device/subject, in sharded `DashMap`s (rate limiters, strikes, escalation, counters);
+//! - fleet-wide: the ban list (read-mostly `RwLock`, touched at accept/CONNECT and when a ban
+//!   is issued, not per publish), the storm window (one short lock per CONNECT), atomics.
+//!
+//! Everything keyed by something a device controls is swept by [`Policy::sweep`].
+
+mod bans;
+mod class;
+mod clock;
+mod connect;
+mod publish;
+mod rules;
+mod session;
+mod stats;
+mod storm;
+mod strikes;
+mod topic;
+mod types;
+
+#[cfg(test)]
+mod tests;
+
+use std::hash::RandomState;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use governor::clock::{Clock, MonotonicClock, Reference};
+use governor::middleware::NoOpMiddleware;
+use governor::state::keyed::DashMapStateStore;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::RateLimiter;
+
+pub use bans::{Ban, BanError, BanList, BanSource, MemoryBanList, Subject};
+pub use clock::{FakeWallClock, SystemWallClock, WallClock};
+pub use session::Session;
+pub use stats::{DeviceSnapshot, Stats, StatsSnapshot};
+pub use types::{Admit, Decision, Identity, PublishFacts, Reason, Refusal, Verdict};
+
+use crate::config::policy::PolicyConfig;
+
+use class::{RateSpec, Resolver};
+use rules::Rules;
+use storm::Storm;
+use strikes::{Escalation, IdSet, StrikeWindow};
+
+type Keyed<K, C> = RateLimiter<K, DashMapStateStore<K>, C, NoOpMiddleware<<C as Clock>::Instant>>;
+type Direct<C> = RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as Clock>::Instant>>;
+
+/// A class's two rate limiters, keyed by client ID (per device, so a reconnect does not reset
+/// the budget).
+struct ClassLimits<C: Clock> {
+    messages: Keyed<Arc<str>, C>,
+    bytes: Keyed<Arc<str>, C>,
+}
+
+/// The policy. `Send + Sync`; share it as `Arc<Policy>`.
+pub struct Policy<C: Clock = MonotonicClock> {
+    clock: C,
+    start: C::Instant,
+    wall: Arc<dyn WallClock>,
+    bans: Arc<dyn BanList>,
+    rules: Rules,
+    resolver: Resolver,
+    limits: Vec<ClassLimits<C>>,
+    /// Connect attempts per address (see `strikes::ip_key`).
+    per_ip: Keyed<IpAddr, C>,
+    /// CONNECTs per client ID.
+    per_client: Keyed<Arc<str>, C>,
+    /// Accepts per listener, created on first use: listener names come from the config, not
+    /// from devices, so this map is as small as the config.
+    listeners: DashMap<Box<str>, Direct<C>>,
+    client_strikes: DashMap<Arc<str>, StrikeWindow>,
+    ip_strikes: DashMap<IpAddr, StrikeWindow>,
+    username_ids: DashMap<Arc<str>, IdSet>,
+    ip_ids: DashMap<IpAddr, IdSet>,
+    escalation: DashMap<Subject, Escalation>,
+    storm: Storm,
+    /// Hashes client IDs for the distinct-ID sets; randomly keyed so IDs cannot be chosen to
+    /// collide.
+    hasher: RandomState,
+    stats: Stats,
+}
+
+/// How many entries each keyed structure holds (for tests and memory metrics).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Footprint {
+    pub message_limiter_keys: usize,
+    pub byte_limiter_keys: usize,
+    pub ip_limiter_keys: usize,
+    pub client_limiter_keys: usize,
+    pub client_strikes: usize,
+    pub ip_strikes: usize,
+    pub username_sets: usize,
+    pub ip_sets: usize,
+    pub escalations: usize,
+    pub devices: usize,
+}
+
+impl<C: Clock + Clone> Policy<C> {
+    /// Validates `cfg` (errors name the key) and builds the policy. Ban timestamps use the
+    /// system wall clock; see [`Policy::with_wall_clock`].
+    pub fn new(cfg: &PolicyConfig, bans: Arc<dyn BanList>, clock: C) -> Result<Self, String> {
+        let (resolver, rates) = class::compile(cfg)?;
+        let rules = rules::compile(cfg)?;
+        let limits = rates.iter().map(|r| class_limits(r, &clock)).collect();
+        Ok(Policy {
+            start: clock.now(),
+            wall: Arc::new(SystemWallClock),
+            bans,
+            limits,
+            per_ip: RateLimiter::dashmap_with_clock(rules.per_ip, clock.clone()),
+            per_client: RateLimiter::dashmap_with_clock(rules.per_client, clock.clone()),
+            listeners: DashMap::new(),
+            client_strikes: DashMap::new(),
+            ip_strikes: DashMap::new(),
+            username_ids: DashMap::new(),
+            ip_ids: DashMap::new(),
+            escalation: DashMap::new(),
+            storm: Storm::default(),
+            hasher: RandomState::new(),
+            stats: Stats::default(),
+            rules,
+            resolver,
+            clock,
+        })
+    }
+
+    /// Replaces the wall clock used for ban `created`/`expires` and ban expiry checks.
+    pub fn with_wall_clock(mut self, wall: Arc<dyn WallClock>) -> Self {
+        self.wall = wall;
+        self
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    pub fn bans(&self) -> &Arc<dyn BanList> {
+        &self.bans
+    }
+
+    /// Whether a reconnect storm is damping connect-rate strikes right now.
+    pub fn storm_active(&self) -> bool {
+        self.storm_on(self.now())
+    }
+
+    /// Housekeeping; call every few seconds. Drops every keyed entry that no longer affects a
+    /// decision, so memory follows the active population, not the number of keys ever seen.
+    /// Each map is walked shard by shard, so publishes wait at most for one shard.
+    pub fn sweep(&self) {
+        let now = self.now();
+        for l in &self.limits {
+            shrink(&l.messages);
+            shrink(&l.bytes);
+        }
+        shrink(&self.per_ip);
+        shrink(&self.per_client);
+        let w = self.rules.window;
+        self.client_strikes.retain(|_, s| s.live(now, w));
+        self.ip_strikes.retain(|_, s| s.live(now, w));
+        self.username_ids.retain(|_, s| s.live(now, w));
+        self.ip_ids.retain(|_, s| s.live(now, w));
+        self.escalation.retain(|_, e| e.forget_at > now);
+        self.client_strikes.shrink_to_fit();
+        self.ip_strikes.shrink_to_fit();
+        self.username_ids.shrink_to_fit();
+        self.ip_ids.shrink_to_fit();
+        self.escalation.shrink_to_fit();
+        self.stats.sweep_devices(now);
+        self.bans.sweep(self.wall.now());
+        self.storm_on(now);
+    }
+
+    pub fn footprint(&self) -> Footprint {
+        Footprint {
+            message_limiter_keys: self.limits.iter().map(|l| l.messages.len()).sum(),
+            byte_limiter_keys: self.limits.iter().map(|l| l.bytes.len()).sum(),
+            ip_limiter_keys: self.per_ip.len(),
+            client_limiter_keys: self.per_client.len(),
+            client_strikes: self.client_strikes.len(),
+            ip_strikes: self.ip_strikes.len(),
+            username_sets: self.username_ids.len(),
+            ip_sets: self.ip_ids.len(),
+            escalations: self.escalation.len(),
+            devices: self.stats.devices.len(),
+        }
+    }
+
+    /// Policy time: nanoseconds since construction on the injected clock.
+    fn now(&self) -> u64 {
+        u64::from(self.clock.now().duration_since(self.start))
+    }
+
+    fn storm_on(&self, now: u64) -> bool {
+        let on = self.storm.active(now);
+        self.stats
+            .storm_active
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+        on
+    }
+}
+
+fn class_limits<C: Clock + Clone>(r: &RateSpec, clock: &C) -> ClassLimits<C> {
+    use governor::Quota;
+    let messages = Quota::per_second(r.messages_per_sec).allow_burst(r.message_burst);
+    let bytes = Quota::per_second(r.bytes_per_sec).allow_burst(r.byte_burst);
+    ClassLimits {
+        messages: RateLimiter::dashmap_with_clock(messages, clock.clone()),
+        bytes: RateLimiter::dashmap_with_clock(bytes, clock.clone()),
+    }
+}
+
+fn shrink<K: std::hash::Hash + Eq + Clone, C: Clock>(l: &Keyed<K, C>) {
+    l.retain_recent();
+    l.shrink_to_fit();
+}

@@ -1,0 +1,116 @@
+//! The per-publish decision: rhythm, then rates.
+//!
+//! Order, and why:
+//! 1. A retransmission (DUP=1, packet id not yet acknowledged) is the same message again: it
+//!    is not a timing sample and is not counted against the rates, and the policy returns
+//!    `Forward` without touching any state. The relay decides what to do with it (forward it
+//!    if the original went upstream, re-ack locally if the original was discarded); the
+//!    policy's verdict on the original stands. The relay must only set `retransmit` for an id
+//!    it has seen and not acknowledged, or DUP=1 would be a free pass.
+//! 2. Rhythm. An early publish is discarded and struck *before* the rate limiters, so it does
+//!    not also eat the budget of the publishes that are on time (and is not struck twice).
+//! 3. Message rate, then byte rate. A publish refused for bytes has used a message cell: it
+//!    was a message. A single publish larger than the byte burst can never pass.
+//! 4. Only then does the publish count as accepted and move the rhythm clock: in rhythm, the
+//!    arming publish, and a late one (late re-arms, or a device back from being offline would
+//!    be judged against a stale clock forever).
+
+use std::num::NonZeroU32;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use governor::clock::Clock;
+
+use super::class::Rhythm;
+use super::session::Session;
+use super::stats::inc;
+use super::types::{Decision, PublishFacts, Reason};
+use super::Policy;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timing {
+    /// Not a rhythm sample (class without T, or topic outside `rhythm_topics`).
+    Skip,
+    /// First sample on this connection.
+    Arm,
+    InRhythm,
+    Early,
+    Late,
+}
+
+impl Timing {
+    fn of(r: Rhythm, last: Option<u64>, now: u64) -> Timing {
+        let Some(last) = last else {
+            return Timing::Arm;
+        };
+        let delta = now.saturating_sub(last);
+        if delta < r.lo {
+            Timing::Early
+        } else if delta > r.hi {
+            Timing::Late
+        } else {
+            Timing::InRhythm
+        }
+    }
+}
+
+impl<C: Clock + Clone> Policy<C> {
+    /// One device PUBLISH on an admitted connection.
+    pub fn on_publish(&self, s: &mut Session, p: &PublishFacts) -> Decision {
+        if p.retransmit {
+            inc(&self.stats.retransmits);
+            return Decision::FORWARD;
+        }
+        let now = self.now();
+        let timing = match s.class.rhythm {
+            Some(r) if s.class.topics.matches(p.topic) => Timing::of(r, s.last_accepted, now),
+            _ => Timing::Skip,
+        };
+        s.device.last_active.store(now, Relaxed);
+        if timing == Timing::Early {
+            inc(&s.device.early);
+            inc(&self.stats.discarded_early);
+            let ban = self.strike_client(&s.id, now, "publish early (out of rhythm)");
+            return Decision::discard(Reason::Early, ban);
+        }
+        if let Some(reason) = self.over_rate(s.class.index, &s.id.client_id, p.len) {
+            inc(&s.device.rate_limited);
+            inc(&self.stats.rate_limited);
+            let why = match reason {
+                Reason::ByteRate => "over the byte rate",
+                _ => "over the message rate",
+            };
+            let ban = self.strike_client(&s.id, now, why);
+            return Decision::discard(reason, ban);
+        }
+        if timing != Timing::Skip {
+            s.last_accepted = Some(now);
+        }
+        if timing == Timing::Late {
+            inc(&s.device.late);
+            if !self.rules.late_forward {
+                inc(&self.stats.discarded_late);
+                return Decision::discard(Reason::Late, None);
+            }
+            inc(&self.stats.late_forwarded);
+        }
+        inc(&s.device.forwarded);
+        inc(&self.stats.forwarded);
+        Decision::FORWARD
+    }
+
+    /// `None` when within both rates (and the cells are consumed).
+    fn over_rate(&self, class: usize, key: &Arc<str>, len: usize) -> Option<Reason> {
+        let limits = self.limits.get(class)?;
+        if limits.messages.check_key(key).is_err() {
+            return Some(Reason::MessageRate);
+        }
+        // An empty publish costs no bytes; a length beyond u32 is beyond any byte burst.
+        let n = NonZeroU32::new(u32::try_from(len).unwrap_or(u32::MAX))?;
+        match limits.bytes.check_key_n(key, n) {
+            Ok(Ok(())) => None,
+            // Err: larger than the burst, so it could never conform.
+            Ok(Err(_)) | Err(_) => Some(Reason::ByteRate),
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! Counters for metrics: fleet-wide atomics and per-device counters.
+//!
+//! Per-device counters are shared with the device's sessions (each `Session` holds an `Arc` to
+//! its device's entry), so a publish bumps them without a map lookup; the same entry counts the
+//! device's concurrent connections.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+
+use super::rules::secs;
+
+/// A disconnected device's counters are forgotten after this long…
+const DEVICE_IDLE: u64 = 600;
+/// …or at once when more than this many disconnected devices are being remembered.
+pub(crate) const MAX_IDLE_DEVICES: usize = 100_000;
+
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub(crate) forwarded: AtomicU64,
+    pub(crate) retransmits: AtomicU64,
+    pub(crate) discarded_early: AtomicU64,
+    pub(crate) discarded_late: AtomicU64,
+    pub(crate) late_forwarded: AtomicU64,
+    pub(crate) rate_limited: AtomicU64,
+    pub(crate) refused_banned: AtomicU64,
+    pub(crate) refused_unknown: AtomicU64,
+    pub(crate) refused_connect_rate: AtomicU64,
+    pub(crate) refused_too_many: AtomicU64,
+    pub(crate) accept_banned: AtomicU64,
+    pub(crate) accept_rate_limited: AtomicU64,
+    pub(crate) listener_rate_limited: AtomicU64,
+    pub(crate) bans_issued: AtomicU64,
+    pub(crate) strikes: AtomicU64,
+    pub(crate) storms: AtomicU64,
+    pub(crate) storm_active: AtomicBool,
+    pub(crate) devices: DashMap<Arc<str>, Arc<DeviceCounters>>,
+}
+
+/// A point-in-time copy of [`Stats`], for metrics exporters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    /// Publishes forwarded, late ones forwarded under `late = "forward"` included.
+    pub forwarded: u64,
+    /// Retransmissions passed through without judgement.
+    pub retransmits: u64,
+    pub discarded_early: u64,
+    pub discarded_late: u64,
+    pub late_forwarded: u64,
+    /// Publishes over the message or byte rate.
+    pub rate_limited: u64,
+    pub refused_banned: u64,
+    pub refused_unknown: u64,
+    pub refused_connect_rate: u64,
+    pub refused_too_many: u64,
+    /// Connections refused at accept: banned IP/CIDR, too many attempts from the IP.
+    pub accept_banned: u64,
+    pub accept_rate_limited: u64,
+    pub listener_rate_limited: u64,
+    pub bans_issued: u64,
+    pub strikes: u64,
+    /// Reconnect storms detected (a storm that continues is counted again each window).
+    pub storms: u64,
+    pub storm_active: bool,
+    /// Devices with counters in memory.
+    pub devices: usize,
+}
+
+impl Stats {
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let g = |a: &AtomicU64| a.load(Relaxed);
+        StatsSnapshot {
+            forwarded: g(&self.forwarded),
+            retransmits: g(&self.retransmits),
+            discarded_early: g(&self.discarded_early),
+            discarded_late: g(&self.discarded_late),
+            late_forwarded: g(&self.late_forwarded),
+            rate_limited: g(&self.rate_limited),
+            refused_banned: g(&self.refused_banned),
+            refused_unknown: g(&self.refused_unknown),
+            refused_connect_rate: g(&self.refused_connect_rate),
+            refused_too_many: g(&self.refused_too_many),
+            accept_banned: g(&self.accept_banned),
+            accept_rate_limited: g(&self.accept_rate_limited),
+            listener_rate_limited: g(&self.listener_rate_limited),
+            bans_issued: g(&self.bans_issued),
+            strikes: g(&self.strikes),
+            storms: g(&self.storms),
+            storm_active: self.storm_active.load(Relaxed),
+            devices: self.devices.len(),
+        }
+    }
+
+    /// One device's counters, if it is connected or was recently.
+    pub fn device(&self, client_id: &str) -> Option<DeviceSnapshot> {
+        self.devices.get(client_id).map(|d| d.snapshot())
+    }
+
+    /// The counters entry for a device that is connecting; created on first sight.
+    pub(crate) fn device_entry(&self, client_id: &Arc<str>) -> Arc<DeviceCounters> {
+        if let Some(d) = self.devices.get(client_id) {
+            return Arc::clone(&d);
+        }
+        Arc::clone(&self.devices.entry(Arc::clone(client_id)).or_default())
+    }
+
+    /// Forgets devices that are disconnected and idle; `now` in policy nanoseconds.
+    ///
+    /// An entry some session still references (`strong_count > 1`) is never removed: the
+    /// session would keep counting into a detached entry and a later CONNECT would see a
+    /// connection count of zero. The check runs under the shard's write lock, and sessions
+    /// take their reference under the same lock, so the two cannot interleave.
+    pub(crate) fn sweep_devices(&self, now: u64) {
+        let idle = |d: &Arc<DeviceCounters>| {
+            Arc::strong_count(d) == 1 && d.connections.load(Relaxed) == 0
+        };
+        let mut idle_left = 0usize;
+        self.devices.retain(|_, d| {
+            if !idle(d) {
+                return true;
+            }
+            let recent = now.saturating_sub(d.last_active.load(Relaxed)) < secs(DEVICE_IDLE);
+            idle_left += usize::from(recent);
+            recent
+        });
+        if idle_left > MAX_IDLE_DEVICES {
+            self.devices.retain(|_, d| !idle(d));
+        }
+        self.devices.shrink_to_fit();
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct DeviceCounters {
+    pub(crate) forwarded: AtomicU64,
+    pub(crate) early: AtomicU64,
+    pub(crate) late: AtomicU64,
+    pub(crate) rate_limited: AtomicU64,
+    pub(crate) connections: AtomicU32,
+    /// Policy time of the last CONNECT or publish.
+    pub(crate) last_active: AtomicU64,
+}
+
+impl DeviceCounters {
+    pub fn snapshot(&self) -> DeviceSnapshot {
+        DeviceSnapshot {
+            forwarded: self.forwarded.load(Relaxed),
+            early: self.early.load(Relaxed),
+            late: self.late.load(Relaxed),
+            rate_limited: self.rate_limited.load(Relaxed),
+            connections: self.connections.load(Relaxed),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeviceSnapshot {
+    pub forwarded: u64,
+    pub early: u64,
+    /// Late publishes, discarded or (with `late = "forward"`) forwarded.
+    pub late: u64,
+    pub rate_limited: u64,
+    pub connections: u32,
+}
+
+/// Bumps a counter.
+pub(crate) fn inc(a: &AtomicU64) {
+    a.fetch_add(1, Relaxed);
+}

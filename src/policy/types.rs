@@ -1,0 +1,113 @@
+//! What goes into the policy and what comes out of it.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use super::bans::Ban;
+
+/// Who is connecting, as far as the gateway knows at CONNECT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub client_id: Arc<str>,
+    pub username: Option<Arc<str>>,
+    /// The real client IP (after trusted-proxy resolution).
+    pub ip: IpAddr,
+}
+
+/// Outcome of the accept-stage check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admit {
+    Ok,
+    Banned(Ban),
+    /// Too many connection attempts from this address; refuse before TLS.
+    RateLimited,
+}
+
+/// Why a CONNECT is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    Banned(Ban),
+    /// Matched no device rule and `unknown_devices = "refuse"`.
+    UnknownDevice,
+    /// The class's `max_connections` for this client ID are all in use.
+    TooManyConnections,
+    /// Reconnecting faster than `per_client_per_minute` (flapping).
+    ConnectRate,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::Banned(ban) => write!(f, "banned ({}: {})", ban.subject, ban.reason),
+            Refusal::UnknownDevice => f.write_str("unknown device"),
+            Refusal::TooManyConnections => f.write_str("too many connections for this client ID"),
+            Refusal::ConnectRate => f.write_str("reconnecting too fast"),
+        }
+    }
+}
+
+/// One device PUBLISH, as the relay saw it.
+#[derive(Debug, Clone, Copy)]
+pub struct PublishFacts<'a> {
+    /// The full topic (the relay re-expands MQTT 5 topic aliases before asking).
+    pub topic: &'a str,
+    pub qos: u8,
+    /// Bytes the publish occupies on the wire (what the byte rate counts).
+    pub len: usize,
+    /// DUP=1 for a packet id the device has not had acknowledged yet.
+    pub retransmit: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// Δ < T − E: a strike.
+    Early,
+    /// Δ > T + E: not a strike.
+    Late,
+    /// Over the class's messages/s: a strike.
+    MessageRate,
+    /// Over the class's bytes/s (or one publish larger than the byte burst): a strike.
+    ByteRate,
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Reason::Early => "early (out of rhythm)",
+            Reason::Late => "late (out of rhythm)",
+            Reason::MessageRate => "over the message rate",
+            Reason::ByteRate => "over the byte rate",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Forward,
+    /// Acknowledge to the device, do not forward.
+    Discard(Reason),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub verdict: Verdict,
+    /// A ban this decision just issued; the gateway kicks whoever it covers. When one strike
+    /// escalates to several bans at once (client ID, then its username or IP), this is the
+    /// widest of them, since kicking its subject also kicks the narrower ones.
+    pub ban: Option<Ban>,
+}
+
+impl Decision {
+    pub(crate) const FORWARD: Decision = Decision {
+        verdict: Verdict::Forward,
+        ban: None,
+    };
+
+    pub(crate) fn discard(reason: Reason, ban: Option<Ban>) -> Decision {
+        Decision {
+            verdict: Verdict::Discard(reason),
+            ban,
+        }
+    }
+}
