@@ -90,7 +90,9 @@ pub(crate) fn compile(cfg: &PolicyConfig) -> Result<(Resolver, Vec<RateSpec>), S
     }
     let mut prefixes = Vec::with_capacity(cfg.device_prefixes.len());
     for (i, rule) in cfg.device_prefixes.iter().enumerate() {
-        let index = lookup(&rule.class, &|| format!("policy.device_prefixes[{i}].class"))?;
+        let index = lookup(&rule.class, &|| {
+            format!("policy.device_prefixes[{i}].class")
+        })?;
         prefixes.push((rule.prefix.as_str().into(), index));
     }
     let unknown = (cfg.unknown_devices == UnknownDevices::Admit).then_some(default);

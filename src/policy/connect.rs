@@ -1,6 +1,5 @@
 //! Admission: at accept (IP, listener) and at CONNECT (identity).
 
-use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -9,6 +8,7 @@ use governor::clock::Clock;
 use governor::RateLimiter;
 
 use super::bans::{Ban, Subject};
+use super::key::DeviceKey;
 use super::session::Session;
 use super::stats::inc;
 use super::strikes::ip_key;
@@ -71,25 +71,29 @@ impl<C: Clock + Clone> Policy<C> {
             return Err(Refusal::UnknownDevice);
         };
         let now = self.now();
-        if self.per_client.check_key(&id.client_id).is_err() {
+        let over = self
+            .clock
+            .pinned(now, || self.per_client.check_key(&id.client_id).is_err());
+        if over {
             inc(&self.stats.refused_connect_rate);
             if !self.storm_on(now) {
-                let _ = self.strike_client(id, now, "reconnecting too fast");
+                let key = DeviceKey::new(Arc::clone(&id.client_id), &self.hasher);
+                let _ = self.strike_client(id, &key, now, "reconnecting too fast");
             }
             return Err(Refusal::ConnectRate);
         }
-        let device = self.stats.device_entry(&id.client_id);
+        let (interned, device) = self.stats.device_entry(&id.client_id);
         if device.connections.fetch_add(1, Relaxed) >= class.max_connections {
             device.connections.fetch_sub(1, Relaxed);
             inc(&self.stats.refused_too_many);
             return Err(Refusal::TooManyConnections);
         }
         device.last_active.store(now, Relaxed);
+        let key = DeviceKey::new(interned, &self.hasher);
         let r = &self.rules;
-        let hash = self.hasher.hash_one(&*id.client_id);
         if self
             .storm
-            .connected(hash, now, r.storm_min, r.storm_window, r.storm_hold)
+            .connected(key.hash(), now, r.storm_min, r.storm_window, r.storm_hold)
         {
             inc(&self.stats.storms);
             self.stats.storm_active.store(true, Relaxed);
@@ -97,6 +101,7 @@ impl<C: Clock + Clone> Policy<C> {
         Ok(Session {
             id: id.clone(),
             class: Arc::clone(class),
+            key,
             device,
             last_accepted: None,
         })

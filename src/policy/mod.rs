@@ -18,12 +18,14 @@ mod bans;
 mod class;
 mod clock;
 mod connect;
+mod key;
 mod publish;
 mod rules;
 mod session;
 mod stats;
 mod storm;
 mod strikes;
+mod ticks;
 mod topic;
 mod types;
 
@@ -35,8 +37,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use dashmap::DashMap;
-use governor::clock::{Clock, MonotonicClock, Reference};
+use governor::clock::{Clock, MonotonicClock};
 use governor::middleware::NoOpMiddleware;
+use governor::nanos::Nanos;
 use governor::state::keyed::DashMapStateStore;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::RateLimiter;
@@ -50,24 +53,28 @@ pub use types::{Admit, Decision, Identity, PublishFacts, Reason, Refusal, Verdic
 use crate::config::policy::PolicyConfig;
 
 use class::{RateSpec, Resolver};
+use key::{DeviceKey, PassThrough};
 use rules::Rules;
 use storm::Storm;
 use strikes::{Escalation, IdSet, StrikeWindow};
+use ticks::Ticks;
 
-type Keyed<K, C> = RateLimiter<K, DashMapStateStore<K>, C, NoOpMiddleware<<C as Clock>::Instant>>;
-type Direct<C> = RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as Clock>::Instant>>;
+/// Every limiter runs on policy time (`Ticks`), so one clock reading serves a whole decision.
+type Keyed<K, C, S = RandomState> =
+    RateLimiter<K, DashMapStateStore<K, S>, Ticks<C>, NoOpMiddleware<Nanos>>;
+type DeviceLimiter<C> = Keyed<DeviceKey, C, PassThrough>;
+type Direct<C> = RateLimiter<NotKeyed, InMemoryState, Ticks<C>, NoOpMiddleware<Nanos>>;
 
 /// A class's two rate limiters, keyed by client ID (per device, so a reconnect does not reset
 /// the budget).
 struct ClassLimits<C: Clock> {
-    messages: Keyed<Arc<str>, C>,
-    bytes: Keyed<Arc<str>, C>,
+    messages: DeviceLimiter<C>,
+    bytes: DeviceLimiter<C>,
 }
 
 /// The policy. `Send + Sync`; share it as `Arc<Policy>`.
 pub struct Policy<C: Clock = MonotonicClock> {
-    clock: C,
-    start: C::Instant,
+    clock: Ticks<C>,
     wall: Arc<dyn WallClock>,
     bans: Arc<dyn BanList>,
     rules: Rules,
@@ -80,14 +87,14 @@ pub struct Policy<C: Clock = MonotonicClock> {
     /// Accepts per listener, created on first use: listener names come from the config, not
     /// from devices, so this map is as small as the config.
     listeners: DashMap<Box<str>, Direct<C>>,
-    client_strikes: DashMap<Arc<str>, StrikeWindow>,
+    client_strikes: DashMap<DeviceKey, StrikeWindow, PassThrough>,
     ip_strikes: DashMap<IpAddr, StrikeWindow>,
     username_ids: DashMap<Arc<str>, IdSet>,
     ip_ids: DashMap<IpAddr, IdSet>,
     escalation: DashMap<Subject, Escalation>,
     storm: Storm,
-    /// Hashes client IDs for the distinct-ID sets; randomly keyed so IDs cannot be chosen to
-    /// collide.
+    /// Hashes client IDs (limiter keys, distinct-ID sets, storms); randomly keyed so IDs
+    /// cannot be chosen to collide.
     hasher: RandomState,
     stats: Stats,
 }
@@ -113,16 +120,16 @@ impl<C: Clock + Clone> Policy<C> {
     pub fn new(cfg: &PolicyConfig, bans: Arc<dyn BanList>, clock: C) -> Result<Self, String> {
         let (resolver, rates) = class::compile(cfg)?;
         let rules = rules::compile(cfg)?;
+        let clock = Ticks::new(clock);
         let limits = rates.iter().map(|r| class_limits(r, &clock)).collect();
         Ok(Policy {
-            start: clock.now(),
             wall: Arc::new(SystemWallClock),
             bans,
             limits,
             per_ip: RateLimiter::dashmap_with_clock(rules.per_ip, clock.clone()),
             per_client: RateLimiter::dashmap_with_clock(rules.per_client, clock.clone()),
             listeners: DashMap::new(),
-            client_strikes: DashMap::new(),
+            client_strikes: DashMap::with_hasher(PassThrough),
             ip_strikes: DashMap::new(),
             username_ids: DashMap::new(),
             ip_ids: DashMap::new(),
@@ -199,7 +206,7 @@ impl<C: Clock + Clone> Policy<C> {
 
     /// Policy time: nanoseconds since construction on the injected clock.
     fn now(&self) -> u64 {
-        u64::from(self.clock.now().duration_since(self.start))
+        self.clock.read()
     }
 
     fn storm_on(&self, now: u64) -> bool {
@@ -211,17 +218,31 @@ impl<C: Clock + Clone> Policy<C> {
     }
 }
 
-fn class_limits<C: Clock + Clone>(r: &RateSpec, clock: &C) -> ClassLimits<C> {
+impl<C: Clock> std::fmt::Debug for Policy<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy")
+            .field("classes", &self.limits.len())
+            .field("stats", &self.stats.snapshot())
+            .finish_non_exhaustive()
+    }
+}
+
+fn class_limits<C: Clock + Clone>(r: &RateSpec, clock: &Ticks<C>) -> ClassLimits<C> {
     use governor::Quota;
     let messages = Quota::per_second(r.messages_per_sec).allow_burst(r.message_burst);
     let bytes = Quota::per_second(r.bytes_per_sec).allow_burst(r.byte_burst);
     ClassLimits {
-        messages: RateLimiter::dashmap_with_clock(messages, clock.clone()),
-        bytes: RateLimiter::dashmap_with_clock(bytes, clock.clone()),
+        messages: RateLimiter::dashmap_with_clock_and_hasher(messages, clock.clone(), PassThrough),
+        bytes: RateLimiter::dashmap_with_clock_and_hasher(bytes, clock.clone(), PassThrough),
     }
 }
 
-fn shrink<K: std::hash::Hash + Eq + Clone, C: Clock>(l: &Keyed<K, C>) {
+fn shrink<K, C, S>(l: &Keyed<K, C, S>)
+where
+    K: std::hash::Hash + Eq + Clone,
+    C: Clock,
+    S: std::hash::BuildHasher + Clone,
+{
     l.retain_recent();
     l.shrink_to_fit();
 }

@@ -17,11 +17,11 @@
 
 use std::num::NonZeroU32;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
 
 use governor::clock::Clock;
 
 use super::class::Rhythm;
+use super::key::DeviceKey;
 use super::session::Session;
 use super::stats::inc;
 use super::types::{Decision, PublishFacts, Reason};
@@ -70,17 +70,20 @@ impl<C: Clock + Clone> Policy<C> {
         if timing == Timing::Early {
             inc(&s.device.early);
             inc(&self.stats.discarded_early);
-            let ban = self.strike_client(&s.id, now, "publish early (out of rhythm)");
+            let ban = self.strike_client(&s.id, &s.key, now, "publish early (out of rhythm)");
             return Decision::discard(Reason::Early, ban);
         }
-        if let Some(reason) = self.over_rate(s.class.index, &s.id.client_id, p.len) {
+        let over = self
+            .clock
+            .pinned(now, || self.over_rate(s.class.index, &s.key, p.len));
+        if let Some(reason) = over {
             inc(&s.device.rate_limited);
             inc(&self.stats.rate_limited);
             let why = match reason {
                 Reason::ByteRate => "over the byte rate",
                 _ => "over the message rate",
             };
-            let ban = self.strike_client(&s.id, now, why);
+            let ban = self.strike_client(&s.id, &s.key, now, why);
             return Decision::discard(reason, ban);
         }
         if timing != Timing::Skip {
@@ -100,7 +103,7 @@ impl<C: Clock + Clone> Policy<C> {
     }
 
     /// `None` when within both rates (and the cells are consumed).
-    fn over_rate(&self, class: usize, key: &Arc<str>, len: usize) -> Option<Reason> {
+    fn over_rate(&self, class: usize, key: &DeviceKey, len: usize) -> Option<Reason> {
         let limits = self.limits.get(class)?;
         if limits.messages.check_key(key).is_err() {
             return Some(Reason::MessageRate);

@@ -4,6 +4,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use super::class::ClassRules;
+use super::key::DeviceKey;
 use super::stats::DeviceCounters;
 use super::types::Identity;
 
@@ -19,6 +20,8 @@ use super::types::Identity;
 pub struct Session {
     pub(crate) id: Identity,
     pub(crate) class: Arc<ClassRules>,
+    /// The client ID as the rate limiters' key.
+    pub(crate) key: DeviceKey,
     pub(crate) device: Arc<DeviceCounters>,
     /// Arrival (policy nanoseconds) of the last accepted rhythm sample; `None` until armed.
     pub(crate) last_accepted: Option<u64>,

@@ -97,12 +97,14 @@ impl Stats {
         self.devices.get(client_id).map(|d| d.snapshot())
     }
 
-    /// The counters entry for a device that is connecting; created on first sight.
-    pub(crate) fn device_entry(&self, client_id: &Arc<str>) -> Arc<DeviceCounters> {
+    /// The counters entry for a device that is connecting, created on first sight, with the
+    /// entry's own copy of the client ID (interned: every session of the device shares it).
+    pub(crate) fn device_entry(&self, client_id: &Arc<str>) -> (Arc<str>, Arc<DeviceCounters>) {
         if let Some(d) = self.devices.get(client_id) {
-            return Arc::clone(&d);
+            return (Arc::clone(d.key()), Arc::clone(d.value()));
         }
-        Arc::clone(&self.devices.entry(Arc::clone(client_id)).or_default())
+        let d = self.devices.entry(Arc::clone(client_id)).or_default();
+        (Arc::clone(d.key()), Arc::clone(d.value()))
     }
 
     /// Forgets devices that are disconnected and idle; `now` in policy nanoseconds.
@@ -112,9 +114,8 @@ impl Stats {
     /// connection count of zero. The check runs under the shard's write lock, and sessions
     /// take their reference under the same lock, so the two cannot interleave.
     pub(crate) fn sweep_devices(&self, now: u64) {
-        let idle = |d: &Arc<DeviceCounters>| {
-            Arc::strong_count(d) == 1 && d.connections.load(Relaxed) == 0
-        };
+        let idle =
+            |d: &Arc<DeviceCounters>| Arc::strong_count(d) == 1 && d.connections.load(Relaxed) == 0;
         let mut idle_left = 0usize;
         self.devices.retain(|_, d| {
             if !idle(d) {

@@ -10,7 +10,6 @@
 //! emptied when it fires, and is swept once its newest entry leaves the window.
 
 use std::collections::VecDeque;
-use std::hash::BuildHasher;
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +18,7 @@ use governor::clock::Clock;
 use ipnet::{IpNet, Ipv6Net};
 
 use super::bans::{Ban, BanSource, Subject};
+use super::key::DeviceKey;
 use super::stats::inc;
 use super::types::Identity;
 use super::Policy;
@@ -50,7 +50,9 @@ impl StrikeWindow {
     }
 
     pub(crate) fn live(&self, now: u64, window: u64) -> bool {
-        self.0.back().is_some_and(|&t| now.saturating_sub(t) < window)
+        self.0
+            .back()
+            .is_some_and(|&t| now.saturating_sub(t) < window)
     }
 }
 
@@ -75,9 +77,7 @@ impl IdSet {
     }
 
     pub(crate) fn live(&self, now: u64, window: u64) -> bool {
-        self.0
-            .iter()
-            .any(|&(_, t)| now.saturating_sub(t) < window)
+        self.0.iter().any(|&(_, t)| now.saturating_sub(t) < window)
     }
 }
 
@@ -116,14 +116,26 @@ pub(crate) fn ip_subject(key: IpAddr) -> Subject {
 impl<C: Clock + Clone> Policy<C> {
     /// A strike against a client ID (early publish, over a rate, reconnecting too fast).
     /// Returns the widest ban it led to, if any.
-    pub(crate) fn strike_client(&self, id: &Identity, now: u64, why: &str) -> Option<Ban> {
+    pub(crate) fn strike_client(
+        &self,
+        id: &Identity,
+        key: &DeviceKey,
+        now: u64,
+        why: &str,
+    ) -> Option<Ban> {
         inc(&self.stats.strikes);
         let r = &self.rules;
-        let out = self
-            .client_strikes
-            .entry(Arc::clone(&id.client_id))
-            .or_default()
-            .hit(now, r.window, r.threshold);
+        // `get_mut` first: a device being struck usually already has a window, and `entry`
+        // would clone the key (two atomic operations) on every strike.
+        let out = match self.client_strikes.get_mut(key) {
+            Some(mut w) => w.hit(now, r.window, r.threshold),
+            None => {
+                self.client_strikes
+                    .entry(key.clone())
+                    .or_default()
+                    .hit(now, r.window, r.threshold)
+            }
+        };
         if !out {
             return None;
         }
@@ -136,13 +148,14 @@ impl<C: Clock + Clone> Policy<C> {
                 r.window / 1_000_000_000
             ),
         );
-        let hash = self.hasher.hash_one(&*id.client_id);
+        let hash = key.hash();
         if let Some(user) = &id.username {
-            let fired = self
-                .username_ids
-                .entry(Arc::clone(user))
-                .or_default()
-                .add(hash, now, r.window, r.username_min);
+            let fired = self.username_ids.entry(Arc::clone(user)).or_default().add(
+                hash,
+                now,
+                r.window,
+                r.username_min,
+            );
             if fired {
                 let reason = format!(
                     "{} client IDs under this username struck out within {}s",

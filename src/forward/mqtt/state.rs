@@ -15,12 +15,7 @@ pub const MAX_PENDING_ACKS: usize = 1024;
 /// Topic aliases we track per direction; MQTT allows 65535 but brokers grant ~10.
 pub const MAX_ALIASES: usize = 1024;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AckKind {
-    PubAck,
-    PubRec,
-    PubComp,
-}
+pub use crate::mqtt::server::AckKind;
 
 #[derive(Debug)]
 enum Entry {

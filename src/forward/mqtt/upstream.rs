@@ -139,7 +139,7 @@ fn handle<R>(u: &mut Up<'_, R>, aliases: &mut Aliases, p: Bytes, out: &mut Vec<B
             let mut s = lock(u.shared);
             if s.local_qos2.remove(&id) {
                 // Ours to answer: the broker never saw this QoS 2 publish.
-                let ack = Bytes::from(server::ack(server::AckKind::PubComp, id, reason::SUCCESS, u.version));
+                let ack = Bytes::from(server::ack(AckKind::PubComp, id, reason::SUCCESS, u.version));
                 local_ack(&mut s, u.notify, id, ack)
             } else {
                 s.acks.expect_from_broker(AckKind::PubComp, id).map_err(|_| overflow())?;
@@ -173,11 +173,14 @@ fn publish<R>(u: &mut Up<'_, R>, aliases: &mut Aliases, p: &Bytes, pb: &Publish<
         Some(Disposition::Local) => return Ok(()),
         Some(Disposition::Broker) => Verdict::Forward,
         None => {
+            // DUP=1 on an id this connection has no record of is judged as a new message:
+            // trusting the flag would let a device skip every rule by setting it. (A resend
+            // after reconnect is the session's first publish, which only arms the clock.)
             let facts = PublishFacts {
                 topic: &topic,
                 qos: pb.qos,
                 len: p.len(),
-                retransmit: pb.dup,
+                retransmit: false,
             };
             let decision = u.ctx.policy.on_publish(&mut u.session, &facts);
             if let Some(ban) = decision.ban {
@@ -208,13 +211,13 @@ fn publish<R>(u: &mut Up<'_, R>, aliases: &mut Aliases, p: &Bytes, pb: &Publish<
             let code = discard_code(why, u.ctx.policy_config.discard_reason);
             let mut s = lock(u.shared);
             let ack = if pb.qos == 1 {
-                server::ack(server::AckKind::PubAck, id, code, u.version)
+                server::ack(AckKind::PubAck, id, code, u.version)
             } else {
                 // A PUBREC of 0x80 or more ends the QoS 2 flow; below, a PUBREL will follow.
                 if code < 0x80 {
                     s.local_qos2.insert(id);
                 }
-                server::ack(server::AckKind::PubRec, id, code, u.version)
+                server::ack(AckKind::PubRec, id, code, u.version)
             };
             s.inflight.insert(id, Disposition::Local).map_err(|_| overflow())?;
             local_ack(&mut s, u.notify, id, Bytes::from(ack))

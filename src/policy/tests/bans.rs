@@ -31,16 +31,23 @@ fn exact_subjects() {
     assert!(list.get(&client("a"), t0()).is_some());
     assert!(list.get(&client("b"), t0()).is_none());
     assert!(list.get(&Subject::Username("u".into()), t0()).is_some());
-    assert!(list.get(&Subject::ClientId("u".into()), t0()).is_none(), "kinds differ");
+    assert!(
+        list.get(&Subject::ClientId("u".into()), t0()).is_none(),
+        "kinds differ"
+    );
 }
 
 #[test]
 fn an_ip_is_banned_by_an_ip_or_a_containing_cidr() {
     let list = MemoryBanList::new();
-    list.insert(ban(cidr("10.0.0.0/8"), None), t0()).expect("insert");
-    list.insert(ban(cidr("10.1.0.0/16"), None), t0()).expect("insert");
-    list.insert(ban(Subject::Ip(ip("192.0.2.1")), None), t0()).expect("insert");
-    list.insert(ban(cidr("2001:db8::/32"), None), t0()).expect("insert");
+    list.insert(ban(cidr("10.0.0.0/8"), None), t0())
+        .expect("insert");
+    list.insert(ban(cidr("10.1.0.0/16"), None), t0())
+        .expect("insert");
+    list.insert(ban(Subject::Ip(ip("192.0.2.1")), None), t0())
+        .expect("insert");
+    list.insert(ban(cidr("2001:db8::/32"), None), t0())
+        .expect("insert");
     let get = |a: &str| list.get(&Subject::Ip(ip(a)), t0()).map(|b| b.subject);
     assert_eq!(get("10.1.2.3"), Some(cidr("10.1.0.0/16")), "most specific");
     assert_eq!(get("10.2.0.1"), Some(cidr("10.0.0.0/8")));
@@ -49,18 +56,24 @@ fn an_ip_is_banned_by_an_ip_or_a_containing_cidr() {
     assert_eq!(get("192.0.2.2"), None);
     assert_eq!(get("2001:db8:ffff::1"), Some(cidr("2001:db8::/32")));
     assert_eq!(get("2001:db9::1"), None);
-    assert_eq!(get("::ffff:10.9.9.9"), Some(cidr("10.0.0.0/8")), "v4-mapped");
+    assert_eq!(
+        get("::ffff:10.9.9.9"),
+        Some(cidr("10.0.0.0/8")),
+        "v4-mapped"
+    );
 }
 
 #[test]
 fn cidrs_are_stored_by_network() {
     let list = MemoryBanList::new();
-    list.insert(ban(cidr("10.1.2.3/16"), None), t0()).expect("insert");
+    list.insert(ban(cidr("10.1.2.3/16"), None), t0())
+        .expect("insert");
     assert!(list.get(&cidr("10.1.0.0/16"), t0()).is_some());
     assert!(list.remove(&cidr("10.1.99.99/16")).is_some());
     assert!(list.get(&Subject::Ip(ip("10.1.2.3")), t0()).is_none());
     // Removing one address does not lift the CIDR around it.
-    list.insert(ban(cidr("10.0.0.0/8"), None), t0()).expect("insert");
+    list.insert(ban(cidr("10.0.0.0/8"), None), t0())
+        .expect("insert");
     assert!(list.remove(&Subject::Ip(ip("10.0.0.1"))).is_none());
     assert!(list.get(&Subject::Ip(ip("10.0.0.1")), t0()).is_some());
 }
@@ -81,8 +94,10 @@ fn inserting_an_expired_ban_is_an_error() {
 #[test]
 fn an_expired_ban_is_no_ban() {
     let list = MemoryBanList::new();
-    list.insert(ban(client("a"), Some(10)), t0()).expect("insert");
-    list.insert(ban(cidr("10.0.0.0/8"), Some(10)), t0()).expect("insert");
+    list.insert(ban(client("a"), Some(10)), t0())
+        .expect("insert");
+    list.insert(ban(cidr("10.0.0.0/8"), Some(10)), t0())
+        .expect("insert");
     let just_before = t0() + Duration::from_nanos(9_999_999_999);
     let at = t0() + Duration::from_secs(10);
     assert!(list.get(&client("a"), just_before).is_some());
@@ -98,7 +113,8 @@ fn an_expired_ban_is_no_ban() {
 #[test]
 fn sweep_keeps_cidr_lookup_consistent() {
     let list = MemoryBanList::new();
-    list.insert(ban(cidr("10.0.0.0/8"), Some(10)), t0()).expect("insert");
+    list.insert(ban(cidr("10.0.0.0/8"), Some(10)), t0())
+        .expect("insert");
     list.sweep(t0() + Duration::from_secs(10));
     let now = t0() + Duration::from_secs(20);
     list.insert(
@@ -123,7 +139,10 @@ fn replace_remove_and_list_order() {
     assert_eq!(subjects, [client("b"), client("a")], "oldest first");
     a.reason = "replaced".into();
     list.insert(a.clone(), t0()).expect("insert");
-    assert_eq!(list.get(&client("a"), t0()).map(|b| b.reason), Some("replaced".into()));
+    assert_eq!(
+        list.get(&client("a"), t0()).map(|b| b.reason),
+        Some("replaced".into())
+    );
     assert_eq!(list.len(), 2);
     assert_eq!(list.remove(&client("a")), Some(a));
     assert_eq!(list.remove(&client("a")), None);

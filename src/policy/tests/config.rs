@@ -6,7 +6,11 @@ use super::*;
 use crate::config::policy::PrefixRule;
 
 fn error(cfg: PolicyConfig) -> String {
-    match Policy::new(&cfg, Arc::new(MemoryBanList::new()), FakeRelativeClock::default()) {
+    match Policy::new(
+        &cfg,
+        Arc::new(MemoryBanList::new()),
+        FakeRelativeClock::default(),
+    ) {
         Ok(_) => panic!("accepted"),
         Err(e) => e,
     }
@@ -37,7 +41,10 @@ fn class_references_must_exist() {
         prefix: "x".into(),
         class: "nope".into(),
     });
-    assert_eq!(error(cfg), r#"policy.device_prefixes[0].class: no class "nope""#);
+    assert_eq!(
+        error(cfg),
+        r#"policy.device_prefixes[0].class: no class "nope""#
+    );
 
     let mut cfg = rhythm_config();
     cfg.default_class = "missing".into();
@@ -47,13 +54,25 @@ fn class_references_must_exist() {
 #[test]
 fn interval_and_tolerance() {
     let e = class(|c| c.push_interval_secs = Some(0.0));
-    assert!(e.starts_with("policy.classes.default.push_interval_secs"), "{e}");
+    assert!(
+        e.starts_with("policy.classes.default.push_interval_secs"),
+        "{e}"
+    );
     let e = class(|c| c.push_interval_secs = Some(f64::NAN));
-    assert!(e.starts_with("policy.classes.default.push_interval_secs"), "{e}");
+    assert!(
+        e.starts_with("policy.classes.default.push_interval_secs"),
+        "{e}"
+    );
     let e = class(|c| c.tolerance_secs = 60.0);
-    assert!(e.starts_with("policy.classes.default.tolerance_secs"), "{e}");
+    assert!(
+        e.starts_with("policy.classes.default.tolerance_secs"),
+        "{e}"
+    );
     let e = class(|c| c.tolerance_secs = -1.0);
-    assert!(e.starts_with("policy.classes.default.tolerance_secs"), "{e}");
+    assert!(
+        e.starts_with("policy.classes.default.tolerance_secs"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -78,7 +97,10 @@ fn rates_must_be_positive() {
 #[test]
 fn topic_filters_are_checked() {
     let e = class(|c| c.rhythm_topics = vec!["ok/+".into(), "bad/#/x".into()]);
-    assert!(e.starts_with("policy.classes.default.rhythm_topics[1]: "), "{e}");
+    assert!(
+        e.starts_with("policy.classes.default.rhythm_topics[1]: "),
+        "{e}"
+    );
 }
 
 #[test]

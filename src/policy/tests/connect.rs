@@ -23,7 +23,9 @@ fn classes() -> PolicyConfig {
 }
 
 fn class_of(h: &Harness, id: &str) -> Result<String, Refusal> {
-    h.policy.on_connect(&ident(id)).map(|s| s.class().to_string())
+    h.policy
+        .on_connect(&ident(id))
+        .map(|s| s.class().to_string())
 }
 
 #[test]
@@ -97,7 +99,10 @@ fn flapping_is_refused_then_struck_then_banned() {
         Err(Refusal::Banned(_))
     ));
     let st = h.stats();
-    assert_eq!((st.refused_connect_rate, st.strikes, st.bans_issued), (5, 5, 1));
+    assert_eq!(
+        (st.refused_connect_rate, st.strikes, st.bans_issued),
+        (5, 5, 1)
+    );
 }
 
 #[test]
@@ -126,7 +131,10 @@ fn per_ip_connect_attempts() {
     }
     assert_eq!(h.policy.admit_ip(a), Admit::RateLimited);
     assert_eq!(h.policy.admit_ip(ip("192.0.2.2")), Admit::Ok);
-    assert_eq!(h.policy.admit_ip(ip("::ffff:192.0.2.1")), Admit::RateLimited);
+    assert_eq!(
+        h.policy.admit_ip(ip("::ffff:192.0.2.1")),
+        Admit::RateLimited
+    );
     h.advance(0.5);
     assert_eq!(h.policy.admit_ip(a), Admit::Ok);
     assert_eq!(h.stats().accept_rate_limited, 2);

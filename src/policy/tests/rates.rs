@@ -46,7 +46,10 @@ fn message_burst_then_the_rate() {
     h.advance_nanos(1);
     assert_eq!(send(&h, &mut s, 1).verdict, Verdict::Forward);
     assert_eq!(send(&h, &mut s, 1).verdict, MSG);
-    assert_eq!(h.policy.stats().device("d").map(|d| d.rate_limited), Some(3));
+    assert_eq!(
+        h.policy.stats().device("d").map(|d| d.rate_limited),
+        Some(3)
+    );
 }
 
 #[test]
@@ -89,7 +92,11 @@ fn budget_is_per_device_and_survives_reconnects() {
     }
     drop(s);
     let mut s = h.connect("d");
-    assert_eq!(send(&h, &mut s, 1).verdict, MSG, "same client ID, same budget");
+    assert_eq!(
+        send(&h, &mut s, 1).verdict,
+        MSG,
+        "same client ID, same budget"
+    );
     let mut other = h.connect("e");
     assert_eq!(send(&h, &mut other, 1).verdict, Verdict::Forward);
 }
@@ -122,9 +129,16 @@ fn early_publishes_do_not_eat_the_budget() {
     let mut s = h.connect("d");
     assert_eq!(h.publish(&mut s, "data").verdict, Verdict::Forward); // arms: cell 1 of 2
     for _ in 0..3 {
-        assert_eq!(h.publish(&mut s, "data").verdict, Verdict::Discard(Reason::Early));
+        assert_eq!(
+            h.publish(&mut s, "data").verdict,
+            Verdict::Discard(Reason::Early)
+        );
     }
-    assert_eq!(h.publish(&mut s, "log").verdict, Verdict::Forward, "cell 2 is still there");
+    assert_eq!(
+        h.publish(&mut s, "log").verdict,
+        Verdict::Forward,
+        "cell 2 is still there"
+    );
     assert_eq!(h.publish(&mut s, "log").verdict, MSG);
 }
 
@@ -137,7 +151,10 @@ fn a_rate_limited_sample_does_not_move_the_clock() {
     }
     let h = Harness::new(cfg);
     let mut s = h.connect("d");
-    assert_eq!(h.policy.on_publish(&mut s, &facts("t", 100)).verdict, Verdict::Forward);
+    assert_eq!(
+        h.policy.on_publish(&mut s, &facts("t", 100)).verdict,
+        Verdict::Forward
+    );
     h.advance(60.0); // in rhythm, but only 60 bytes are back
     assert_eq!(h.policy.on_publish(&mut s, &facts("t", 100)).verdict, BYTES);
     h.advance(40.0); // Δ = 100 s from the last *accepted* one: late

@@ -85,7 +85,11 @@ fn one_flapper_alone_is_banned_and_starts_no_storm() {
         h.advance(0.1);
     }
     assert!(h.ban_on(client("flapper")).is_some());
-    assert_eq!(h.ban_on(Subject::Ip(id.ip)), None, "one client ID is not an IP ban");
+    assert_eq!(
+        h.ban_on(Subject::Ip(id.ip)),
+        None,
+        "one client ID is not an IP ban"
+    );
     assert!(!h.policy.storm_active());
     assert_eq!(h.stats().storms, 0);
 }
@@ -97,9 +101,13 @@ fn a_connect_flood_without_connect_bans_the_ip() {
     let outcomes: Vec<Admit> = (0..300).map(|_| h.policy.admit_ip(attacker)).collect();
     assert!(outcomes[..200].iter().all(|a| *a == Admit::Ok), "the burst");
     assert!(outcomes[200..205].iter().all(|a| *a == Admit::RateLimited));
-    let ban = h.ban_on(Subject::Ip(attacker)).expect("banned after 5 strikes");
+    let ban = h
+        .ban_on(Subject::Ip(attacker))
+        .expect("banned after 5 strikes");
     assert!(ban.reason.contains("connect flood"), "{}", ban.reason);
-    assert!(outcomes[205..].iter().all(|a| *a == Admit::Banned(ban.clone())));
+    assert!(outcomes[205..]
+        .iter()
+        .all(|a| *a == Admit::Banned(ban.clone())));
 }
 
 #[test]

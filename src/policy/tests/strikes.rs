@@ -40,7 +40,10 @@ fn threshold_within_the_window_bans_for_exactly_d() {
     assert_eq!(expires_in(&h, &ban), Duration::from_secs(D));
     assert_eq!(h.ban_on(client("d")), Some(ban.clone()));
     assert_eq!(h.policy.banned(&s), Some(ban.clone()));
-    assert_eq!(h.policy.on_connect(&ident("d")).err(), Some(Refusal::Banned(ban)));
+    assert_eq!(
+        h.policy.on_connect(&ident("d")).err(),
+        Some(Refusal::Banned(ban))
+    );
     assert_eq!(h.stats().bans_issued, 1);
 }
 
@@ -110,9 +113,15 @@ fn escalation_is_forgotten_max_ban_after_the_last_ban_ends() {
     let id = ident("d");
     assert!(strike_out(&h, &id).is_some()); // 300 s
     h.advance(300.0 + 1_000.0 - 1.0);
-    assert_eq!(strike_out(&h, &id).map(|b| expires_in(&h, &b).as_secs()), Some(600));
+    assert_eq!(
+        strike_out(&h, &id).map(|b| expires_in(&h, &b).as_secs()),
+        Some(600)
+    );
     h.advance(600.0 + 1_000.0);
-    assert_eq!(strike_out(&h, &id).map(|b| expires_in(&h, &b).as_secs()), Some(300));
+    assert_eq!(
+        strike_out(&h, &id).map(|b| expires_in(&h, &b).as_secs()),
+        Some(300)
+    );
 }
 
 #[test]
@@ -151,15 +160,27 @@ fn username_is_banned_after_k_distinct_client_ids() {
     let ids: Vec<Identity> = (0..4)
         .map(|i| ident_full(&format!("c{i}"), Some("shared"), &format!("10.0.1.{i}")))
         .collect();
-    assert_eq!(strike_out(&h, &ids[0]).map(|b| b.subject), Some(client("c0")));
+    assert_eq!(
+        strike_out(&h, &ids[0]).map(|b| b.subject),
+        Some(client("c0"))
+    );
     // The same client ID again is not a second distinct ID.
     h.bans.remove(&client("c0"));
-    assert_eq!(strike_out(&h, &ids[0]).map(|b| b.subject), Some(client("c0")));
-    assert_eq!(strike_out(&h, &ids[1]).map(|b| b.subject), Some(client("c1")));
+    assert_eq!(
+        strike_out(&h, &ids[0]).map(|b| b.subject),
+        Some(client("c0"))
+    );
+    assert_eq!(
+        strike_out(&h, &ids[1]).map(|b| b.subject),
+        Some(client("c1"))
+    );
     let ban = strike_out(&h, &ids[2]).expect("banned");
     let user = Subject::Username("shared".into());
     assert_eq!(ban.subject, user, "the widest ban is reported");
-    assert!(h.ban_on(client("c2")).is_some(), "the client ID is banned too");
+    assert!(
+        h.ban_on(client("c2")).is_some(),
+        "the client ID is banned too"
+    );
     assert_eq!(
         h.policy.on_connect(&ids[3]).err(),
         Some(Refusal::Banned(ban)),
@@ -184,13 +205,21 @@ fn ip_is_banned_after_k_distinct_client_ids() {
     let h = harness();
     for i in 0..4 {
         let id = ident_full(&format!("c{i}"), Some(&format!("u{i}")), "192.0.2.7");
-        assert_eq!(strike_out(&h, &id).map(|b| b.subject), Some(client(&format!("c{i}"))));
+        assert_eq!(
+            strike_out(&h, &id).map(|b| b.subject),
+            Some(client(&format!("c{i}")))
+        );
     }
     let ban = strike_out(&h, &ident_full("c4", None, "192.0.2.7")).expect("banned");
     assert_eq!(ban.subject, Subject::Ip(ip("192.0.2.7")));
-    assert_eq!(h.policy.admit_ip(ip("192.0.2.7")), Admit::Banned(ban.clone()));
     assert_eq!(
-        h.policy.on_connect(&ident_full("new", None, "192.0.2.7")).err(),
+        h.policy.admit_ip(ip("192.0.2.7")),
+        Admit::Banned(ban.clone())
+    );
+    assert_eq!(
+        h.policy
+            .on_connect(&ident_full("new", None, "192.0.2.7"))
+            .err(),
         Some(Refusal::Banned(ban))
     );
     assert_eq!(h.policy.admit_ip(ip("192.0.2.8")), Admit::Ok);
@@ -205,7 +234,10 @@ fn ipv6_is_struck_and_banned_by_its_64() {
     }
     let net = Subject::Cidr("2001:db8:1:2::/64".parse().expect("net"));
     assert!(h.ban_on(net).is_some());
-    assert!(matches!(h.policy.admit_ip(ip("2001:db8:1:2:ffff::1")), Admit::Banned(_)));
+    assert!(matches!(
+        h.policy.admit_ip(ip("2001:db8:1:2:ffff::1")),
+        Admit::Banned(_)
+    ));
     assert_eq!(h.policy.admit_ip(ip("2001:db8:1:3::1")), Admit::Ok);
 }
 
@@ -226,7 +258,10 @@ fn ban_priority_is_client_then_username_then_ip() {
         client("c"),
     ] {
         h.bans.insert(ban(s.clone()), h.wall()).expect("insert");
-        assert_eq!(h.policy.on_connect(&id).err(), Some(Refusal::Banned(ban(s))));
+        assert_eq!(
+            h.policy.on_connect(&id).err(),
+            Some(Refusal::Banned(ban(s)))
+        );
     }
     assert_eq!(h.stats().refused_banned, 3);
 }

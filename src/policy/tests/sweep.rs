@@ -47,7 +47,11 @@ fn sweep_drops_everything_that_no_longer_matters() {
     let now = h.policy.footprint();
     assert!(N as usize > MAX_IDLE_DEVICES);
     assert_eq!(now.devices, 1, "only the connected one");
-    assert_eq!(now.client_strikes, n - 10, "struck-out windows were emptied");
+    assert_eq!(
+        now.client_strikes,
+        n - 10,
+        "struck-out windows were emptied"
+    );
 
     // Two days later (past every window, ban, and the escalation memory).
     h.advance(2.0 * 86_400.0);
@@ -63,7 +67,10 @@ fn sweep_drops_everything_that_no_longer_matters() {
     assert!(h.bans.is_empty());
 
     // The live connection is intact and still counted.
-    assert_eq!(h.policy.stats().device("live").map(|d| d.connections), Some(1));
+    assert_eq!(
+        h.policy.stats().device("live").map(|d| d.connections),
+        Some(1)
+    );
     assert_eq!(
         h.publish(&mut live, "t").verdict,
         Verdict::Discard(Reason::Late)

@@ -86,10 +86,17 @@ fn late_can_be_forwarded() {
     h.advance(100.0);
     assert_eq!(h.verdict(&mut s), Verdict::Forward);
     let st = h.stats();
-    assert_eq!((st.forwarded, st.late_forwarded, st.discarded_late), (2, 1, 0));
+    assert_eq!(
+        (st.forwarded, st.late_forwarded, st.discarded_late),
+        (2, 1, 0)
+    );
     assert_eq!(h.policy.stats().device("d").map(|d| d.late), Some(1));
     h.advance(60.0);
-    assert_eq!(h.verdict(&mut s), Verdict::Forward, "re-armed by the late one");
+    assert_eq!(
+        h.verdict(&mut s),
+        Verdict::Forward,
+        "re-armed by the late one"
+    );
 }
 
 #[test]
@@ -190,7 +197,11 @@ fn non_sample_topics_neither_arm_nor_move_the_clock() {
     h.advance(30.0);
     assert_eq!(h.publish(&mut s, "log").verdict, Verdict::Forward);
     h.advance(30.0);
-    assert_eq!(h.publish(&mut s, "data").verdict, Verdict::Forward, "Δ = 60 s");
+    assert_eq!(
+        h.publish(&mut s, "data").verdict,
+        Verdict::Forward,
+        "Δ = 60 s"
+    );
 }
 
 #[test]
