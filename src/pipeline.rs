@@ -131,8 +131,7 @@ fn mqtt_ctx<'a>(
         pool,
         settings: &shared.mqtt,
         relay,
-        bans: shared.ban_epoch.subscribe(),
-        ban_notify: &shared.ban_epoch,
+        bans: shared.bans.subscribe(),
         drain: &shared.drain,
         client_ip,
     }

@@ -3,10 +3,13 @@
 
 #![allow(dead_code)]
 
+pub mod broker_restart;
 pub mod certs;
 pub mod logs;
 pub mod mqtt_wss;
 pub mod nginx;
+pub mod policy_gw;
+pub mod raw_mqtt;
 pub mod tls_client;
 pub mod ws;
 

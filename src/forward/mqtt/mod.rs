@@ -40,8 +40,8 @@ pub struct MqttCtx<'a> {
     pub pool: &'a Pool,
     pub settings: &'a MqttSettings,
     pub relay: &'a RelaySettings,
+    /// Changes whenever a ban is added anywhere: time to check whether it covers us.
     pub bans: watch::Receiver<u64>,
-    pub ban_notify: &'a watch::Sender<u64>,
     pub drain: &'a Drain,
     pub client_ip: IpAddr,
 }

@@ -184,8 +184,8 @@ fn publish<R>(u: &mut Up<'_, R>, aliases: &mut Aliases, p: &Bytes, pb: &Publish<
             };
             let decision = u.ctx.policy.on_publish(&mut u.session, &facts);
             if let Some(ban) = decision.ban {
+                // The ban list announces it; this connection is kicked on its next turn.
                 tracing::warn!(subject = %ban.subject, reason = %ban.reason, "banned");
-                u.ctx.ban_notify.send_modify(|epoch| *epoch += 1);
             }
             decision.verdict
         }

@@ -1,5 +1,7 @@
 //! The running gateway: listeners, route pools, reload and graceful shutdown.
 
+mod bans;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -11,11 +13,10 @@ use tokio_util::task::TaskTracker;
 
 use std::net::IpAddr;
 
-use tokio::sync::watch;
 
 use crate::config::policy::{MqttSettings, PolicyConfig};
 use crate::config::{Config, ShutdownSettings, WebSocketSettings};
-use crate::policy::{Admit, Ban, BanList, MemoryBanList, Policy};
+use crate::policy::{Admit, Ban, BanList, Policy};
 use crate::forward::Pool;
 use crate::listener::{self, Listener, ListenerCtx};
 use crate::pipeline;
@@ -31,9 +32,8 @@ pub struct Shared {
     pub policy: Policy,
     pub policy_config: PolicyConfig,
     pub mqtt: MqttSettings,
-    pub bans: Arc<MemoryBanList>,
-    /// Bumped on every new ban, so connected devices re-check theirs (and get kicked).
-    pub ban_epoch: watch::Sender<u64>,
+    /// Every ban, whoever issued it, is announced to the live connections through this.
+    pub bans: Arc<bans::AnnouncedBans>,
 }
 
 impl Shared {
@@ -63,11 +63,6 @@ impl Shared {
                 false
             }
         }
-    }
-
-    /// Announce bans made elsewhere (admin, policy) to every connection.
-    pub fn bans_changed(&self) {
-        self.ban_epoch.send_modify(|e| *e += 1);
     }
 
     pub fn has_route(&self, name: &str) -> bool {
@@ -118,7 +113,7 @@ impl Gateway {
         let routes = build_routes(&config)?;
         let (trigger, drain) =
             shutdown::channel(Duration::from_secs(config.shutdown.drain_window_secs));
-        let bans = Arc::new(MemoryBanList::default());
+        let bans = Arc::new(bans::AnnouncedBans::new());
         let policy = Policy::new(&config.policy, bans.clone(), Default::default())
             .map_err(|e| format!("policy: {e}"))?;
         let shared = Arc::new(Shared {
@@ -129,7 +124,6 @@ impl Gateway {
             policy_config: config.policy.clone(),
             mqtt: config.mqtt.clone(),
             bans,
-            ban_epoch: watch::channel(0).0,
         });
         spawn_sweeper(Arc::downgrade(&shared));
         let mut bound = Vec::new();
@@ -199,7 +193,6 @@ impl Gateway {
             .bans
             .insert(ban, std::time::SystemTime::now())
             .map_err(|e| e.to_string())?;
-        self.shared.bans_changed();
         Ok(())
     }
 
