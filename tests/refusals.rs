@@ -274,3 +274,49 @@ async fn garbage_before_http_is_refused_and_others_still_served() {
     );
     still_serving(&gw).await;
 }
+
+/// Upgrade by hand, then send one binary frame with the given mask bit; return what comes back.
+async fn send_frame_raw(gw: &TestGateway, masked: bool) -> Vec<u8> {
+    let mut s = TcpStream::connect(gw.addr()).await.unwrap();
+    s.write_all(upgrade("/tunnel/echo", "").as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        assert_eq!(s.read(&mut b).await.unwrap(), 1);
+        head.push(b[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"));
+    let payload = b"F5 says hi";
+    let mut frame = vec![0x82];
+    if masked {
+        let key = [1u8, 2, 3, 4];
+        frame.push(0x80 | payload.len() as u8);
+        frame.extend_from_slice(&key);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    } else {
+        frame.push(payload.len() as u8);
+        frame.extend_from_slice(payload);
+    }
+    s.write_all(&frame).await.unwrap();
+    let mut back = vec![0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut back)).await.unwrap().unwrap();
+    back.truncate(n);
+    back
+}
+
+#[tokio::test]
+async fn unmasked_client_frames_are_refused_unless_the_listener_allows_them() {
+    let (gw, _b) = gateway_with_echo().await;
+    // RFC 6455 §5.1: the server must fail the connection: Close 1002.
+    let back = send_frame_raw(&gw, false).await;
+    assert_eq!(back[0], 0x88, "a Close frame: {back:?}");
+    assert_eq!(u16::from_be_bytes([back[2], back[3]]), 1002);
+    // A masked frame on the same listener is echoed (server frames are unmasked).
+    assert_eq!(send_frame_raw(&gw, true).await, [&[0x82, 10][..], b"F5 says hi"].concat());
+
+    // Behind an F5 whose masking mode forwards unmasked frames, the listener can accept them.
+    let echo = echo_server().await;
+    let config = format!("[[listener]]\nbind = \"127.0.0.1:0\"\naccept_unmasked_frames = true\n[routes.echo]\nupstreams = [\"{echo}\"]\n");
+    let lenient = TestGateway::start(&config).await;
+    assert_eq!(send_frame_raw(&lenient, false).await, [&[0x82, 10][..], b"F5 says hi"].concat());
+}
