@@ -144,7 +144,10 @@ async fn raw_mqtt(conn: Conn, shared: &Shared) {
     span.record("client_ip", field::display(client_ip));
     span.record("route", conn.listener.mqtt_route.as_str());
     let Some(pool) = shared.pool(&conn.listener.mqtt_route) else {
-        return log_refused(&Error::upstream(Kind::NoUpstream, "route removed by a reload"));
+        return log_refused(&Error::upstream(
+            Kind::NoUpstream,
+            "route removed by a reload",
+        ));
     };
     let settings = forward::RelaySettings::from(&*shared.websocket());
     let (rx, tx) = tokio::io::split(conn.stream);
@@ -175,9 +178,11 @@ fn log_refused(e: &Error) {
 
 fn log_ending(ending: &Ending) {
     let code = u16::from(ending.code);
+    // Policy refusals and kicks (1008) are the gateway doing its job, at a rate a flapping
+    // fleet controls: info, not warn. Warnings are for what an operator should look at.
     let routine = matches!(
         ending.code,
-        CloseCode::Normal | CloseCode::Away | CloseCode::Status | CloseCode::Abnormal
+        CloseCode::Normal | CloseCode::Away | CloseCode::Status | CloseCode::Abnormal | CloseCode::Policy
     );
     if routine {
         tracing::info!(close = code, by = %ending.by, up = ending.bytes_up, down = ending.bytes_down, "tunnel ended: {}", ending.reason);

@@ -4,32 +4,67 @@
 //! devices ──WebSocket──► gateway ──TCP──► broker ◄──TCP── platform
 //!   3 × /mqtt (subprotocol mqtt)    (rumqttd,        (subscribes to plant/#,
 //!   1 × /tunnel/telemetry (raw)      embedded)        prints what arrives)
+//!   3 abusers on /mqtt
 //! ```
 //!
-//! Every device publishes a QoS 1 reading each second; the summary compares what the broker
-//! acknowledged with what the platform received.
+//! Every well-behaved device publishes a QoS 1 reading each second, in the rhythm its class
+//! expects; the summary compares what the broker acknowledged with what the platform received.
+//! Meanwhile three abusers report too often, flood, and reconnect in a loop: the gateway's
+//! policy discards what they send, bans them and kicks them, and the others flow on.
 
+mod abuser;
 mod broker;
+mod config;
 mod device;
+mod link;
 mod platform;
+mod show;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::policy::StatsSnapshot;
 use crate::{Config, Gateway};
+use abuser::ABUSERS;
 use broker::EmbeddedBroker;
 use platform::Platform;
 
 /// What one demo run delivered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DemoReport {
-    /// Readings the broker acknowledged (PUBACK) to the devices.
+    /// Readings the broker acknowledged (PUBACK) to the well-behaved devices.
     pub sent: u64,
-    /// Readings the platform received.
+    /// Of those, the readings the platform received.
     pub received: u64,
+    /// What became of each abuser.
+    pub abusers: Vec<AbuserReport>,
+    /// The gateway's policy counters, just before it shut down.
+    pub policy: StatsSnapshot,
+}
+
+/// One abuser's run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AbuserReport {
+    pub device: &'static str,
+    /// Readings acknowledged to it: by the broker, or by the gateway when it discarded them.
+    pub acknowledged: u64,
+    /// Of those, the readings the platform received: only the ones the gateway forwarded.
+    pub delivered: u64,
+    /// The gateway closed its connection while it was connected.
+    pub kicked: bool,
+    /// The CONNACK code of its last connect attempt.
+    pub last_connack: Option<u8>,
+}
+
+impl AbuserReport {
+    /// Refused with "not authorized" on its last attempt: what a banned device hears on 3.1.1.
+    pub fn banned(&self) -> bool {
+        self.last_connack == Some(0x05)
+    }
 }
 
 /// One simulated device and the reading it sends.
@@ -49,6 +84,7 @@ impl Sensor {
     }
 }
 
+/// The well-behaved devices.
 static SENSORS: [Sensor; 4] = [
     sensor("boiler-1", "temp", "°C", 21.0, "/mqtt"),
     sensor("press-2", "pressure", "bar", 4.2, "/mqtt"),
@@ -72,6 +108,11 @@ const fn sensor(
     }
 }
 
+/// Every device the platform may hear from: the well-behaved ones, then the abusers.
+fn all_sensors() -> impl Iterator<Item = &'static Sensor> {
+    SENSORS.iter().chain(ABUSERS.iter().map(|a| &a.sensor))
+}
+
 /// Largest MQTT packet the demo clients accept; theirs are tens of bytes.
 const MAX_PACKET: usize = 64 * 1024;
 
@@ -86,25 +127,30 @@ pub async fn run_with_report(
     stop: impl Future<Output = ()>,
 ) -> Result<DemoReport, String> {
     let (broker, platform) = start_broker_and_platform().await?;
-    let config = Config::parse(&gateway_config(broker), None).map_err(|e| e.to_string())?;
+    let config = Config::parse(&config::gateway(broker), None).map_err(|e| e.to_string())?;
     let gateway = Gateway::start(config).await?;
     let Some(&gateway_addr) = gateway.local_addrs().first() else {
         return Err("the gateway has no listener".into());
     };
-    banner(broker, gateway_addr, duration);
+    show::banner(broker, gateway_addr, duration);
 
-    // Staggered starts spread the output; all devices are running after a second.
+    // Staggered starts spread the output; all devices are running after a second, and the
+    // abusers take their turns after that.
     let stop_devices = CancellationToken::new();
     let devices: Vec<_> = (0u32..)
         .zip(&SENSORS)
         .map(|(i, sensor)| {
             let start_after = Duration::from_millis(250) * i;
-            tokio::spawn(device::run(
-                sensor,
-                gateway_addr,
-                start_after,
-                stop_devices.clone(),
-            ))
+            let task = device::run(sensor, gateway_addr, start_after, stop_devices.clone());
+            (sensor.device, tokio::spawn(task))
+        })
+        .collect();
+    let tally = platform.tally();
+    let abusers: Vec<_> = ABUSERS
+        .iter()
+        .map(|a| {
+            let task = abuser::run(a, gateway_addr, tally.clone(), stop_devices.clone());
+            (a.sensor.device, tokio::spawn(task))
         })
         .collect();
     tokio::select! {
@@ -116,30 +162,54 @@ pub async fn run_with_report(
         "\nStopping: devices disconnect, the platform takes what is in flight, the gateway drains."
     );
     stop_devices.cancel();
-    let mut sent = Vec::new();
     let mut failures = Vec::new();
-    for (sensor, task) in SENSORS.iter().zip(devices) {
-        match task.await.map_err(|e| e.to_string()).and_then(|r| r) {
-            Ok(n) => sent.push(n),
-            Err(e) => {
-                sent.push(0);
-                failures.push(format!("{}: {e}", sensor.device));
-            }
-        }
-    }
+    let sent = join(devices, &mut failures).await;
+    let outcomes = join(abusers, &mut failures).await;
     let expected = sent.iter().sum();
     let received = platform.finish(expected, Duration::from_secs(3)).await;
+    let policy = gateway.policy().stats().snapshot();
     gateway.shutdown().await;
 
     let received = received?;
-    summary(&sent, &received);
+    let abusers: Vec<_> = ABUSERS
+        .iter()
+        .zip(outcomes)
+        .map(|(a, o)| AbuserReport {
+            device: a.sensor.device,
+            acknowledged: o.acknowledged,
+            delivered: tally.of(a.sensor.device),
+            kicked: o.kicked,
+            last_connack: o.last_connack,
+        })
+        .collect();
+    show::summary(&sent, &received, &abusers, &policy);
     if !failures.is_empty() {
         return Err(format!("some devices failed: {}", failures.join("; ")));
     }
     Ok(DemoReport {
         sent: expected,
         received: received.iter().sum(),
+        abusers,
+        policy,
     })
+}
+
+/// Each task's result in order; a failed task counts as the default, and its error is kept.
+async fn join<T: Default>(
+    tasks: Vec<(&str, JoinHandle<Result<T, String>>)>,
+    failures: &mut Vec<String>,
+) -> Vec<T> {
+    let mut results = Vec::with_capacity(tasks.len());
+    for (device, task) in tasks {
+        match task.await.map_err(|e| e.to_string()).and_then(|r| r) {
+            Ok(r) => results.push(r),
+            Err(e) => {
+                results.push(T::default());
+                failures.push(format!("{device}: {e}"));
+            }
+        }
+    }
+    results
 }
 
 /// Start the broker and prove it serves by connecting the platform to it; on a port race
@@ -158,71 +228,4 @@ async fn start_broker_and_platform() -> Result<(SocketAddr, Platform), String> {
         }
     }
     Err(format!("the embedded broker did not start: {last_error}"))
-}
-
-/// One WebSocket listener; `/mqtt` and `/tunnel/telemetry` both lead to the broker.
-fn gateway_config(broker: SocketAddr) -> String {
-    format!(
-        r#"
-[[listener]]
-name = "demo"
-bind = "127.0.0.1:0"
-
-[routes.mqtt]
-upstreams = ["{broker}"]
-
-[routes.telemetry]
-upstreams = ["{broker}"]
-
-[shutdown]
-drain_window_secs = 1
-drain_timeout_secs = 3
-"#
-    )
-}
-
-fn banner(broker: SocketAddr, gateway: SocketAddr, duration: Duration) {
-    let on = |path: &str| {
-        let names: Vec<_> = SENSORS
-            .iter()
-            .filter(|s| s.path == path)
-            .map(|s| s.device)
-            .collect();
-        names.join(", ")
-    };
-    println!("portcullis demo: a broker, the gateway and devices, all in this process.\n");
-    println!("  broker    {broker}  (rumqttd, embedded; MQTT 3.1.1 over TCP)");
-    println!("  gateway   ws://{gateway}  (portcullis, one WebSocket listener)");
-    println!("              GET /mqtt              subprotocol mqtt  -> route mqtt      -> broker");
-    println!("              GET /tunnel/telemetry  raw binary frames -> route telemetry -> broker");
-    println!("  devices   {} on /mqtt", on("/mqtt"));
-    println!(
-        "            {} on /tunnel/telemetry (the same MQTT, opaque to the gateway)",
-        on("/tunnel/telemetry")
-    );
-    println!(
-        "            each publishes a QoS 1 reading to plant/<device>/<quantity> every second"
-    );
-    println!("  platform  subscribed to plant/# directly on the broker\n");
-    println!(
-        "Running for {} s (Ctrl-C stops earlier).\n",
-        duration.as_secs()
-    );
-}
-
-fn summary(sent: &[u64], received: &[u64]) {
-    println!("\n  device     path                 sent  received");
-    for ((s, sent), received) in SENSORS.iter().zip(sent).zip(received) {
-        println!("  {:<10} {:<19} {sent:>5} {received:>9}", s.device, s.path);
-    }
-    let (sent, received) = (sent.iter().sum::<u64>(), received.iter().sum::<u64>());
-    println!("  {:<30} {sent:>5} {received:>9}", "total");
-    if sent == received {
-        println!("\nEvery acknowledged reading reached the platform.");
-    } else {
-        println!(
-            "\n{} acknowledged reading(s) did not reach the platform.",
-            sent.saturating_sub(received)
-        );
-    }
 }

@@ -1,5 +1,6 @@
 //! The "platform": the cloud side that consumes readings. It connects to the broker directly
-//! over TCP (it lives next to the broker, not behind a firewall) and prints what arrives.
+//! over TCP (it lives next to the broker, not behind a firewall) and prints what arrives,
+//! counting per device, abusers included: what they got through the gateway arrives here too.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,16 +13,33 @@ use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{MAX_PACKET, SENSORS};
+use super::{all_sensors, MAX_PACKET, SENSORS};
 use crate::mqtt::wire::{self, Incoming, Version};
 
 const V: Version = Version::V311;
 const KEEP_ALIVE_SECS: u16 = 30;
 const FILTER: &str = "plant/#";
 
+/// Readings received per device, in the order of `all_sensors()`.
+#[derive(Clone)]
+pub struct Tally(Arc<[AtomicU64]>);
+
+impl Tally {
+    /// Readings received so far from `device`.
+    pub fn of(&self, device: &str) -> u64 {
+        all_sensors()
+            .position(|s| s.device == device)
+            .map_or(0, |i| self.0[i].load(Ordering::Relaxed))
+    }
+
+    /// Readings received so far from the well-behaved devices, per entry of `SENSORS`.
+    fn well_behaved(&self) -> Vec<u64> {
+        SENSORS.iter().map(|s| self.of(s.device)).collect()
+    }
+}
+
 pub struct Platform {
-    /// Readings received, per entry of `SENSORS`.
-    received: Arc<[AtomicU64]>,
+    received: Tally,
     stop: CancellationToken,
     task: JoinHandle<Result<(), String>>,
 }
@@ -44,7 +62,7 @@ impl Platform {
             return Err(format!("subscription refused: {suback:02x?}"));
         }
 
-        let received: Arc<[AtomicU64]> = SENSORS.iter().map(|_| AtomicU64::new(0)).collect();
+        let received = Tally(all_sensors().map(|_| AtomicU64::new(0)).collect());
         let stop = CancellationToken::new();
         let task = tokio::spawn(consume(tcp, buf, received.clone(), stop.clone()));
         Ok(Platform {
@@ -54,18 +72,16 @@ impl Platform {
         })
     }
 
-    /// Readings received so far, per entry of `SENSORS`.
-    pub fn received(&self) -> Vec<u64> {
-        self.received
-            .iter()
-            .map(|n| n.load(Ordering::Relaxed))
-            .collect()
+    /// A handle on the counts, for the devices to report what got through.
+    pub fn tally(&self) -> Tally {
+        self.received.clone()
     }
 
-    /// Wait (bounded) until `expected` readings have arrived, then disconnect.
+    /// Wait (bounded) until `expected` readings of the well-behaved devices have arrived, then
+    /// disconnect. Returns their counts, per entry of `SENSORS`; the abusers' stay in the tally.
     pub async fn finish(mut self, expected: u64, patience: Duration) -> Result<Vec<u64>, String> {
         let deadline = tokio::time::Instant::now() + patience;
-        while self.received().iter().sum::<u64>() < expected
+        while self.received.well_behaved().iter().sum::<u64>() < expected
             && tokio::time::Instant::now() < deadline
             && !self.task.is_finished()
         {
@@ -73,7 +89,7 @@ impl Platform {
         }
         self.stop.cancel();
         match (&mut self.task).await {
-            Ok(Ok(())) => Ok(self.received()),
+            Ok(Ok(())) => Ok(self.received.well_behaved()),
             Ok(Err(e)) => Err(format!("platform: {e}")),
             Err(e) => Err(format!("platform: {e}")),
         }
@@ -83,7 +99,7 @@ impl Platform {
 async fn consume(
     mut tcp: TcpStream,
     mut buf: BytesMut,
-    received: Arc<[AtomicU64]>,
+    received: Tally,
     stop: CancellationToken,
 ) -> Result<(), String> {
     // Publishes arrive without our asking; PINGREQ keeps the session alive when they do not.
@@ -118,10 +134,12 @@ async fn consume(
         // plant/{device}/{quantity}
         let device = topic.split('/').nth(1).unwrap_or_default();
         let reading = String::from_utf8_lossy(payload);
-        match SENSORS.iter().position(|s| s.device == device) {
-            Some(i) => {
-                received[i].fetch_add(1, Ordering::Relaxed);
-                let s = &SENSORS[i];
+        match all_sensors()
+            .zip(received.0.iter())
+            .find(|(s, _)| s.device == device)
+        {
+            Some((s, count)) => {
+                count.fetch_add(1, Ordering::Relaxed);
                 println!(
                     "  platform  <- {topic:<24} {reading:>6} {:<5} (via {})",
                     s.unit, s.path
