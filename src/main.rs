@@ -26,6 +26,15 @@ enum Command {
     },
     /// Validate a config file; exits non-zero with the key (and line) at fault.
     CheckConfig { file: PathBuf },
+    /// The device agent: local TCP ports carried over WebSocket to the gateway.
+    Agent {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Connect once through the whole path (proxy, TLS, pin, upgrade, route), report each
+        /// step, and exit non-zero if one failed.
+        #[arg(long)]
+        check: bool,
+    },
     /// A self-contained demo: embedded broker, the gateway, simulated devices.
     Demo {
         /// Stop after this many seconds (Ctrl-C stops it earlier).
@@ -65,6 +74,28 @@ fn main() -> ExitCode {
             };
             portcullis::telemetry::init("info");
             exit(runtime().block_on(portcullis::run(config, terminate())))
+        }
+        Command::Agent { config, check } => {
+            let config = match portcullis::agent::AgentConfig::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{}: {e}", config.display());
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            if check {
+                // The report is the output; the log only says what goes wrong beyond it.
+                portcullis::telemetry::init("warn");
+                let report = runtime().block_on(portcullis::agent::check(&config));
+                print!("{report}");
+                return if report.ok() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                };
+            }
+            portcullis::telemetry::init("info");
+            exit(runtime().block_on(portcullis::agent::run(config, terminate())))
         }
         Command::Demo { seconds } => {
             // rumqttd, the demo's embedded broker, logs routine events (our health checks) as errors.

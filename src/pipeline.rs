@@ -182,7 +182,11 @@ fn log_ending(ending: &Ending) {
     // fleet controls: info, not warn. Warnings are for what an operator should look at.
     let routine = matches!(
         ending.code,
-        CloseCode::Normal | CloseCode::Away | CloseCode::Status | CloseCode::Abnormal | CloseCode::Policy
+        CloseCode::Normal
+            | CloseCode::Away
+            | CloseCode::Status
+            | CloseCode::Abnormal
+            | CloseCode::Policy
     );
     if routine {
         tracing::info!(close = code, by = %ending.by, up = ending.bytes_up, down = ending.bytes_down, "tunnel ended: {}", ending.reason);

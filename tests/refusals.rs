@@ -192,10 +192,17 @@ async fn readyz_is_503_and_device_gets_1013_when_no_upstream_is_up() {
         .unwrap();
     assert_eq!(close_code(&mut ws).await, CloseCode::Again);
     // An MQTT device learns it in MQTT first: CONNACK 0x03 (server unavailable), then 1013.
-    let (mut ws, _) = tokio_tungstenite::connect_async(gw.ws_url("/mqtt")).await.unwrap();
-    let connect = portcullis::mqtt::wire::connect("dev-1", 30, portcullis::mqtt::wire::Version::V311);
+    let (mut ws, _) = tokio_tungstenite::connect_async(gw.ws_url("/mqtt"))
+        .await
+        .unwrap();
+    let connect =
+        portcullis::mqtt::wire::connect("dev-1", 30, portcullis::mqtt::wire::Version::V311);
     ws.send(Message::binary(connect)).await.unwrap();
-    let connack = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.unwrap().unwrap().unwrap();
+    let connack = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(connack.into_data().as_ref(), &[0x20, 2, 0, 0x03]);
     assert_eq!(close_code(&mut ws).await, CloseCode::Again);
     // Once the health check has run, readiness says so too.
@@ -278,7 +285,9 @@ async fn garbage_before_http_is_refused_and_others_still_served() {
 /// Upgrade by hand, then send one binary frame with the given mask bit; return what comes back.
 async fn send_frame_raw(gw: &TestGateway, masked: bool) -> Vec<u8> {
     let mut s = TcpStream::connect(gw.addr()).await.unwrap();
-    s.write_all(upgrade("/tunnel/echo", "").as_bytes()).await.unwrap();
+    s.write_all(upgrade("/tunnel/echo", "").as_bytes())
+        .await
+        .unwrap();
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
         let mut b = [0u8; 1];
@@ -299,7 +308,10 @@ async fn send_frame_raw(gw: &TestGateway, masked: bool) -> Vec<u8> {
     }
     s.write_all(&frame).await.unwrap();
     let mut back = vec![0u8; 64];
-    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut back)).await.unwrap().unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
     back.truncate(n);
     back
 }
@@ -312,11 +324,17 @@ async fn unmasked_client_frames_are_refused_unless_the_listener_allows_them() {
     assert_eq!(back[0], 0x88, "a Close frame: {back:?}");
     assert_eq!(u16::from_be_bytes([back[2], back[3]]), 1002);
     // A masked frame on the same listener is echoed (server frames are unmasked).
-    assert_eq!(send_frame_raw(&gw, true).await, [&[0x82, 10][..], b"F5 says hi"].concat());
+    assert_eq!(
+        send_frame_raw(&gw, true).await,
+        [&[0x82, 10][..], b"F5 says hi"].concat()
+    );
 
     // Behind an F5 whose masking mode forwards unmasked frames, the listener can accept them.
     let echo = echo_server().await;
     let config = format!("[[listener]]\nbind = \"127.0.0.1:0\"\naccept_unmasked_frames = true\n[routes.echo]\nupstreams = [\"{echo}\"]\n");
     let lenient = TestGateway::start(&config).await;
-    assert_eq!(send_frame_raw(&lenient, false).await, [&[0x82, 10][..], b"F5 says hi"].concat());
+    assert_eq!(
+        send_frame_raw(&lenient, false).await,
+        [&[0x82, 10][..], b"F5 says hi"].concat()
+    );
 }

@@ -34,7 +34,11 @@ pub struct Pool {
 
 impl Pool {
     /// Resolve the upstreams (blocking DNS: call at start or reload, not per connection).
-    pub fn new(name: &str, cfg: &RouteConfig, mqtt: bool) -> std::result::Result<Arc<Pool>, String> {
+    pub fn new(
+        name: &str,
+        cfg: &RouteConfig,
+        mqtt: bool,
+    ) -> std::result::Result<Arc<Pool>, String> {
         let addrs = cfg.upstreams.iter().map(String::as_str);
         let err = |e: std::io::Error| format!("routes.{name}.upstreams: {e}");
         let mut balancer = match cfg.balance {

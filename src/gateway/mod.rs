@@ -13,13 +13,12 @@ use tokio_util::task::TaskTracker;
 
 use std::net::IpAddr;
 
-
 use crate::config::policy::{MqttSettings, PolicyConfig};
 use crate::config::{Config, ShutdownSettings, WebSocketSettings};
-use crate::policy::{Admit, Ban, BanList, Policy};
 use crate::forward::Pool;
 use crate::listener::{self, Listener, ListenerCtx};
 use crate::pipeline;
+use crate::policy::{Admit, Ban, BanList, Policy};
 use crate::shutdown::{self, Drain, DrainTrigger};
 
 type Routes = HashMap<String, Arc<Pool>>;
@@ -231,7 +230,9 @@ fn spawn_sweeper(shared: std::sync::Weak<Shared>) {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         loop {
             tick.tick().await;
-            let Some(shared) = shared.upgrade() else { return };
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
             shared.policy.sweep();
         }
     });

@@ -149,7 +149,10 @@ pub(super) fn answer(
     );
     // Behind a trusted proxy the client was unknown at accept: judge its IP now.
     if ip_source != origin.source && !shared.admit_ip(client_ip) {
-        return Answer::Plain(text(StatusCode::FORBIDDEN, "refused: banned or connecting too often\n"));
+        return Answer::Plain(text(
+            StatusCode::FORBIDDEN,
+            "refused: banned or connecting too often\n",
+        ));
     }
     let mut response = Response::new(Full::new(Bytes::new()));
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

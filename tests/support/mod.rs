@@ -3,13 +3,17 @@
 
 #![allow(dead_code)]
 
+pub mod agent;
 pub mod broker_restart;
 pub mod certs;
 pub mod logs;
+pub mod mosquitto_clients;
 pub mod mqtt_wss;
 pub mod nginx;
 pub mod policy_gw;
 pub mod raw_mqtt;
+pub mod raw_peers;
+pub mod squid;
 pub mod tls_client;
 pub mod ws;
 

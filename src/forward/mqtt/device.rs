@@ -58,11 +58,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> DeviceRx for WsRx<S> {
                 "text frame: MQTT over WebSocket is binary frames only",
             )),
             Some(Ok(Message::Close(_))) => RxEvent::Closed,
-            None | Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed | WsError::Io(_))) => RxEvent::Gone,
-            Some(Err(WsError::Capacity(c))) => {
-                RxEvent::Failed(Error::device(Kind::TooBig, format!("device frame too big: {c}")))
+            None
+            | Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed | WsError::Io(_))) => {
+                RxEvent::Gone
             }
-            Some(Err(e)) => RxEvent::Failed(Error::device(Kind::Protocol, format!("WebSocket protocol error: {e}"))),
+            Some(Err(WsError::Capacity(c))) => RxEvent::Failed(Error::device(
+                Kind::TooBig,
+                format!("device frame too big: {c}"),
+            )),
+            Some(Err(e)) => RxEvent::Failed(Error::device(
+                Kind::Protocol,
+                format!("WebSocket protocol error: {e}"),
+            )),
         }
     }
 }
@@ -77,7 +84,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> DeviceTx for WsTx<S> {
     }
 
     async fn ping(&mut self) -> Result<(), ()> {
-        self.0.send(Message::Ping(Bytes::new())).await.map_err(|_| ())
+        self.0
+            .send(Message::Ping(Bytes::new()))
+            .await
+            .map_err(|_| ())
     }
 
     async fn close(&mut self, code: CloseCode, reason: &str) {

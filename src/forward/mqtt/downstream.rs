@@ -119,4 +119,3 @@ fn take_due(shared: &Guarded, out: &mut BytesMut) {
         out.extend_from_slice(&p);
     }
 }
-

@@ -72,14 +72,15 @@ pub async fn relay<R: DeviceRx, T: DeviceTx>(mut rx: R, mut tx: T, ctx: MqttCtx<
 
     // 1. CONNECT, within the connect timeout; nothing else may come first.
     let connect_timeout = Duration::from_secs(ctx.settings.connect_timeout_secs);
-    let connect = match tokio::time::timeout(connect_timeout, read_connect(&mut rx, &mut framer)).await {
-        Ok(Ok(bytes)) => bytes,
-        Ok(Err(e)) => return fail_before_connect(&mut tx, e).await,
-        Err(_) => {
-            let e = Error::device(Kind::Timeout, "no CONNECT within the connect timeout");
-            return fail_before_connect(&mut tx, e).await;
-        }
-    };
+    let connect =
+        match tokio::time::timeout(connect_timeout, read_connect(&mut rx, &mut framer)).await {
+            Ok(Ok(bytes)) => bytes,
+            Ok(Err(e)) => return fail_before_connect(&mut tx, e).await,
+            Err(_) => {
+                let e = Error::device(Kind::Timeout, "no CONNECT within the connect timeout");
+                return fail_before_connect(&mut tx, e).await;
+            }
+        };
     let Ok(DevicePacket::Connect(c)) = server::parse_device(&connect, Version::V311) else {
         let e = Error::device(Kind::Malformed, "first packet is not a well-formed CONNECT");
         return fail_before_connect(&mut tx, e).await;
@@ -113,12 +114,24 @@ pub async fn relay<R: DeviceRx, T: DeviceTx>(mut rx: R, mut tx: T, ctx: MqttCtx<
     // 3. forward: a broker chosen by client ID, so a device keeps its broker across reconnects.
     let upstream = match ctx.pool.connect(identity.client_id.as_bytes()).await {
         Ok((up, _)) => up,
-        Err(e) => return refuse(&mut tx, server::connack(error::connack_unavailable(version), version), e).await,
+        Err(e) => {
+            return refuse(
+                &mut tx,
+                server::connack(error::connack_unavailable(version), version),
+                e,
+            )
+            .await
+        }
     };
     let up = &upstream;
     if let Err(e) = crate::forward::relay::write_all_vectored(up, &mut [connect]).await {
         let e = Error::upstream(Kind::UpstreamIo, format!("sending CONNECT: {e}"));
-        return refuse(&mut tx, server::connack(error::connack_unavailable(version), version), e).await;
+        return refuse(
+            &mut tx,
+            server::connack(error::connack_unavailable(version), version),
+            e,
+        )
+        .await;
     }
 
     let shared = Guarded::default();
@@ -137,7 +150,9 @@ pub async fn relay<R: DeviceRx, T: DeviceTx>(mut rx: R, mut tx: T, ctx: MqttCtx<
             counters: &counters,
             ctx: &ctx,
         }));
-        let mut to_device = std::pin::pin!(downstream::run(&mut tx, up, version, &shared, &notify, &counters, ctx.relay));
+        let mut to_device = std::pin::pin!(downstream::run(
+            &mut tx, up, version, &shared, &notify, &counters, ctx.relay
+        ));
         let mut turn = std::pin::pin!(ctx.drain.my_turn());
         tokio::select! {
             e = &mut to_broker => e,
@@ -153,12 +168,19 @@ async fn read_connect<R: DeviceRx>(rx: &mut R, framer: &mut Framer) -> Result<By
         match framer.next_packet() {
             Ok(Some(p)) => return Ok(p),
             Ok(None) => {}
-            Err(e) => return Err(Error::device(Kind::from_wire(&e), format!("before CONNECT: {e}"))),
+            Err(e) => {
+                return Err(Error::device(
+                    Kind::from_wire(&e),
+                    format!("before CONNECT: {e}"),
+                ))
+            }
         }
         match rx.recv().await {
             RxEvent::Data(b) => framer.push(&b),
             RxEvent::Pong | RxEvent::Control => {}
-            RxEvent::Closed | RxEvent::Gone => return Err(Error::device(Kind::Gone, "device left before CONNECT")),
+            RxEvent::Closed | RxEvent::Gone => {
+                return Err(Error::device(Kind::Gone, "device left before CONNECT"))
+            }
             RxEvent::Failed(e) => return Err(e),
         }
     }
@@ -194,9 +216,17 @@ async fn finish<T: DeviceTx>(
     let device_gone = matches!(e.kind(), Kind::Gone | Kind::DeviceClosed);
     if !device_gone {
         if let (Version::V5, Some(reason)) = (version, e.mqtt_reason()) {
-            let _ = tokio::time::timeout(Duration::from_secs(2), tx.send(Bytes::from(server::disconnect(reason)))).await;
+            let _ = tokio::time::timeout(
+                Duration::from_secs(2),
+                tx.send(Bytes::from(server::disconnect(reason))),
+            )
+            .await;
         }
-        let _ = tokio::time::timeout(Duration::from_secs(2), tx.close(e.close_code(), &e.to_string())).await;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            tx.close(e.close_code(), &e.to_string()),
+        )
+        .await;
     }
     let _ = shutdown_write(up);
     Ending::from_error(&e, counters.up(), counters.down())

@@ -39,7 +39,11 @@ impl Scanner {
     }
 
     /// Split `data` into pieces, in order, calling `out` for each.
-    pub fn feed(&mut self, mut data: &[u8], mut out: impl FnMut(Piece<'_>)) -> Result<(), Malformed> {
+    pub fn feed(
+        &mut self,
+        mut data: &[u8],
+        mut out: impl FnMut(Piece<'_>),
+    ) -> Result<(), Malformed> {
         while !data.is_empty() {
             if self.remaining > 0 {
                 let n = self.remaining.min(data.len());
@@ -120,7 +124,11 @@ mod tests {
         stream.extend([0x40, 2, 0, 7]); // PUBACK 7
         stream.extend([0xd0, 0]); // PINGRESP
         let pieces = run(&mut s, &stream);
-        let passed: Vec<u8> = pieces.iter().filter(|p| !p.0).flat_map(|p| p.1.clone()).collect();
+        let passed: Vec<u8> = pieces
+            .iter()
+            .filter(|p| !p.0)
+            .flat_map(|p| p.1.clone())
+            .collect();
         assert_eq!(passed, vec![0x30, 3, 0, 1, b't']);
         let controls: Vec<Vec<u8>> = pieces.iter().filter(|p| p.0).map(|p| p.1.clone()).collect();
         assert_eq!(controls, vec![vec![0x40, 2, 0, 7], vec![0xd0, 0]]);
@@ -153,6 +161,9 @@ mod tests {
     #[test]
     fn a_five_byte_length_is_malformed() {
         let mut s = Scanner::default();
-        assert_eq!(s.feed(&[0x30, 0xff, 0xff, 0xff, 0xff, 0x7f], |_| {}), Err(Malformed));
+        assert_eq!(
+            s.feed(&[0x30, 0xff, 0xff, 0xff, 0xff, 0x7f], |_| {}),
+            Err(Malformed)
+        );
     }
 }

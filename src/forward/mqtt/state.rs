@@ -144,10 +144,18 @@ pub enum Upstream {
 
 impl Aliases {
     /// The publish's real topic: its own, or the one its alias stands for.
-    pub fn resolve<'a>(&'a mut self, topic: &'a str, alias: Option<u16>) -> Result<&'a str, AliasError> {
+    pub fn resolve<'a>(
+        &'a mut self,
+        topic: &'a str,
+        alias: Option<u16>,
+    ) -> Result<&'a str, AliasError> {
         match alias {
             None => Ok(topic),
-            Some(a) if topic.is_empty() => self.device.get(&a).map(|t| &**t).ok_or(AliasError::Unknown(a)),
+            Some(a) if topic.is_empty() => self
+                .device
+                .get(&a)
+                .map(|t| &**t)
+                .ok_or(AliasError::Unknown(a)),
             Some(a) => {
                 if self.device.len() >= MAX_ALIASES && !self.device.contains_key(&a) {
                     return Err(AliasError::TooMany);
@@ -160,7 +168,9 @@ impl Aliases {
 
     /// A publish with `topic` (resolved) and `alias` is being forwarded.
     pub fn forwarding(&mut self, wire_topic: &str, topic: &str, alias: Option<u16>) -> Upstream {
-        let Some(a) = alias else { return Upstream::AsIs };
+        let Some(a) = alias else {
+            return Upstream::AsIs;
+        };
         if !wire_topic.is_empty() {
             self.broker.insert(a, topic.into());
             return Upstream::AsIs;
@@ -209,7 +219,10 @@ mod tests {
         let mut o = AckOrder::default();
         o.expect_from_broker(AckKind::PubRec, 7).unwrap();
         o.local(8, b("L")).unwrap();
-        assert!(o.broker_acked(AckKind::PubAck, 7).is_empty(), "a PUBACK does not settle a PUBREC");
+        assert!(
+            o.broker_acked(AckKind::PubAck, 7).is_empty(),
+            "a PUBACK does not settle a PUBREC"
+        );
         assert!(o.broker_acked(AckKind::PubComp, 99).is_empty());
         assert_eq!(o.broker_acked(AckKind::PubRec, 7), vec![(8, b("L"))]);
     }
@@ -244,7 +257,10 @@ mod tests {
         // Publish 2 uses the alias alone and is forwarded: it must carry the full topic.
         let topic = a.resolve("", Some(3)).unwrap().to_string();
         assert_eq!(topic, "t/x");
-        assert_eq!(a.forwarding("", &topic, Some(3)), Upstream::WithTopic("t/x".into()));
+        assert_eq!(
+            a.forwarding("", &topic, Some(3)),
+            Upstream::WithTopic("t/x".into())
+        );
         // Publish 3 likewise: now the broker knows it.
         let topic = a.resolve("", Some(3)).unwrap().to_string();
         assert_eq!(a.forwarding("", &topic, Some(3)), Upstream::AsIs);
@@ -259,7 +275,10 @@ mod tests {
         a.resolve("t/b", Some(1)).unwrap();
         let topic = a.resolve("", Some(1)).unwrap().to_string();
         assert_eq!(topic, "t/b");
-        assert_eq!(a.forwarding("", &topic, Some(1)), Upstream::WithTopic("t/b".into()));
+        assert_eq!(
+            a.forwarding("", &topic, Some(1)),
+            Upstream::WithTopic("t/b".into())
+        );
     }
 
     #[test]

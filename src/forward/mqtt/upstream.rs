@@ -77,7 +77,10 @@ pub async fn run<R: DeviceRx>(mut u: Up<'_, R>) -> Error {
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    stop = Some(Error::device(Kind::from_wire(&e), format!("device packet: {e}")));
+                    stop = Some(Error::device(
+                        Kind::from_wire(&e),
+                        format!("device packet: {e}"),
+                    ));
                     break;
                 }
             }
@@ -130,7 +133,12 @@ pub async fn run<R: DeviceRx>(mut u: Up<'_, R>) -> Error {
     }
 }
 
-fn handle<R>(u: &mut Up<'_, R>, aliases: &mut Aliases, p: Bytes, out: &mut Vec<Bytes>) -> Result<(), Error> {
+fn handle<R>(
+    u: &mut Up<'_, R>,
+    aliases: &mut Aliases,
+    p: Bytes,
+    out: &mut Vec<Bytes>,
+) -> Result<(), Error> {
     let packet = server::parse_device(&p, u.version)
         .map_err(|e| Error::device(Kind::from_wire(&e), format!("device packet: {e}")))?;
     match packet {
@@ -139,10 +147,17 @@ fn handle<R>(u: &mut Up<'_, R>, aliases: &mut Aliases, p: Bytes, out: &mut Vec<B
             let mut s = lock(u.shared);
             if s.local_qos2.remove(&id) {
                 // Ours to answer: the broker never saw this QoS 2 publish.
-                let ack = Bytes::from(server::ack(AckKind::PubComp, id, reason::SUCCESS, u.version));
+                let ack = Bytes::from(server::ack(
+                    AckKind::PubComp,
+                    id,
+                    reason::SUCCESS,
+                    u.version,
+                ));
                 local_ack(&mut s, u.notify, id, ack)
             } else {
-                s.acks.expect_from_broker(AckKind::PubComp, id).map_err(|_| overflow())?;
+                s.acks
+                    .expect_from_broker(AckKind::PubComp, id)
+                    .map_err(|_| overflow())?;
                 out.push(p);
                 Ok(())
             }
@@ -150,7 +165,11 @@ fn handle<R>(u: &mut Up<'_, R>, aliases: &mut Aliases, p: Bytes, out: &mut Vec<B
         DevicePacket::Connect(_) => Err(Error::device(Kind::Protocol, "a second CONNECT")),
         DevicePacket::Disconnect => {
             out.push(p);
-            Err(Error::new(Kind::DeviceClosed, Side::Device, "device sent DISCONNECT"))
+            Err(Error::new(
+                Kind::DeviceClosed,
+                Side::Device,
+                "device sent DISCONNECT",
+            ))
         }
         _ => {
             out.push(p);
@@ -159,15 +178,28 @@ fn handle<R>(u: &mut Up<'_, R>, aliases: &mut Aliases, p: Bytes, out: &mut Vec<B
     }
 }
 
-fn publish<R>(u: &mut Up<'_, R>, aliases: &mut Aliases, p: &Bytes, pb: &Publish<'_>, out: &mut Vec<Bytes>) -> Result<(), Error> {
+fn publish<R>(
+    u: &mut Up<'_, R>,
+    aliases: &mut Aliases,
+    p: &Bytes,
+    pb: &Publish<'_>,
+    out: &mut Vec<Bytes>,
+) -> Result<(), Error> {
     let topic: Cow<'_, str> = match aliases.resolve(pb.topic, pb.topic_alias) {
         Ok(t) => Cow::Owned(t.to_string()),
         Err(AliasError::Unknown(a)) => {
-            return Err(Error::device(Kind::BadAlias, format!("topic alias {a} was never defined")))
+            return Err(Error::device(
+                Kind::BadAlias,
+                format!("topic alias {a} was never defined"),
+            ))
         }
-        Err(AliasError::TooMany) => return Err(Error::device(Kind::BadAlias, "too many topic aliases")),
+        Err(AliasError::TooMany) => {
+            return Err(Error::device(Kind::BadAlias, "too many topic aliases"))
+        }
     };
-    let earlier = pb.packet_id.and_then(|id| lock(u.shared).inflight.disposition(pb.dup, id));
+    let earlier = pb
+        .packet_id
+        .and_then(|id| lock(u.shared).inflight.disposition(pb.dup, id));
     let verdict = match earlier {
         // Our queued ack will answer the retransmission too.
         Some(Disposition::Local) => return Ok(()),
@@ -197,17 +229,27 @@ fn publish<R>(u: &mut Up<'_, R>, aliases: &mut Aliases, p: &Bytes, pb: &Publish<
                 Upstream::WithTopic(t) => Bytes::from(server::publish_with_topic(p, pb, &t)),
             };
             if let Some(id) = pb.packet_id {
-                let kind = if pb.qos == 1 { AckKind::PubAck } else { AckKind::PubRec };
+                let kind = if pb.qos == 1 {
+                    AckKind::PubAck
+                } else {
+                    AckKind::PubRec
+                };
                 let mut s = lock(u.shared);
-                s.acks.expect_from_broker(kind, id).map_err(|_| overflow())?;
-                s.inflight.insert(id, Disposition::Broker).map_err(|_| overflow())?;
+                s.acks
+                    .expect_from_broker(kind, id)
+                    .map_err(|_| overflow())?;
+                s.inflight
+                    .insert(id, Disposition::Broker)
+                    .map_err(|_| overflow())?;
             }
             out.push(bytes);
             Ok(())
         }
         Verdict::Discard(why) => {
             tracing::debug!(topic = %topic, qos = pb.qos, ?why, "publish discarded");
-            let Some(id) = pb.packet_id else { return Ok(()) }; // QoS 0: dropped
+            let Some(id) = pb.packet_id else {
+                return Ok(());
+            }; // QoS 0: dropped
             let code = discard_code(why, u.ctx.policy_config.discard_reason);
             let mut s = lock(u.shared);
             let ack = if pb.qos == 1 {
@@ -219,7 +261,9 @@ fn publish<R>(u: &mut Up<'_, R>, aliases: &mut Aliases, p: &Bytes, pb: &Publish<
                 }
                 server::ack(AckKind::PubRec, id, code, u.version)
             };
-            s.inflight.insert(id, Disposition::Local).map_err(|_| overflow())?;
+            s.inflight
+                .insert(id, Disposition::Local)
+                .map_err(|_| overflow())?;
             local_ack(&mut s, u.notify, id, Bytes::from(ack))
         }
     }
@@ -247,5 +291,8 @@ fn discard_code(why: Reason, configured: DiscardReasonCode) -> u8 {
 }
 
 fn overflow() -> Error {
-    Error::device(Kind::Overflow, "more unacknowledged packets than any client window allows")
+    Error::device(
+        Kind::Overflow,
+        "more unacknowledged packets than any client window allows",
+    )
 }
