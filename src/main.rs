@@ -98,8 +98,9 @@ fn main() -> ExitCode {
             exit(runtime().block_on(portcullis::agent::run(config, terminate())))
         }
         Command::Demo { seconds } => {
-            // rumqttd, the demo's embedded broker, logs routine events (our health checks) as errors.
-            portcullis::telemetry::init("warn,rumqttd=off");
+            // rumqttd, the demo's embedded broker, logs routine events (our health checks) as errors;
+            // the agent warns that the demo's ws:// is clear text, which the banner already says.
+            portcullis::telemetry::init("warn,rumqttd=off,portcullis::agent=error");
             exit(runtime().block_on(portcullis::demo::run(
                 std::time::Duration::from_secs(seconds),
                 terminate(),

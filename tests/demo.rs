@@ -1,5 +1,6 @@
-//! `portcullis demo` end to end: embedded broker, the gateway in-process, devices on `/mqtt`
-//! and `/tunnel/telemetry`, three abusers, a platform subscriber. Needs nothing installed.
+//! `portcullis demo` end to end: embedded broker, the gateway in-process, devices on `/mqtt`, a
+//! legacy device through the agent to `/tunnel/telemetry`, three abusers, a platform
+//! subscriber. Needs nothing installed.
 
 use std::time::Duration;
 
@@ -17,6 +18,11 @@ async fn demo_delivers_every_acknowledged_reading_and_bans_the_abusers() {
     // well-behaved readings was discarded, however busy the abusers kept the gateway.
     assert!(report.sent >= 4, "each device published: {report:?}");
     assert_eq!(report.received, report.sent, "{report:?}");
+
+    // The legacy device's plain MQTT got through the agent's tunnel.
+    let meter = report.devices.iter().find(|d| d.device == "meter-4");
+    assert!(meter.is_some_and(|m| m.received >= 1), "{report:?}");
+    assert!(report.agent.tunnels_opened >= 1, "{:?}", report.agent);
 
     let names: Vec<_> = report.abusers.iter().map(|a| a.device).collect();
     assert_eq!(names, ["chatty-5", "flood-6", "flapper-7"], "{report:?}");

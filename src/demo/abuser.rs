@@ -13,7 +13,8 @@ use super::config::{CONNECTS_PER_MINUTE, MESSAGES_PER_SEC, MESSAGE_BURST, TOLERA
 use super::device::{drift, PERIOD};
 use super::link::{Link, LinkError};
 use super::platform::Tally;
-use super::{sensor, Sensor};
+use super::sensor::{sensor, Sensor};
+use super::transport::Endpoint;
 
 const PATH: &str = "/mqtt";
 /// chatty-5 reports five times as often as its class expects.
@@ -149,7 +150,7 @@ async fn publish_until_kicked(
     outcome: &mut Outcome,
 ) -> Result<(), String> {
     let s = &abuser.sensor;
-    let (mut link, code) = Link::connect(gateway, PATH, s.device).await?;
+    let (mut link, code) = Link::connect(Endpoint::Gateway(gateway, PATH), s.device).await?;
     outcome.last_connack = Some(code);
     if code != ACCEPTED {
         return Err(format!("refused at its first connect: CONNACK {code:#04x}"));
@@ -199,7 +200,7 @@ async fn pace(link: &mut Link, tick: Option<&mut Interval>) -> Result<(), LinkEr
 
 /// A banned device that comes back is refused at CONNECT: the broker never sees it.
 async fn reconnect(device: &str, gateway: SocketAddr, outcome: &mut Outcome) -> Result<(), String> {
-    let (link, code) = Link::connect(gateway, PATH, device).await?;
+    let (link, code) = Link::connect(Endpoint::Gateway(gateway, PATH), device).await?;
     outcome.last_connack = Some(code);
     if code == ACCEPTED {
         println!("  {device:<9} reconnected: CONNACK 0x00 (not banned)");
@@ -217,7 +218,7 @@ async fn reconnect(device: &str, gateway: SocketAddr, outcome: &mut Outcome) -> 
 /// until the strikes make a ban.
 async fn flap(device: &str, gateway: SocketAddr, outcome: &mut Outcome) -> Result<(), String> {
     for attempt in 1..=GIVE_UP_AFTER {
-        let (link, code) = Link::connect(gateway, PATH, device).await?;
+        let (link, code) = Link::connect(Endpoint::Gateway(gateway, PATH), device).await?;
         outcome.last_connack = Some(code);
         match code {
             ACCEPTED => {

@@ -1,8 +1,7 @@
 //! A well-behaved device: a QoS 1 reading every second, exactly what its class expects. On
-//! `/mqtt` the gateway knows it carries MQTT and judges it; on `/tunnel/telemetry` it is opaque
-//! bytes to the gateway, and the device speaks exactly the same MQTT inside.
+//! `/mqtt` the gateway knows it carries MQTT and judges it. A legacy device speaks the same
+//! MQTT over plain TCP to the agent, whose tunnel is opaque bytes to the gateway.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use rand::Rng;
@@ -10,7 +9,8 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use super::link::Link;
-use super::Sensor;
+use super::sensor::Sensor;
+use super::transport::Endpoint;
 
 /// The push interval T of the demo's `sensor` class.
 pub const PERIOD: Duration = Duration::from_secs(1);
@@ -21,7 +21,7 @@ pub const PERIOD: Duration = Duration::from_secs(1);
 /// first, so "acknowledged" is an exact count the platform's tally can be checked against.
 pub async fn run(
     sensor: &Sensor,
-    gateway: SocketAddr,
+    at: Endpoint,
     start_after: Duration,
     stop: CancellationToken,
 ) -> Result<u64, String> {
@@ -29,16 +29,15 @@ pub async fn run(
         () = tokio::time::sleep(start_after) => {}
         () = stop.cancelled() => return Ok(0),
     }
-    let (mut link, code) = Link::connect(gateway, sensor.path, sensor.device).await?;
+    let (mut link, code) = Link::connect(at, sensor.device).await?;
     if code != 0 {
-        return Err(format!(
-            "the gateway refused the connection: CONNACK {code:#04x}"
-        ));
+        return Err(format!("connection refused: CONNACK {code:#04x}"));
     }
-    println!(
-        "  {:<9} connected     ws://{gateway}{}",
-        sensor.device, sensor.path
-    );
+    let note = match at {
+        Endpoint::Plain(_) => "  (plain MQTT, to the agent)",
+        Endpoint::Gateway(..) => "",
+    };
+    println!("  {:<9} connected     {at}{note}", sensor.device);
 
     let topic = sensor.topic();
     let mut value = sensor.base;

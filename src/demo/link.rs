@@ -1,18 +1,13 @@
-//! A simulated device's connection: one WebSocket to the gateway, MQTT 3.1.1 inside. Shared by
-//! the well-behaved devices and the abusers, which speak exactly the same protocol.
+//! A simulated device's MQTT 3.1.1 session, over a WebSocket to the gateway or, for a legacy
+//! device, plain TCP to the agent. Shared by the well-behaved devices and the abusers, which
+//! speak exactly the same protocol.
 
 use std::fmt;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::{header, HeaderValue};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
 
+use super::transport::{Endpoint, Transport};
 use super::MAX_PACKET;
 use crate::mqtt::wire::{self, Incoming, Version};
 
@@ -48,52 +43,30 @@ impl From<LinkError> for String {
     }
 }
 
-/// MQTT packets over a client WebSocket. A packet may span frames, or a frame hold several:
-/// the gateway does not promise one packet per frame, so bytes are buffered and delimited.
+/// MQTT packets over a transport. A packet may span WebSocket frames or TCP reads, or one of
+/// those hold several: nothing on the way promises otherwise, so bytes are buffered and
+/// delimited here.
 pub struct Link {
-    ws: WebSocketStream<TcpStream>,
+    transport: Transport,
     buf: BytesMut,
 }
 
 impl Link {
-    /// Open a WebSocket on `path` and CONNECT as `client_id`. Returns the CONNACK's code (0 is
-    /// accepted); after a refusal the gateway closes, so the link is only good for dropping.
-    pub async fn connect(
-        gateway: SocketAddr,
-        path: &str,
-        client_id: &str,
-    ) -> Result<(Link, u8), String> {
-        let mut link = Link::open(gateway, path).await?;
-        link.send(wire::connect(client_id, KEEP_ALIVE_SECS, V))
+    /// Connect to `to` and CONNECT as `client_id`. Returns the CONNACK's code (0 is accepted);
+    /// after a refusal the other end closes, so the link is only good for dropping.
+    pub async fn connect(to: Endpoint, client_id: &str) -> Result<(Link, u8), String> {
+        let mut link = Link {
+            transport: Transport::open(to).await?,
+            buf: BytesMut::new(),
+        };
+        link.transport
+            .send(wire::connect(client_id, KEEP_ALIVE_SECS, V))
             .await?;
         let connack = link.recv().await?;
         match wire::parse(&connack, V) {
             Ok(Incoming::ConnAck { code }) => Ok((link, code)),
             other => Err(format!("expected a CONNACK, got {other:?}")),
         }
-    }
-
-    async fn open(gateway: SocketAddr, path: &str) -> Result<Link, String> {
-        let tcp = TcpStream::connect(gateway)
-            .await
-            .map_err(|e| format!("cannot reach the gateway at {gateway}: {e}"))?;
-        let mut request = format!("ws://{gateway}{path}")
-            .into_client_request()
-            .map_err(|e| e.to_string())?;
-        if path == "/mqtt" {
-            // MQTT over WebSocket (MQTT 3.1.1 §6) names its subprotocol; a tunnel has none.
-            request.headers_mut().insert(
-                header::SEC_WEBSOCKET_PROTOCOL,
-                HeaderValue::from_static("mqtt"),
-            );
-        }
-        let (ws, _response) = tokio_tungstenite::client_async(request, tcp)
-            .await
-            .map_err(|e| format!("WebSocket upgrade on {path} refused: {e}"))?;
-        Ok(Link {
-            ws,
-            buf: BytesMut::new(),
-        })
     }
 
     /// Publish one QoS 1 reading and wait for its PUBACK, whoever sends it: the broker, or the
@@ -104,7 +77,8 @@ impl Link {
         packet_id: u16,
         payload: &str,
     ) -> Result<(), LinkError> {
-        self.send(wire::publish(topic, 1, packet_id, payload.as_bytes(), V))
+        self.transport
+            .send(wire::publish(topic, 1, packet_id, payload.as_bytes(), V))
             .await?;
         // Nothing but this PUBACK is expected on a publish-only session; skip anything else.
         loop {
@@ -113,13 +87,6 @@ impl Link {
                 return Ok(());
             }
         }
-    }
-
-    async fn send(&mut self, packet: Vec<u8>) -> Result<(), LinkError> {
-        self.ws
-            .send(Message::Binary(packet.into()))
-            .await
-            .map_err(|e| LinkError::Failed(format!("send failed: {e}")))
     }
 
     /// The next MQTT packet from the broker, within the reply timeout.
@@ -140,29 +107,15 @@ impl Link {
             if let Some(n) = len {
                 return Ok(self.buf.split_to(n));
             }
-            match self.ws.next().await {
-                Some(Ok(Message::Binary(bytes))) => self.buf.extend_from_slice(&bytes),
-                Some(Ok(Message::Close(frame))) => {
-                    let (code, reason) = frame
-                        .map(|f| (u16::from(f.code), f.reason.to_string()))
-                        .unwrap_or_default();
-                    return Err(LinkError::Closed { code, reason });
-                }
-                None => return Err(LinkError::Failed("the gateway went away".into())),
-                // Pings are answered by tungstenite itself.
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(LinkError::Failed(format!("receive failed: {e}"))),
-            }
+            self.transport.receive(&mut self.buf).await?;
         }
     }
 
-    /// MQTT DISCONNECT, then a WebSocket close. Best effort: the device is leaving anyway.
+    /// MQTT DISCONNECT, then close. Best effort: the device is leaving anyway.
     pub async fn close(mut self) {
-        let _ = self.send(wire::disconnect(V)).await;
-        let _ = self.ws.close(None).await;
+        let _ = self.transport.send(wire::disconnect(V)).await;
         // Wait (briefly) for the gateway to end the connection: by then it has released this
         // client ID's connection slot, so a reconnect right after is not "one too many".
-        let ended = async { while let Some(Ok(_)) = self.ws.next().await {} };
-        let _ = tokio::time::timeout(Duration::from_secs(1), ended).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.transport.close()).await;
     }
 }

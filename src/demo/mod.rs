@@ -2,9 +2,11 @@
 //!
 //! ```text
 //! devices ──WebSocket──► gateway ──TCP──► broker ◄──TCP── platform
-//!   3 × /mqtt (subprotocol mqtt)    (rumqttd,        (subscribes to plant/#,
-//!   1 × /tunnel/telemetry (raw)      embedded)        prints what arrives)
-//!   3 abusers on /mqtt
+//!   3 × /mqtt               ▲            (rumqttd,        (subscribes to plant/#,
+//!   3 abusers on /mqtt      │             embedded)        prints what arrives)
+//!                           │ WebSocket: /tunnel/telemetry, raw
+//! legacy device ──TCP──► agent
+//!   plain MQTT 3.1.1       (in-process)
 //! ```
 //!
 //! Every well-behaved device publishes a QoS 1 reading each second, in the rhythm its class
@@ -13,12 +15,15 @@
 //! policy discards what they send, bans them and kicks them, and the others flow on.
 
 mod abuser;
+mod agent;
 mod broker;
 mod config;
 mod device;
 mod link;
 mod platform;
+mod sensor;
 mod show;
+mod transport;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -27,11 +32,14 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::agent::StatusSnapshot;
 use crate::policy::StatsSnapshot;
 use crate::{Config, Gateway};
 use abuser::ABUSERS;
 use broker::EmbeddedBroker;
 use platform::Platform;
+use sensor::SENSORS;
+use transport::Endpoint;
 
 /// What one demo run delivered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,10 +48,24 @@ pub struct DemoReport {
     pub sent: u64,
     /// Of those, the readings the platform received.
     pub received: u64,
+    /// The same, per well-behaved device.
+    pub devices: Vec<DeviceReport>,
     /// What became of each abuser.
     pub abusers: Vec<AbuserReport>,
     /// The gateway's policy counters, just before it shut down.
     pub policy: StatsSnapshot,
+    /// The agent's counters (the legacy device's tunnel), just before it shut down.
+    pub agent: StatusSnapshot,
+}
+
+/// One well-behaved device's run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceReport {
+    pub device: &'static str,
+    /// Readings the broker acknowledged to it.
+    pub sent: u64,
+    /// Of those, the readings the platform received.
+    pub received: u64,
 }
 
 /// One abuser's run.
@@ -67,52 +89,6 @@ impl AbuserReport {
     }
 }
 
-/// One simulated device and the reading it sends.
-struct Sensor {
-    device: &'static str,
-    quantity: &'static str,
-    unit: &'static str,
-    /// Readings wander around this value.
-    base: f64,
-    /// The gateway path it connects to.
-    path: &'static str,
-}
-
-impl Sensor {
-    fn topic(&self) -> String {
-        format!("plant/{}/{}", self.device, self.quantity)
-    }
-}
-
-/// The well-behaved devices.
-static SENSORS: [Sensor; 4] = [
-    sensor("boiler-1", "temp", "°C", 21.0, "/mqtt"),
-    sensor("press-2", "pressure", "bar", 4.2, "/mqtt"),
-    sensor("pump-3", "flow", "m³/h", 12.5, "/mqtt"),
-    sensor("meter-4", "power", "kW", 3.1, "/tunnel/telemetry"),
-];
-
-const fn sensor(
-    device: &'static str,
-    quantity: &'static str,
-    unit: &'static str,
-    base: f64,
-    path: &'static str,
-) -> Sensor {
-    Sensor {
-        device,
-        quantity,
-        unit,
-        base,
-        path,
-    }
-}
-
-/// Every device the platform may hear from: the well-behaved ones, then the abusers.
-fn all_sensors() -> impl Iterator<Item = &'static Sensor> {
-    SENSORS.iter().chain(ABUSERS.iter().map(|a| &a.sensor))
-}
-
 /// Largest MQTT packet the demo clients accept; theirs are tens of bytes.
 const MAX_PACKET: usize = 64 * 1024;
 
@@ -132,7 +108,14 @@ pub async fn run_with_report(
     let Some(&gateway_addr) = gateway.local_addrs().first() else {
         return Err("the gateway has no listener".into());
     };
-    show::banner(broker, gateway_addr, duration);
+    let agent = match agent::start(gateway_addr).await {
+        Ok(agent) => agent,
+        Err(e) => {
+            gateway.shutdown().await;
+            return Err(e);
+        }
+    };
+    show::banner(broker, gateway_addr, agent.addr, duration);
 
     // Staggered starts spread the output; all devices are running after a second, and the
     // abusers take their turns after that.
@@ -141,7 +124,12 @@ pub async fn run_with_report(
         .zip(&SENSORS)
         .map(|(i, sensor)| {
             let start_after = Duration::from_millis(250) * i;
-            let task = device::run(sensor, gateway_addr, start_after, stop_devices.clone());
+            let at = if sensor.legacy {
+                Endpoint::Plain(agent.addr)
+            } else {
+                Endpoint::Gateway(gateway_addr, sensor.path)
+            };
+            let task = device::run(sensor, at, start_after, stop_devices.clone());
             (sensor.device, tokio::spawn(task))
         })
         .collect();
@@ -159,12 +147,15 @@ pub async fn run_with_report(
     }
 
     println!(
-        "\nStopping: devices disconnect, the platform takes what is in flight, the gateway drains."
+        "\nStopping: devices disconnect, the agent stops, the platform takes what is in flight, the gateway drains."
     );
     stop_devices.cancel();
     let mut failures = Vec::new();
     let sent = join(devices, &mut failures).await;
     let outcomes = join(abusers, &mut failures).await;
+    // The agent is a client of the gateway: it goes first, like the devices, so its status
+    // tells how the legacy device ended its tunnel, not how the gateway went away.
+    let agent = agent.finish().await;
     let expected = sent.iter().sum();
     let received = platform.finish(expected, Duration::from_secs(3)).await;
     let policy = gateway.policy().stats().snapshot();
@@ -182,15 +173,26 @@ pub async fn run_with_report(
             last_connack: o.last_connack,
         })
         .collect();
-    show::summary(&sent, &received, &abusers, &policy);
+    let devices: Vec<_> = SENSORS
+        .iter()
+        .zip(sent.iter().zip(&received))
+        .map(|(s, (&sent, &received))| DeviceReport {
+            device: s.device,
+            sent,
+            received,
+        })
+        .collect();
+    show::summary(&devices, &abusers, &policy, &agent);
     if !failures.is_empty() {
         return Err(format!("some devices failed: {}", failures.join("; ")));
     }
     Ok(DemoReport {
         sent: expected,
         received: received.iter().sum(),
+        devices,
         abusers,
         policy,
+        agent,
     })
 }
 

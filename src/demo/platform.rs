@@ -13,7 +13,8 @@ use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{all_sensors, MAX_PACKET, SENSORS};
+use super::sensor::{all_sensors, SENSORS};
+use super::MAX_PACKET;
 use crate::mqtt::wire::{self, Incoming, Version};
 
 const V: Version = Version::V311;
@@ -142,7 +143,8 @@ async fn consume(
                 count.fetch_add(1, Ordering::Relaxed);
                 println!(
                     "  platform  <- {topic:<24} {reading:>6} {:<5} (via {})",
-                    s.unit, s.path
+                    s.unit,
+                    s.via()
                 );
             }
             None => println!("  platform  <- {topic:<24} {reading:>6}       (not a demo device)"),

@@ -5,28 +5,35 @@ use std::time::Duration;
 
 use super::abuser::ABUSERS;
 use super::config::{BAN_SECS, STRIKES, STRIKE_WINDOW_SECS};
-use super::{AbuserReport, SENSORS};
+use super::sensor::SENSORS;
+use super::{AbuserReport, DeviceReport};
+use crate::agent::StatusSnapshot;
 use crate::policy::StatsSnapshot;
 
-pub fn banner(broker: SocketAddr, gateway: SocketAddr, duration: Duration) {
-    let on = |path: &str| {
-        let names: Vec<_> = SENSORS
-            .iter()
-            .filter(|s| s.path == path)
-            .map(|s| s.device)
-            .collect();
-        names.join(", ")
-    };
+pub fn banner(broker: SocketAddr, gateway: SocketAddr, agent: SocketAddr, duration: Duration) {
+    let direct: Vec<_> = SENSORS
+        .iter()
+        .filter(|s| !s.legacy)
+        .map(|s| s.device)
+        .collect();
     println!("portcullis demo: a broker, the gateway and devices, all in this process.\n");
     println!("  broker    {broker}  (rumqttd, embedded; MQTT 3.1.1 over TCP)");
     println!("  gateway   ws://{gateway}  (portcullis, one WebSocket listener)");
     println!("              GET /mqtt              subprotocol mqtt  -> route mqtt      -> broker");
     println!("              GET /tunnel/telemetry  raw binary frames -> route telemetry -> broker");
-    println!("  devices   {} on /mqtt", on("/mqtt"));
+    println!("  agent     {agent}  (portcullis agent, in-process; plain TCP in, WebSocket out)");
+    println!("  devices   {} on /mqtt", direct.join(", "));
+    for s in SENSORS.iter().filter(|s| s.legacy) {
+        println!(
+            "            {} (plain MQTT) -> agent {agent} -> ws://{gateway}{}",
+            s.device, s.path
+        );
+    }
+    println!("              a legacy device: MQTT 3.1.1 over TCP, no WebSocket, no TLS; the agent");
     println!(
-        "            {} on /tunnel/telemetry (the same MQTT, opaque to the gateway)",
-        on("/tunnel/telemetry")
+        "              carries it in a masked WebSocket (ws:// in the demo, wss:// deployed),"
     );
+    println!("              opaque to the gateway");
     println!(
         "            each publishes a QoS 1 reading to plant/<device>/<quantity> every second,"
     );
@@ -48,13 +55,20 @@ pub fn banner(broker: SocketAddr, gateway: SocketAddr, duration: Duration) {
     );
 }
 
-pub fn summary(sent: &[u64], received: &[u64], abusers: &[AbuserReport], p: &StatsSnapshot) {
-    println!("\n  device     path                 sent  received");
-    for ((s, sent), received) in SENSORS.iter().zip(sent).zip(received) {
-        println!("  {:<10} {:<19} {sent:>5} {received:>9}", s.device, s.path);
+pub fn summary(
+    devices: &[DeviceReport],
+    abusers: &[AbuserReport],
+    p: &StatsSnapshot,
+    agent: &StatusSnapshot,
+) {
+    println!("\n  device     via                         sent  received");
+    for (s, d) in SENSORS.iter().zip(devices) {
+        let (sent, received) = (d.sent, d.received);
+        println!("  {:<10} {:<26} {sent:>5} {received:>9}", d.device, s.via());
     }
-    let (sent, received) = (sent.iter().sum::<u64>(), received.iter().sum::<u64>());
-    println!("  {:<30} {sent:>5} {received:>9}", "total");
+    let sent = devices.iter().map(|d| d.sent).sum::<u64>();
+    let received = devices.iter().map(|d| d.received).sum::<u64>();
+    println!("  {:<37} {sent:>5} {received:>9}", "total");
     if sent == received {
         println!("\nEvery acknowledged reading of a well-behaved device reached the platform.");
     } else {
@@ -63,6 +77,8 @@ pub fn summary(sent: &[u64], received: &[u64], abusers: &[AbuserReport], p: &Sta
             sent.saturating_sub(received)
         );
     }
+
+    println!("\nThe agent's tunnels: {agent}");
 
     println!("\n  abuser     acknowledged  delivered  then");
     for a in abusers {
