@@ -1,0 +1,234 @@
+//! End-to-end benchmark (a measurement, not a test): MQTT publish throughput and latency
+//! direct to mosquitto, through the gateway's `/mqtt` (MQTT-aware relay, policy on) and
+//! `/tunnel` (opaque bytes), and through mosquitto's own WebSocket listener; then the
+//! gateway's memory per idle device.
+//!
+//! Run with `bash benches/run.sh` (it raises the open-files limit the 10,000-device case
+//! needs). Sizes can be changed with BENCH_ROUNDS, BENCH_QOS0_N, BENCH_QOS1_N,
+//! BENCH_LATENCY_N and BENCH_IDLE (comma-separated device counts, empty for none);
+//! BENCH_PATHS picks throughput paths by tag (e.g. `direct,gw-mqtt`; direct is always run).
+//!
+//! Everything runs on one machine: client, gateway and mosquitto share its cores, so the
+//! gateway paths pay for a third process that the direct path does not have.
+
+#[path = "e2e/client.rs"]
+mod client;
+#[path = "e2e/cpu.rs"]
+mod cpu;
+#[path = "e2e/idle.rs"]
+mod idle;
+#[path = "e2e/measure.rs"]
+mod measure;
+#[path = "e2e/procs.rs"]
+mod procs;
+#[path = "e2e/report.rs"]
+mod report;
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use client::{Endpoints, Path};
+use procs::{Broker, GatewayProc};
+use report::PathResult;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Descriptors the gateway needs beyond its sockets (listener, epoll, log, health checks):
+/// about 15 measured; with margin.
+const FD_SLACK: u64 = 100;
+
+struct Settings {
+    rounds: usize,
+    qos0_n: usize,
+    qos1_n: usize,
+    latency_n: usize,
+    idle: Vec<usize>,
+    paths: Vec<Path>,
+}
+
+impl Settings {
+    fn from_env() -> Settings {
+        let num = |k: &str, d: usize| {
+            std::env::var(k)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(d)
+        };
+        let idle = std::env::var("BENCH_IDLE")
+            .ok()
+            .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+            .unwrap_or_else(|| vec![1_000, 10_000]);
+        let paths = std::env::var("BENCH_PATHS")
+            .ok()
+            .map_or(Path::ALL.to_vec(), |v| {
+                let tags: Vec<&str> = v.split(',').map(str::trim).collect();
+                Path::ALL
+                    .into_iter()
+                    .filter(|p| *p == Path::Direct || tags.contains(&p.tag()))
+                    .collect()
+            });
+        Settings {
+            paths,
+            rounds: num("BENCH_ROUNDS", 5).max(1),
+            qos0_n: num("BENCH_QOS0_N", 200_000),
+            qos1_n: num("BENCH_QOS1_N", 100_000),
+            latency_n: num("BENCH_LATENCY_N", 2_000),
+            idle,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Ctrl-C or SIGTERM drops `run`, and with it every child-process guard.
+    let result = rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = run(Settings::from_env()) => r,
+            _ = tokio::signal::ctrl_c() => Err("interrupted".into()),
+            _ = term.recv() => Err("terminated".into()),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("e2e bench failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(s: Settings) -> Result<(), BoxError> {
+    let started = Instant::now();
+    let dir = tempfile::tempdir()?;
+    let machine = report::machine();
+    println!("portcullis end-to-end benchmark");
+    println!("machine: {machine}; load average: {}", report::loadavg());
+    println!(
+        "per round and path: QoS0 {} x 64 B publishes, QoS1 {} (window {}), {} QoS1 round trips; {} rounds, medians reported",
+        s.qos0_n, s.qos1_n, measure::QOS1_WINDOW, s.latency_n, s.rounds
+    );
+    println!(
+        "gateway: release binary in its own process, policy stage on with limits above the offered load, \
+         /tunnel = a `tcp` route to the same broker; mosquitto {}: set_tcp_nodelay, no queue limit",
+        procs::mosquitto_version()
+    );
+
+    let mut summaries = {
+        let broker = Broker::spawn(dir.path()).await?;
+        let gateway = GatewayProc::spawn(dir.path(), broker.tcp).await?;
+        let ep = Endpoints {
+            broker_tcp: broker.tcp,
+            broker_ws: broker.ws,
+            gateway: gateway.addr,
+        };
+        let meter = cpu::Meter::new(broker.proc.pid(), gateway.proc.pid());
+        throughput(&s, &ep, &meter).await?
+    };
+    report::cpu(&summaries);
+    let summaries: Vec<_> = summaries.iter_mut().map(PathResult::summary).collect();
+    report::throughput(&summaries);
+
+    println!();
+    let memory = idle_memory(&s, dir.path()).await?;
+    report::markdown(&summaries, &memory, &machine);
+    println!(
+        "\ntotal time: {:.0} s; load average at the end: {}",
+        started.elapsed().as_secs_f64(),
+        report::loadavg()
+    );
+    Ok(())
+}
+
+/// Every path, every metric, round after round (interleaved, so drift on a shared machine
+/// spreads over all paths rather than landing on one).
+async fn throughput(
+    s: &Settings,
+    ep: &Endpoints,
+    meter: &cpu::Meter,
+) -> Result<Vec<PathResult>, BoxError> {
+    let mut paths = Vec::new();
+    for &path in &s.paths {
+        // Warm-up, and the check that the path works at all.
+        match measure::latency(path, ep, 200, &format!("warm-{}", path.tag())).await {
+            Ok(_) => paths.push(PathResult::new(path)),
+            Err(e) if path == Path::PeerMosquittoWs => {
+                println!("note: dropping the peer row, mosquitto's WebSocket listener failed: {e}")
+            }
+            Err(e) => return Err(format!("{path}: {e}").into()),
+        }
+    }
+    for round in 0..s.rounds {
+        for r in &mut paths {
+            let run = format!("{}-r{round}", r.path.tag());
+            let t = Instant::now();
+            let cpu0 = meter.read();
+            let q0 = measure::qos0(r.path, ep, s.qos0_n, &format!("{run}-q0")).await?;
+            let cpu1 = meter.read();
+            let q1 = measure::qos1(r.path, ep, s.qos1_n, &format!("{run}-q1")).await?;
+            let cpu2 = meter.read();
+            r.cpu_qos0.0 += cpu1 - cpu0;
+            r.cpu_qos0.1 += q0.delivered;
+            r.cpu_qos1.0 += cpu2 - cpu1;
+            r.cpu_qos1.1 += s.qos1_n;
+            let mut lat = measure::latency(r.path, ep, s.latency_n, &format!("{run}-lat")).await?;
+            println!(
+                "round {round} {:<27} QoS0 {:>8.0}/s ({} lost)  QoS1 {:>7.0}/s  p50 {:>5.0} µs  [{:.1} s]",
+                r.path.to_string(),
+                q0.rate,
+                q0.sent - q0.delivered,
+                q1,
+                measure::percentile(&mut lat, 50).as_secs_f64() * 1e6,
+                t.elapsed().as_secs_f64()
+            );
+            r.qos0.push(q0);
+            r.qos1.push(q1);
+            r.latency.extend(lat);
+        }
+    }
+    Ok(paths)
+}
+
+async fn idle_memory(
+    s: &Settings,
+    dir: &std::path::Path,
+) -> Result<Vec<idle::IdleResult>, BoxError> {
+    let limit = procs::open_files_limit().unwrap_or(0);
+    let mut out = Vec::new();
+    for path in [Path::GatewayMqtt, Path::GatewayTunnel] {
+        for &wanted in &s.idle {
+            // The gateway holds two sockets per device (device + upstream). Without the right
+            // to raise the limit (CAP_SYS_RESOURCE), measure as many as fit rather than none.
+            let fit = (limit.saturating_sub(FD_SLACK) / 2) as usize;
+            let n = wanted.min(fit);
+            if n < wanted {
+                println!(
+                    "note: {wanted} idle devices need ~{} open files in the gateway, the limit is {limit}: measuring {n}",
+                    2 * wanted as u64 + FD_SLACK
+                );
+            }
+            if n == 0 {
+                continue;
+            }
+            let t = Instant::now();
+            let r = idle::measure(dir, path, n).await?;
+            println!(
+                "{}  [{:.1} s]",
+                report::memory_line(&r),
+                t.elapsed().as_secs_f64()
+            );
+            out.push(r);
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,247 @@
+//! The processes under measurement: mosquitto and the gateway, each a child killed on drop
+//! (also when the bench panics or is interrupted), on ports picked at run time.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::BoxError;
+
+/// How long a child gets to start listening before we give up on it.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A child process that dies with its owner.
+pub struct ChildGuard {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl ChildGuard {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// The child's log tail, for error messages.
+    fn tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port that was free a moment ago, for servers that cannot report the port they bound.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+fn spawn_logged(bin: &Path, args: &[&Path], log: PathBuf, env: &[(&str, &str)]) -> ChildGuard {
+    let out = std::fs::File::create(&log).ok();
+    let err = out.as_ref().and_then(|f| f.try_clone().ok());
+    let mut cmd = Command::new(bin);
+    cmd.args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(out.map_or_else(Stdio::null, Stdio::from))
+        .stderr(err.map_or_else(Stdio::null, Stdio::from));
+    let child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+    ChildGuard { child, log }
+}
+
+/// Poll until every address accepts TCP, or the child dies (a port taken meanwhile).
+async fn wait_listening(child: &mut ChildGuard, addrs: &[SocketAddr]) -> bool {
+    let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+    for &addr in addrs {
+        while TcpStream::connect(addr).await.is_err() {
+            if child.exited() || tokio::time::Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    true
+}
+
+pub struct Broker {
+    pub tcp: SocketAddr,
+    /// mosquitto's own WebSocket listener (subprotocol `mqtt`).
+    pub ws: SocketAddr,
+    /// The broker lives as long as this value.
+    pub proc: ChildGuard,
+}
+
+impl Broker {
+    pub async fn spawn(dir: &Path) -> Result<Broker, BoxError> {
+        let bin = Path::new("/usr/sbin/mosquitto");
+        if !bin.is_file() {
+            return Err("mosquitto is not installed (apt-get install mosquitto)".into());
+        }
+        // A free port can be taken by someone else before mosquitto binds it: retry.
+        for attempt in 0..5 {
+            let (tcp, ws) = (free_port(), free_port());
+            let conf = dir.join(format!("mosquitto-{tcp}.conf"));
+            // max_queued_messages 0: an online subscriber is never dropped QoS 0 messages for
+            // falling behind (mosquitto 2.0 treats 0 as "no limit"), so drops are not ours.
+            // set_tcp_nodelay: otherwise Nagle holds back mosquitto's PUBACKs (40 ms stalls
+            // under a QoS 1 window), on direct clients and gateway upstreams alike.
+            std::fs::write(
+                &conf,
+                format!(
+                    "listener {tcp} 127.0.0.1\nmax_connections -1\n\
+                     listener {ws} 127.0.0.1\nprotocol websockets\nmax_connections -1\n\
+                     allow_anonymous true\npersistence false\nmax_keepalive 65535\n\
+                     set_tcp_nodelay true\n\
+                     max_queued_messages 0\nmax_inflight_messages 0\n\
+                     log_dest stderr\nlog_type error\nlog_type warning\n"
+                ),
+            )?;
+            let log = dir.join(format!("mosquitto-{tcp}.log"));
+            let mut proc = spawn_logged(bin, &[Path::new("-c"), &conf], log, &[]);
+            let addrs = [([127, 0, 0, 1], tcp).into(), ([127, 0, 0, 1], ws).into()];
+            if wait_listening(&mut proc, &addrs).await {
+                return Ok(Broker {
+                    tcp: addrs[0],
+                    ws: addrs[1],
+                    proc,
+                });
+            }
+            eprintln!("mosquitto attempt {attempt} failed:\n{}", proc.tail());
+        }
+        Err("mosquitto did not start".into())
+    }
+}
+
+/// The release gateway binary as its own process, so it never shares a runtime with the client.
+pub struct GatewayProc {
+    pub addr: SocketAddr,
+    pub proc: ChildGuard,
+}
+
+impl GatewayProc {
+    pub async fn spawn(dir: &Path, broker: SocketAddr) -> Result<GatewayProc, BoxError> {
+        // Built by cargo for this bench with the same (release) profile.
+        let bin = Path::new(env!("CARGO_BIN_EXE_portcullis"));
+        for attempt in 0..5 {
+            let port = free_port();
+            let conf = dir.join(format!("portcullis-{port}.toml"));
+            std::fs::write(&conf, gateway_config(port, broker))?;
+            let log = dir.join(format!("portcullis-{port}.log"));
+            // warn: a log line per tunnel would be part of what we measure.
+            let args = [Path::new("serve"), Path::new("--config"), &conf];
+            let mut proc = spawn_logged(bin, &args, log, &[("RUST_LOG", "warn")]);
+            let addr = ([127, 0, 0, 1], port).into();
+            if wait_listening(&mut proc, &[addr]).await && ready(addr).await {
+                return Ok(GatewayProc { addr, proc });
+            }
+            eprintln!("gateway attempt {attempt} failed:\n{}", proc.tail());
+        }
+        Err("the gateway did not start".into())
+    }
+}
+
+/// The gateway as a deployment would run it, with two bench-specific choices:
+/// - `/tunnel/mqtt-raw` is the same broker as a plain `tcp` route (the `mqtt` route is the
+///   listener's MQTT route, so `/tunnel/mqtt` would take the MQTT-aware relay as well);
+/// - the policy stage runs on every packet, but every limit sits far above the offered load:
+///   all devices come from 127.0.0.1 and one publisher sends ~100k msg/s.
+fn gateway_config(port: u16, broker: SocketAddr) -> String {
+    format!(
+        r#"[[listener]]
+bind = "127.0.0.1:{port}"
+
+[routes.mqtt]
+upstreams = ["{broker}"]
+
+[routes.mqtt-raw]
+upstreams = ["{broker}"]
+protocol = "tcp"
+
+[policy]
+default_class = "bench"
+
+[policy.classes.bench]
+messages_per_sec = 1000000000
+message_burst = 1000000000
+bytes_per_sec = 4000000000
+byte_burst = 4000000000
+max_connections = 1000000
+
+[policy.connects]
+per_ip_per_sec = 1000000
+per_ip_burst = 1000000
+per_client_per_minute = 1000
+per_listener_per_sec = 1000000
+per_listener_burst = 1000000
+
+[shutdown]
+drain_window_secs = 1
+drain_timeout_secs = 2
+"#
+    )
+}
+
+/// Poll `/readyz` until the gateway has seen its upstream healthy.
+async fn ready(addr: SocketAddr) -> bool {
+    let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+    while tokio::time::Instant::now() < deadline {
+        if let Ok(mut s) = TcpStream::connect(addr).await {
+            let req = b"GET /readyz HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n";
+            let mut resp = Vec::new();
+            if s.write_all(req).await.is_ok()
+                && s.read_to_end(&mut resp).await.is_ok()
+                && resp.starts_with(b"HTTP/1.1 200")
+            {
+                return true;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// Resident set size of a process, in KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The soft limit on open files of this process (children inherit it).
+pub fn open_files_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// "2.0.11", from `mosquitto -h` (which exits non-zero but prints the version first).
+pub fn mosquitto_version() -> String {
+    Command::new("/usr/sbin/mosquitto")
+        .arg("-h")
+        .output()
+        .ok()
+        .and_then(|o| {
+            let text = String::from_utf8_lossy(&o.stdout).into_owned();
+            let line = text.lines().next()?.to_string();
+            line.strip_prefix("mosquitto version ").map(str::to_string)
+        })
+        .unwrap_or_else(|| "(unknown version)".into())
+}

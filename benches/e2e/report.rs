@@ -1,0 +1,216 @@
+//! Aggregation and printing: a readable table, target verdicts, and Markdown for the README.
+
+use std::time::Duration;
+
+use crate::client::Path;
+use crate::cpu::Cpu;
+use crate::idle::IdleResult;
+use crate::measure::{percentile, Qos0};
+
+pub const TARGET_THROUGHPUT_RATIO: f64 = 0.8;
+pub const TARGET_IDLE_KIB: f64 = 32.0;
+
+/// Everything measured on one path, over all rounds.
+pub struct PathResult {
+    pub path: Path,
+    pub qos0: Vec<Qos0>,
+    pub qos1: Vec<f64>,
+    pub latency: Vec<Duration>,
+    /// CPU used during the QoS 0 runs and the messages delivered in them; same for QoS 1.
+    pub cpu_qos0: (Cpu, usize),
+    pub cpu_qos1: (Cpu, usize),
+}
+
+/// The summary of one path: medians over rounds, percentiles over all samples.
+pub struct Summary {
+    pub path: Path,
+    pub qos0: f64,
+    pub sent: usize,
+    pub delivered: usize,
+    pub qos1: f64,
+    pub p50: Duration,
+    pub p99: Duration,
+}
+
+impl PathResult {
+    pub fn new(path: Path) -> PathResult {
+        PathResult {
+            path,
+            qos0: Vec::new(),
+            qos1: Vec::new(),
+            latency: Vec::new(),
+            cpu_qos0: Default::default(),
+            cpu_qos1: Default::default(),
+        }
+    }
+
+    pub fn summary(&mut self) -> Summary {
+        let mut q0: Vec<f64> = self.qos0.iter().map(|q| q.rate).collect();
+        Summary {
+            path: self.path,
+            qos0: median(&mut q0),
+            sent: self.qos0.iter().map(|q| q.sent).sum(),
+            delivered: self.qos0.iter().map(|q| q.delivered).sum(),
+            qos1: median(&mut self.qos1),
+            p50: percentile(&mut self.latency, 50),
+            p99: percentile(&mut self.latency, 99),
+        }
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn ratio(x: f64, base: f64) -> f64 {
+    if base > 0.0 {
+        x / base
+    } else {
+        f64::NAN
+    }
+}
+
+pub fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map_or("unknown CPU", |(_, m)| m.trim())
+        .to_string();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cpus} CPUs (nproc), {model}, Linux {}", kernel.trim())
+}
+
+/// The 1/5/15-minute load averages: on a shared machine, context for every number here.
+pub fn loadavg() -> String {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    text.split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+pub fn throughput(summaries: &[Summary]) {
+    let Some(direct) = summaries.iter().find(|s| s.path == Path::Direct) else {
+        return;
+    };
+    println!(
+        "\n{:<27} {:>11} {:>6} {:>11} {:>6} {:>8} {:>6} {:>8} {:>6} {:>9}",
+        "path",
+        "QoS0 msg/s",
+        "ratio",
+        "QoS1 msg/s",
+        "ratio",
+        "p50 µs",
+        "ratio",
+        "p99 µs",
+        "ratio",
+        "QoS0 lost"
+    );
+    for s in summaries {
+        println!(
+            "{:<27} {:>11.0} {:>6.2} {:>11.0} {:>6.2} {:>8.0} {:>6.2} {:>8.0} {:>6.2} {:>9}",
+            s.path.to_string(),
+            s.qos0,
+            ratio(s.qos0, direct.qos0),
+            s.qos1,
+            ratio(s.qos1, direct.qos1),
+            us(s.p50),
+            ratio(us(s.p50), us(direct.p50)),
+            us(s.p99),
+            ratio(us(s.p99), us(direct.p99)),
+            s.sent - s.delivered,
+        );
+    }
+    println!("\ntarget: throughput through the gateway >= {TARGET_THROUGHPUT_RATIO:.2} x direct");
+    for s in summaries.iter().filter(|s| is_gateway(s.path)) {
+        for (what, x, base) in [("QoS0", s.qos0, direct.qos0), ("QoS1", s.qos1, direct.qos1)] {
+            let r = ratio(x, base);
+            println!(
+                "  {:<22} {what}: {r:.2}  {}",
+                s.path.to_string(),
+                verdict(r >= TARGET_THROUGHPUT_RATIO)
+            );
+        }
+    }
+}
+
+/// Where the CPU goes: on a 2-core machine, the sum per message bounds the rate.
+pub fn cpu(results: &[PathResult]) {
+    println!("\nCPU µs per message, client / mosquitto / gateway (all rounds):");
+    for r in results {
+        println!(
+            "  {:<27} QoS0 {}   QoS1 {}",
+            r.path.to_string(),
+            r.cpu_qos0.0.per_msg(r.cpu_qos0.1),
+            r.cpu_qos1.0.per_msg(r.cpu_qos1.1)
+        );
+    }
+}
+
+fn is_gateway(p: Path) -> bool {
+    matches!(p, Path::GatewayMqtt | Path::GatewayTunnel)
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met {
+        "met"
+    } else {
+        "MISSED"
+    }
+}
+
+pub fn memory_line(r: &IdleResult) -> String {
+    let per = r.per_conn_kib();
+    let failed = if r.failed > 0 {
+        format!(", {} of them FAILED to connect", r.failed)
+    } else {
+        String::new()
+    };
+    format!(
+        "gateway RSS per idle {} connection, N = {:>6}: {per:>6.1} KiB  (RSS {} -> {} KiB{failed})  target < {TARGET_IDLE_KIB} KiB: {}",
+        match r.path {
+            Path::GatewayTunnel => "/tunnel",
+            _ => "/mqtt",
+        },
+        r.n,
+        r.before_kib,
+        r.after_kib,
+        verdict(per < TARGET_IDLE_KIB && r.failed == 0),
+    )
+}
+
+pub fn markdown(summaries: &[Summary], memory: &[IdleResult], machine: &str) {
+    let Some(direct) = summaries.iter().find(|s| s.path == Path::Direct) else {
+        return;
+    };
+    println!("\n| path | QoS0 msg/s | ratio | QoS1 msg/s | ratio | p50 µs | p99 µs |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for s in summaries {
+        println!(
+            "| {} | {:.0} | {:.2} | {:.0} | {:.2} | {:.0} | {:.0} |",
+            s.path,
+            s.qos0,
+            ratio(s.qos0, direct.qos0),
+            s.qos1,
+            ratio(s.qos1, direct.qos1),
+            us(s.p50),
+            us(s.p99),
+        );
+    }
+    println!();
+    for r in memory {
+        println!("- {}", memory_line(r));
+    }
+    println!("\nMachine: {machine}.");
+}
