@@ -1,15 +1,18 @@
 //! End-to-end benchmark (a measurement, not a test): MQTT publish throughput and latency
 //! direct to mosquitto, through the gateway's `/mqtt` (MQTT-aware relay, policy on) and
-//! `/tunnel` (opaque bytes), and through mosquitto's own WebSocket listener; then the
-//! gateway's memory per idle device.
+//! `/tunnel` (opaque bytes), through mosquitto's own WebSocket listener, and through the
+//! device agent (plain MQTT to its local port, a WebSocket per connection to `/tunnel`);
+//! then the gateway's memory per idle device and the agent's RSS with 100 local connections.
 //!
 //! Run with `bash benches/run.sh` (it raises the open-files limit the 10,000-device case
 //! needs). Sizes can be changed with BENCH_ROUNDS, BENCH_QOS0_N, BENCH_QOS1_N,
-//! BENCH_LATENCY_N and BENCH_IDLE (comma-separated device counts, empty for none);
-//! BENCH_PATHS picks throughput paths by tag (e.g. `direct,gw-mqtt`; direct is always run).
+//! BENCH_LATENCY_N, BENCH_IDLE (comma-separated device counts, empty for none) and
+//! BENCH_AGENT_CONNS (0 for no agent RSS); BENCH_PATHS picks throughput paths by tag (e.g.
+//! `direct,agent`; direct is always run).
 //!
-//! Everything runs on one machine: client, gateway and mosquitto share its cores, so the
-//! gateway paths pay for a third process that the direct path does not have.
+//! Everything runs on one machine: client, gateway, agent and mosquitto share its cores, so
+//! the gateway paths pay for a third process that the direct path does not have, and the
+//! agent path for a fourth.
 
 #[path = "e2e/client.rs"]
 mod client;
@@ -28,7 +31,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use client::{Endpoints, Path};
-use procs::{Broker, GatewayProc};
+use procs::{AgentProc, Broker, GatewayProc};
 use report::PathResult;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -43,6 +46,7 @@ struct Settings {
     qos1_n: usize,
     latency_n: usize,
     idle: Vec<usize>,
+    agent_conns: usize,
     paths: Vec<Path>,
 }
 
@@ -74,6 +78,7 @@ impl Settings {
             qos1_n: num("BENCH_QOS1_N", 100_000),
             latency_n: num("BENCH_LATENCY_N", 2_000),
             idle,
+            agent_conns: num("BENCH_AGENT_CONNS", 100),
         }
     }
 }
@@ -123,16 +128,22 @@ async fn run(s: Settings) -> Result<(), BoxError> {
          /tunnel = a `tcp` route to the same broker; mosquitto {}: set_tcp_nodelay, no queue limit",
         procs::mosquitto_version()
     );
+    println!(
+        "agent: `portcullis agent` (release) in its own process, plain ws:// to the gateway's \
+         /tunnel/mqtt-raw on loopback (no TLS)"
+    );
 
     let mut summaries = {
         let broker = Broker::spawn(dir.path()).await?;
         let gateway = GatewayProc::spawn(dir.path(), broker.tcp).await?;
+        let agent = AgentProc::spawn(dir.path(), gateway.addr).await?;
         let ep = Endpoints {
             broker_tcp: broker.tcp,
             broker_ws: broker.ws,
             gateway: gateway.addr,
+            agent: Some(agent.addr),
         };
-        let meter = cpu::Meter::new(broker.proc.pid(), gateway.proc.pid());
+        let meter = cpu::Meter::new(broker.proc.pid(), gateway.proc.pid(), agent.proc.pid());
         throughput(&s, &ep, &meter).await?
     };
     report::cpu(&summaries);
@@ -141,7 +152,19 @@ async fn run(s: Settings) -> Result<(), BoxError> {
 
     println!();
     let memory = idle_memory(&s, dir.path()).await?;
-    report::markdown(&summaries, &memory, &machine);
+    let agent = if s.agent_conns > 0 {
+        let t = Instant::now();
+        let r = idle::agent(dir.path(), s.agent_conns).await?;
+        println!(
+            "{}  [{:.1} s]",
+            report::agent_memory_line(&r),
+            t.elapsed().as_secs_f64()
+        );
+        Some(r)
+    } else {
+        None
+    };
+    report::markdown(&summaries, &memory, agent.as_ref(), &machine);
     println!(
         "\ntotal time: {:.0} s; load average at the end: {}",
         started.elapsed().as_secs_f64(),

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end benchmark: direct mosquitto vs the gateway (/mqtt, /tunnel) vs mosquitto's own
-# WebSocket listener, then gateway memory per idle device. See benches/e2e.rs.
+# WebSocket listener vs the device agent (-> /tunnel), then gateway memory per idle device and
+# the agent's RSS with 100 local connections. See benches/e2e.rs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

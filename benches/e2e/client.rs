@@ -1,5 +1,6 @@
-//! One MQTT client over either transport: plain TCP, or WebSocket (client frames masked, as
-//! RFC 6455 requires, one MQTT packet per binary frame as MQTT-over-WebSocket clients send).
+//! One MQTT client over either transport: plain TCP (to mosquitto, or to the agent's local
+//! port), or WebSocket (client frames masked, as RFC 6455 requires, one MQTT packet per binary
+//! frame as MQTT-over-WebSocket clients send).
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -31,14 +32,18 @@ pub enum Path {
     GatewayTunnel,
     /// client → mosquitto's own WebSocket listener: another WebSocket→MQTT bridge.
     PeerMosquittoWs,
+    /// client (plain MQTT over TCP) → the device agent (its own process) → one masked
+    /// WebSocket per connection to the gateway's `/tunnel/mqtt-raw` → mosquitto.
+    Agent,
 }
 
 impl Path {
-    pub const ALL: [Path; 4] = [
+    pub const ALL: [Path; 5] = [
         Path::Direct,
         Path::GatewayMqtt,
         Path::GatewayTunnel,
         Path::PeerMosquittoWs,
+        Path::Agent,
     ];
 
     /// Short tag for client ids and topics.
@@ -48,6 +53,7 @@ impl Path {
             Path::GatewayMqtt => "gw-mqtt",
             Path::GatewayTunnel => "gw-tunnel",
             Path::PeerMosquittoWs => "peer-ws",
+            Path::Agent => "agent",
         }
     }
 }
@@ -59,6 +65,7 @@ impl fmt::Display for Path {
             Path::GatewayMqtt => "gateway /mqtt",
             Path::GatewayTunnel => "gateway /tunnel (raw tcp)",
             Path::PeerMosquittoWs => "peer: mosquitto WebSocket",
+            Path::Agent => "agent → gateway /tunnel",
         })
     }
 }
@@ -69,6 +76,8 @@ pub struct Endpoints {
     pub broker_tcp: SocketAddr,
     pub broker_ws: SocketAddr,
     pub gateway: SocketAddr,
+    /// The agent's local port, where one is running.
+    pub agent: Option<SocketAddr>,
 }
 
 enum Io {
@@ -92,6 +101,7 @@ impl MqttConn {
             Path::GatewayMqtt => (ep.gateway, Some("/mqtt"), true),
             Path::GatewayTunnel => (ep.gateway, Some("/tunnel/mqtt-raw"), false),
             Path::PeerMosquittoWs => (ep.broker_ws, Some("/mqtt"), true),
+            Path::Agent => (ep.agent.ok_or("no agent is running")?, None, false),
         };
         let tcp = TcpStream::connect(addr).await?;
         // Same for every path: latency is not to include Nagle's delay.

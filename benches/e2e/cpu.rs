@@ -1,5 +1,5 @@
-//! CPU time per process around each measurement: on a small machine the three processes
-//! (client, mosquitto, gateway) share the cores, so the cost per message explains the ratios.
+//! CPU time per process around each measurement: on a small machine the processes (client,
+//! mosquitto, gateway, agent) share the cores, so the cost per message explains the ratios.
 
 use std::ops::{AddAssign, Sub};
 
@@ -17,24 +17,27 @@ fn cpu_secs(pid: &str) -> Option<f64> {
     Some(ticks / TICKS_PER_SEC)
 }
 
-/// CPU seconds of the bench client, mosquitto and the gateway.
+/// CPU seconds of the bench client, mosquitto, the gateway and the agent.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Cpu {
     pub client: f64,
     pub broker: f64,
     pub gateway: f64,
+    pub agent: f64,
 }
 
 pub struct Meter {
     broker: String,
     gateway: String,
+    agent: String,
 }
 
 impl Meter {
-    pub fn new(broker_pid: u32, gateway_pid: u32) -> Meter {
+    pub fn new(broker_pid: u32, gateway_pid: u32, agent_pid: u32) -> Meter {
         Meter {
             broker: broker_pid.to_string(),
             gateway: gateway_pid.to_string(),
+            agent: agent_pid.to_string(),
         }
     }
 
@@ -43,6 +46,7 @@ impl Meter {
             client: cpu_secs("self").unwrap_or(0.0),
             broker: cpu_secs(&self.broker).unwrap_or(0.0),
             gateway: cpu_secs(&self.gateway).unwrap_or(0.0),
+            agent: cpu_secs(&self.agent).unwrap_or(0.0),
         }
     }
 }
@@ -54,6 +58,7 @@ impl Sub for Cpu {
             client: self.client - o.client,
             broker: self.broker - o.broker,
             gateway: self.gateway - o.gateway,
+            agent: self.agent - o.agent,
         }
     }
 }
@@ -63,19 +68,21 @@ impl AddAssign for Cpu {
         self.client += o.client;
         self.broker += o.broker;
         self.gateway += o.gateway;
+        self.agent += o.agent;
     }
 }
 
 impl Cpu {
-    /// Microseconds per message for each process, as "client / mosquitto / gateway".
+    /// Microseconds per message for each process, as "client / mosquitto / gateway / agent".
     pub fn per_msg(&self, msgs: usize) -> String {
         let us = |s: f64| s * 1e6 / msgs.max(1) as f64;
         format!(
-            "{:>5.1} / {:>5.1} / {:>5.1}  (sum {:>5.1})",
+            "{:>5.1} / {:>5.1} / {:>5.1} / {:>5.1}  (sum {:>5.1})",
             us(self.client),
             us(self.broker),
             us(self.gateway),
-            us(self.client + self.broker + self.gateway)
+            us(self.agent),
+            us(self.client + self.broker + self.gateway + self.agent)
         )
     }
 }

@@ -1,6 +1,7 @@
-//! Gateway memory per idle device: a fresh broker and gateway for each count (freed memory is
-//! not always returned to the OS, so runs must not share a process), N devices that connect,
-//! send CONNECT, get CONNACK and then sit reading (answering the gateway's pings).
+//! Memory per idle device: a fresh broker and gateway (and agent) for each count (freed memory
+//! is not always returned to the OS, so runs must not share a process), N devices that
+//! connect, send CONNECT, get CONNACK and then sit reading (answering the gateway's pings).
+//! The gateway's cost per device, and the agent's whole RSS with its local connections.
 
 use std::path::Path as FsPath;
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use tokio::task::JoinSet;
 
 use crate::client::{Endpoints, MqttConn, Path};
 use crate::measure::KEEP_ALIVE_SECS;
-use crate::procs::{rss_kib, Broker, GatewayProc};
+use crate::procs::{rss_kib, AgentProc, Broker, GatewayProc};
 use crate::BoxError;
 
 /// Devices handshaking at once.
@@ -45,6 +46,7 @@ pub async fn measure(dir: &FsPath, path: Path, n: usize) -> Result<IdleResult, B
         broker_tcp: broker.tcp,
         broker_ws: broker.ws,
         gateway: gateway.addr,
+        agent: None,
     };
     let pid = gateway.proc.pid();
     let mut devices = JoinSet::new();
@@ -61,6 +63,49 @@ pub async fn measure(dir: &FsPath, path: Path, n: usize) -> Result<IdleResult, B
     devices.shutdown().await;
     Ok(IdleResult {
         path,
+        n,
+        before_kib,
+        after_kib,
+        failed,
+    })
+}
+
+/// The agent process before and after `n` local connections, each carried end to end (the
+/// CONNACK comes back from mosquitto through the gateway).
+pub struct AgentRss {
+    pub n: usize,
+    pub before_kib: u64,
+    pub after_kib: u64,
+    pub failed: usize,
+}
+
+impl AgentRss {
+    pub fn per_conn_kib(&self) -> f64 {
+        self.after_kib.saturating_sub(self.before_kib) as f64 / self.n.max(1) as f64
+    }
+}
+
+/// A fresh agent: its RSS once started (its readiness probe has carried one connection), then
+/// with `n` MQTT clients connected through it.
+pub async fn agent(dir: &FsPath, n: usize) -> Result<AgentRss, BoxError> {
+    let broker = Broker::spawn(dir).await?;
+    let gateway = GatewayProc::spawn(dir, broker.tcp).await?;
+    let agent = AgentProc::spawn(dir, gateway.addr).await?;
+    let ep = Endpoints {
+        broker_tcp: broker.tcp,
+        broker_ws: broker.ws,
+        gateway: gateway.addr,
+        agent: Some(agent.addr),
+    };
+    let pid = agent.proc.pid();
+    tokio::time::sleep(SETTLE).await;
+    let before_kib = rss_kib(pid).ok_or("agent RSS unreadable")?;
+    let mut devices = JoinSet::new();
+    let failed = open(&mut devices, Path::Agent, &ep, "rss", n).await;
+    tokio::time::sleep(SETTLE).await;
+    let after_kib = rss_kib(pid).ok_or("agent RSS unreadable (did it die?)")?;
+    devices.shutdown().await;
+    Ok(AgentRss {
         n,
         before_kib,
         after_kib,

@@ -1,5 +1,5 @@
-//! The processes under measurement: mosquitto and the gateway, each a child killed on drop
-//! (also when the bench panics or is interrupted), on ports picked at run time.
+//! The processes under measurement: mosquitto, the gateway and the device agent, each a child
+//! killed on drop (also when the bench panics or is interrupted), on ports picked at run time.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -195,6 +195,52 @@ per_listener_burst = 1000000
 [shutdown]
 drain_window_secs = 1
 drain_timeout_secs = 2
+"#
+    )
+}
+
+/// The release binary's `agent` command as its own process: one local port whose
+/// connections each get a WebSocket to the gateway's `/tunnel/mqtt-raw`.
+pub struct AgentProc {
+    pub addr: SocketAddr,
+    pub proc: ChildGuard,
+}
+
+impl AgentProc {
+    pub async fn spawn(dir: &Path, gateway: SocketAddr) -> Result<AgentProc, BoxError> {
+        let bin = Path::new(env!("CARGO_BIN_EXE_portcullis"));
+        for attempt in 0..5 {
+            let port = free_port();
+            let conf = dir.join(format!("agent-{port}.toml"));
+            std::fs::write(&conf, agent_config(port, gateway))?;
+            let log = dir.join(format!("agent-{port}.log"));
+            // warn, as for the gateway: the agent logs every tunnel's end at info.
+            let args = [Path::new("agent"), Path::new("--config"), &conf];
+            let mut proc = spawn_logged(bin, &args, log, &[("RUST_LOG", "warn")]);
+            let addr = ([127, 0, 0, 1], port).into();
+            if wait_listening(&mut proc, &[addr]).await {
+                return Ok(AgentProc { addr, proc });
+            }
+            eprintln!("agent attempt {attempt} failed:\n{}", proc.tail());
+        }
+        Err("the agent did not start".into())
+    }
+}
+
+/// Plain `ws://` on loopback (the agent warns about clear text once, at start): TLS would
+/// measure rustls, which no other path here pays for. No status line, no proxy from the
+/// environment, room for more local connections than the default 256.
+fn agent_config(port: u16, gateway: SocketAddr) -> String {
+    format!(
+        r#"status_interval_secs = 0
+
+[[tunnel]]
+listen = "127.0.0.1:{port}"
+url = "ws://{gateway}/tunnel/mqtt-raw"
+max_connections = 100000
+
+[proxy]
+from_env = false
 "#
     )
 }
