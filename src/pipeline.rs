@@ -1,14 +1,16 @@
 //! The story of one connection, top to bottom:
 //!
 //! ```text
-//! listener ──► handshake ──► identify ──► policy ──► forward
-//! PROXY, TLS   HTTP/1.1 →    client IP    (issue:    pool → upstream,
-//!              WebSocket     (trusted     policy)    relay until one
-//!                            proxies)                side ends
+//! listener ──► handshake ──► identify ──► policy ──────► forward
+//! conn cap,    HTTP/1.1 →    client IP    IP at accept,   pool → upstream,
+//! IP bans,     WebSocket     (trusted     then CONNECT    relay until one
+//! PROXY, TLS                 proxies)     and each        side ends
+//!                                         PUBLISH (MQTT)
 //! ```
 //!
 //! Each stage is a folder with one entry point; this file only strings them together and says
-//! how every connection ends, in one log line with its id, client IP and route.
+//! how every connection ends, in one log line with its id, client IP and route. On MQTT routes
+//! the policy judges packets inside the relay (`forward::mqtt`), since that is where they are.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
