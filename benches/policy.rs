@@ -1,7 +1,7 @@
 //! The policy's per-publish decision (`Policy::on_publish`), on the production clock
 //! (`MonotonicClock`), with 1,000,000 registered devices: the `devices` map has 1M entries and
-//! every device has connected and published once, so the rate limiters and counters hold 1M
-//! keys each.
+//! every device has connected and published once, so 1M per-device entries hold counters and
+//! rate limiters.
 //!
 //! - `forward/one_device`: one device's publish, in rhythm, forwarded (its state stays hot in
 //!   cache: the floor).
@@ -108,10 +108,9 @@ fn bench(c: &mut Criterion) {
     let mut sessions = prime(&policy);
     let fp = policy.footprint();
     eprintln!(
-        "primed in {:.1?}: {} message-limiter keys, {} byte-limiter keys, {} devices",
+        "primed in {:.1?}: {} devices with rate limiters, {} devices",
         started.elapsed(),
-        fp.message_limiter_keys,
-        fp.byte_limiter_keys,
+        fp.device_rate_limiters,
         fp.devices
     );
     let p = facts();

@@ -63,15 +63,12 @@ async fn story(
     let span = tracing::Span::current();
 
     // 1. listener: PROXY header (where required) and TLS, within the handshake timeout.
-    let conn = match listener::establish(tcp, peer, slot, listener).await {
+    let admit = |ip| shared.admit_ip(ip);
+    let conn = match listener::establish(tcp, peer, slot, listener, admit).await {
         Ok(conn) => conn,
         Err(e) => return log_refused(&e),
     };
     span.record("id", conn.id);
-    // A PROXY header named the client only now: its IP bans and connect rate apply here.
-    if conn.source != conn.peer && !shared.admit_ip(conn.source.ip()) {
-        return;
-    }
     if conn.listener.kind == ListenerKind::Mqtt {
         return raw_mqtt(conn, &shared).await;
     }

@@ -366,7 +366,7 @@ async fn local_acks_never_overtake_broker_acks() {
 #[tokio::test]
 async fn retransmission_of_a_forwarded_publish_is_not_a_new_sample() {
     let (broker, gw) = start("").await;
-    let mut sub = Subscriber::direct(broker.addr, "platform", &["tele/#"]).await;
+    let mut sub = Subscriber::direct(broker.addr, "platform", &["tele/#", "mark/#"]).await;
     let mut dev = RawClient::tcp(gw.addrs[1], Version::V311).await;
     assert_eq!(
         dev.connect(&wire::connect("slow-dup", 30, Version::V311))
@@ -376,11 +376,23 @@ async fn retransmission_of_a_forwarded_publish_is_not_a_new_sample() {
     let first = wire::publish("tele/dup", 1, 1, b"once", Version::V311);
     let mut again = first.clone();
     again[0] |= 0x08; // DUP
-                      // One write: the retransmission arrives before the broker's PUBACK.
+                      // One write: the retransmission arrives before the broker's PUBACK. The original's ack
+                      // answers it; it is neither judged nor forwarded a second time.
     dev.send_ok(&[first, again].concat()).await;
     assert_eq!(raw_mqtt::ack(&dev.packet().await), (1, 0));
-    assert_eq!(raw_mqtt::ack(&dev.packet().await), (1, 0));
+    dev.send_ok(&wire::publish("mark/dup", 1, 2, b"end", Version::V311))
+        .await;
+    assert_eq!(
+        raw_mqtt::ack(&dev.packet().await),
+        (2, 0),
+        "no second PUBACK for id 1"
+    );
     assert_eq!(sub.next().await, Msg::new("tele/dup", "once"));
+    assert_eq!(
+        sub.next().await,
+        Msg::new("mark/dup", "end"),
+        "delivered once"
+    );
     let s = gw.gw().policy().stats().snapshot();
     assert_eq!((s.discarded_early, s.strikes), (0, 0), "{s:?}");
 }

@@ -56,6 +56,15 @@ impl ProxyUrl {
             Some((u, h)) => (Some(u), h),
             None => (None, rest),
         };
+        // Errors name the URL without its credentials: they end up in logs.
+        let shown = match userinfo {
+            Some(_) => format!(
+                "{}://***@{hostport}",
+                url.split("://").next().unwrap_or("http")
+            ),
+            None => url.to_string(),
+        };
+        let url = shown;
         if hostport.contains('/') {
             return Err(format!("proxy URL {url:?}: nothing may follow host:port"));
         }

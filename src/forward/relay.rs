@@ -265,6 +265,7 @@ where
     let start = tokio::time::Instant::now() + settings.ping_interval;
     let mut ping = tokio::time::interval_at(start, settings.ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stall = settings.ping_interval * (settings.max_missed_pongs + 1);
     loop {
         tokio::select! {
             ready = up.readable() => {
@@ -276,8 +277,11 @@ where
                 match up.try_read_buf(&mut buf) {
                     Ok(0) => return Stop::UpstreamEof,
                     Ok(n) => {
-                        if let Err(e) = sink.send(Message::Binary(buf.freeze())).await {
-                            return ws_error(e);
+                        match tokio::time::timeout(stall, sink.send(Message::Binary(buf.freeze()))).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => return ws_error(e),
+                            // Blocked on a device that reads nothing: pings cannot run meanwhile.
+                            Err(_) => return Stop::Failed(Error::device(Kind::Timeout, "device stopped reading")),
                         }
                         counters.down.fetch_add(n as u64, Ordering::Relaxed);
                     }

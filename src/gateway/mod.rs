@@ -160,11 +160,17 @@ impl Gateway {
     /// and kinds need a restart. Live tunnels are untouched.
     pub fn reload(&self, config: &Config) -> Result<(), String> {
         // Everything that can fail happens before anything is swapped: all or nothing.
+        // Listeners are matched by name; a different set would hand one listener another's
+        // certificates or trusted proxies, so it is refused whole.
+        let running: Vec<&str> = self.listeners.iter().map(|l| l.name.as_str()).collect();
+        let wanted: Vec<String> = config.listeners.iter().map(|l| l.display_name()).collect();
+        if running != wanted {
+            return Err(format!(
+                "the set of listeners changed ({running:?} → {wanted:?}): restart to apply; nothing was reloaded"
+            ));
+        }
         let mut prepared = Vec::with_capacity(self.listeners.len());
-        for (ctx, cfg) in self.listeners.iter().zip(&config.listeners) {
-            if ctx.name != cfg.display_name() {
-                tracing::warn!(listener = %ctx.name, "listener set changed; restart to apply");
-            }
+        for cfg in &config.listeners {
             prepared.push(ListenerCtx::prepare_reload(cfg)?);
         }
         let routes = build_routes(config)?;

@@ -183,16 +183,25 @@ impl ListenerCtx {
 
 /// Read the PROXY header (if this listener requires one) and terminate TLS (if configured),
 /// all within the handshake timeout.
+/// `admit` judges a client address a PROXY header revealed (bans, connect rate), still
+/// before TLS: a banned client behind an NLB must not cost a handshake per attempt.
 pub async fn establish(
     mut tcp: TcpStream,
     peer: SocketAddr,
     slot: OwnedSemaphorePermit,
     ctx: Arc<ListenerCtx>,
+    admit: impl Fn(std::net::IpAddr) -> bool,
 ) -> Result<Conn> {
     let _ = tcp.set_nodelay(true);
     let deadline = ctx.handshake_timeout;
     let work = async {
         let source = read_proxy_header(&mut tcp, peer, &ctx).await?;
+        if source != peer && !admit(source.ip()) {
+            return Err(Error::device(
+                Kind::Refused,
+                format!("{source} (from the PROXY header) is banned or connecting too often"),
+            ));
+        }
         let stream = match ctx.acceptor() {
             Some(acceptor) => {
                 DeviceStream::Tls(Box::new(acceptor.accept(tcp).await.map_err(|e| {

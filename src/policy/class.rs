@@ -11,8 +11,8 @@ use crate::config::policy::{DeviceClass, PolicyConfig, UnknownDevices};
 
 use super::topic::{TopicFilter, TopicFilters};
 
-/// One class, as the hot path needs it. The class's rate limiters live in the policy (they are
-/// generic over its clock) at index `index`.
+/// One class, as the hot path needs it. The class's rate quotas are in the policy at index
+/// `index`; its devices' rate limiters are in their per-device entries (see `rates`).
 #[derive(Debug)]
 pub(crate) struct ClassRules {
     pub(crate) name: Arc<str>,

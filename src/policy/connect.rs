@@ -9,8 +9,9 @@ use governor::RateLimiter;
 
 use super::bans::{Ban, Subject};
 use super::key::DeviceKey;
+use super::rates::DeviceRates;
 use super::session::Session;
-use super::stats::inc;
+use super::stats::{inc, DeviceCounters};
 use super::strikes::ip_key;
 use super::types::{Admit, Identity, Refusal};
 use super::Policy;
@@ -88,7 +89,8 @@ impl<C: Clock + Clone> Policy<C> {
             inc(&self.stats.refused_too_many);
             return Err(Refusal::TooManyConnections);
         }
-        device.last_active.store(now, Relaxed);
+        device.touch(now);
+        let rates = self.device_rates(&device, class.index, now);
         let key = DeviceKey::new(interned, &self.hasher);
         let r = &self.rules;
         if self
@@ -103,8 +105,30 @@ impl<C: Clock + Clone> Policy<C> {
             class: Arc::clone(class),
             key,
             device,
+            rates,
             last_accepted: None,
         })
+    }
+
+    /// The device's rate limiters for a connection of class `class`: the entry's own, created
+    /// now if it has none yet, or recreated (full) if they were made for another class (the
+    /// current connection's class wins; see `rates`).
+    pub(super) fn device_rates(
+        &self,
+        device: &DeviceCounters,
+        class: usize,
+        now: u64,
+    ) -> Arc<DeviceRates> {
+        let mut slot = device.rates();
+        match &*slot {
+            Some(r) if r.class() == class => Arc::clone(r),
+            _ => {
+                let q = &self.quotas[class];
+                let r = Arc::new(DeviceRates::new(class, q, self.clock.device_clock(), now));
+                *slot = Some(Arc::clone(&r));
+                r
+            }
+        }
     }
 
     /// Whether this connection's identity is banned now, e.g. by an admin or a peer gateway

@@ -8,7 +8,9 @@
 //!
 //! Where state lives:
 //! - per connection, in [`Session`]: identity, class, rhythm clock, the connection slot;
-//! - per device/subject, in sharded `DashMap`s (rate limiters, strikes, escalation, counters);
+//! - per device, in its entry in `Stats` (counters, message and byte rate limiters), which
+//!   every session of the device references, so a publish does no map lookup;
+//! - per device/subject, in sharded `DashMap`s (connect limiters, strikes, escalation);
 //! - fleet-wide: the ban list (read-mostly `RwLock`, touched at accept/CONNECT and when a ban
 //!   is issued, not per publish), the storm window (one short lock per CONNECT), atomics.
 //!
@@ -20,6 +22,7 @@ mod clock;
 mod connect;
 mod key;
 mod publish;
+mod rates;
 mod rules;
 mod session;
 mod stats;
@@ -52,8 +55,9 @@ pub use types::{Admit, Decision, Identity, PublishFacts, Reason, Refusal, Verdic
 
 use crate::config::policy::PolicyConfig;
 
-use class::{RateSpec, Resolver};
+use class::Resolver;
 use key::{DeviceKey, PassThrough};
+use rates::ClassQuotas;
 use rules::Rules;
 use storm::Storm;
 use strikes::{Escalation, IdSet, StrikeWindow};
@@ -62,15 +66,7 @@ use ticks::Ticks;
 /// Every limiter runs on policy time (`Ticks`), so one clock reading serves a whole decision.
 type Keyed<K, C, S = RandomState> =
     RateLimiter<K, DashMapStateStore<K, S>, Ticks<C>, NoOpMiddleware<Nanos>>;
-type DeviceLimiter<C> = Keyed<DeviceKey, C, PassThrough>;
 type Direct<C> = RateLimiter<NotKeyed, InMemoryState, Ticks<C>, NoOpMiddleware<Nanos>>;
-
-/// A class's two rate limiters, keyed by client ID (per device, so a reconnect does not reset
-/// the budget).
-struct ClassLimits<C: Clock> {
-    messages: DeviceLimiter<C>,
-    bytes: DeviceLimiter<C>,
-}
 
 /// The policy. `Send + Sync`; share it as `Arc<Policy>`.
 pub struct Policy<C: Clock = MonotonicClock> {
@@ -79,7 +75,9 @@ pub struct Policy<C: Clock = MonotonicClock> {
     bans: Arc<dyn BanList>,
     rules: Rules,
     resolver: Resolver,
-    limits: Vec<ClassLimits<C>>,
+    /// Per class (by `ClassRules::index`): the quotas of its devices' rate limiters, which
+    /// live in the per-device entries (see `rates`).
+    quotas: Vec<ClassQuotas>,
     /// Connect attempts per address (see `strikes::ip_key`).
     per_ip: Keyed<IpAddr, C>,
     /// CONNECTs per client ID.
@@ -102,8 +100,8 @@ pub struct Policy<C: Clock = MonotonicClock> {
 /// How many entries each keyed structure holds (for tests and memory metrics).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Footprint {
-    pub message_limiter_keys: usize,
-    pub byte_limiter_keys: usize,
+    /// Devices holding message and byte rate limiters (a subset of `devices`).
+    pub device_rate_limiters: usize,
     pub ip_limiter_keys: usize,
     pub client_limiter_keys: usize,
     pub client_strikes: usize,
@@ -121,11 +119,11 @@ impl<C: Clock + Clone> Policy<C> {
         let (resolver, rates) = class::compile(cfg)?;
         let rules = rules::compile(cfg)?;
         let clock = Ticks::new(clock);
-        let limits = rates.iter().map(|r| class_limits(r, &clock)).collect();
+        let quotas = rates.iter().map(ClassQuotas::new).collect();
         Ok(Policy {
             wall: Arc::new(SystemWallClock),
             bans,
-            limits,
+            quotas,
             per_ip: RateLimiter::dashmap_with_clock(rules.per_ip, clock.clone()),
             per_client: RateLimiter::dashmap_with_clock(rules.per_client, clock.clone()),
             listeners: DashMap::new(),
@@ -167,10 +165,6 @@ impl<C: Clock + Clone> Policy<C> {
     /// Each map is walked shard by shard, so publishes wait at most for one shard.
     pub fn sweep(&self) {
         let now = self.now();
-        for l in &self.limits {
-            shrink(&l.messages);
-            shrink(&l.bytes);
-        }
         shrink(&self.per_ip);
         shrink(&self.per_client);
         let w = self.rules.window;
@@ -191,8 +185,7 @@ impl<C: Clock + Clone> Policy<C> {
 
     pub fn footprint(&self) -> Footprint {
         Footprint {
-            message_limiter_keys: self.limits.iter().map(|l| l.messages.len()).sum(),
-            byte_limiter_keys: self.limits.iter().map(|l| l.bytes.len()).sum(),
+            device_rate_limiters: self.stats.devices_with_rates(),
             ip_limiter_keys: self.per_ip.len(),
             client_limiter_keys: self.per_client.len(),
             client_strikes: self.client_strikes.len(),
@@ -221,19 +214,9 @@ impl<C: Clock + Clone> Policy<C> {
 impl<C: Clock> std::fmt::Debug for Policy<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Policy")
-            .field("classes", &self.limits.len())
+            .field("classes", &self.quotas.len())
             .field("stats", &self.stats.snapshot())
             .finish_non_exhaustive()
-    }
-}
-
-fn class_limits<C: Clock + Clone>(r: &RateSpec, clock: &Ticks<C>) -> ClassLimits<C> {
-    use governor::Quota;
-    let messages = Quota::per_second(r.messages_per_sec).allow_burst(r.message_burst);
-    let bytes = Quota::per_second(r.bytes_per_sec).allow_burst(r.byte_burst);
-    ClassLimits {
-        messages: RateLimiter::dashmap_with_clock_and_hasher(messages, clock.clone(), PassThrough),
-        bytes: RateLimiter::dashmap_with_clock_and_hasher(bytes, clock.clone(), PassThrough),
     }
 }
 

@@ -15,13 +15,9 @@
 //!    arming publish, and a late one (late re-arms, or a device back from being offline would
 //!    be judged against a stale clock forever).
 
-use std::num::NonZeroU32;
-use std::sync::atomic::Ordering::Relaxed;
-
 use governor::clock::Clock;
 
 use super::class::Rhythm;
-use super::key::DeviceKey;
 use super::session::Session;
 use super::stats::inc;
 use super::types::{Decision, PublishFacts, Reason};
@@ -66,17 +62,14 @@ impl<C: Clock + Clone> Policy<C> {
             Some(r) if s.class.topics.matches(p.topic) => Timing::of(r, s.last_accepted, now),
             _ => Timing::Skip,
         };
-        s.device.last_active.store(now, Relaxed);
+        s.device.touch(now);
         if timing == Timing::Early {
             inc(&s.device.early);
             inc(&self.stats.discarded_early);
             let ban = self.strike_client(&s.id, &s.key, now, "publish early (out of rhythm)");
             return Decision::discard(Reason::Early, ban);
         }
-        let over = self
-            .clock
-            .pinned(now, || self.over_rate(s.class.index, &s.key, p.len));
-        if let Some(reason) = over {
+        if let Some(reason) = s.rates.over(now, p.len) {
             inc(&s.device.rate_limited);
             inc(&self.stats.rate_limited);
             let why = match reason {
@@ -100,20 +93,5 @@ impl<C: Clock + Clone> Policy<C> {
         inc(&s.device.forwarded);
         inc(&self.stats.forwarded);
         Decision::FORWARD
-    }
-
-    /// `None` when within both rates (and the cells are consumed).
-    fn over_rate(&self, class: usize, key: &DeviceKey, len: usize) -> Option<Reason> {
-        let limits = self.limits.get(class)?;
-        if limits.messages.check_key(key).is_err() {
-            return Some(Reason::MessageRate);
-        }
-        // An empty publish costs no bytes; a length beyond u32 is beyond any byte burst.
-        let n = NonZeroU32::new(u32::try_from(len).unwrap_or(u32::MAX))?;
-        match limits.bytes.check_key_n(key, n) {
-            Ok(Ok(())) => None,
-            // Err: larger than the burst, so it could never conform.
-            Ok(Err(_)) | Err(_) => Some(Reason::ByteRate),
-        }
     }
 }

@@ -5,12 +5,13 @@ use std::sync::Arc;
 
 use super::class::ClassRules;
 use super::key::DeviceKey;
+use super::rates::DeviceRates;
 use super::stats::DeviceCounters;
 use super::types::Identity;
 
 /// Returned by [`Policy::on_connect`](super::Policy::on_connect); lives as long as the
 /// connection. It holds what a publish needs without any lookup (the class, the device's
-/// counters) and the rhythm clock, which is per connection: a reconnect re-arms it, like the
+/// counters and rate limiters) and the rhythm clock, which is per connection: a reconnect re-arms it, like the
 /// first publish after any CONNECT. Dropping it releases the connection's slot in the class's
 /// `max_connections`.
 ///
@@ -20,9 +21,12 @@ use super::types::Identity;
 pub struct Session {
     pub(crate) id: Identity,
     pub(crate) class: Arc<ClassRules>,
-    /// The client ID as the rate limiters' key.
+    /// The client ID, hashed (strike windows, storms).
     pub(crate) key: DeviceKey,
     pub(crate) device: Arc<DeviceCounters>,
+    /// The device's message and byte limiters, shared with its entry in `device` and its other
+    /// sessions: a reconnect does not reset the budget.
+    pub(crate) rates: Arc<DeviceRates>,
     /// Arrival (policy nanoseconds) of the last accepted rhythm sample; `None` until armed.
     pub(crate) last_accepted: Option<u64>,
 }

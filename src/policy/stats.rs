@@ -2,18 +2,20 @@
 //!
 //! Per-device counters are shared with the device's sessions (each `Session` holds an `Arc` to
 //! its device's entry), so a publish bumps them without a map lookup; the same entry counts the
-//! device's concurrent connections.
+//! device's concurrent connections and holds its rate limiters (see `rates`).
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use dashmap::DashMap;
 
+use super::rates::DeviceRates;
 use super::rules::secs;
 
-/// A disconnected device's counters are forgotten after this long…
+/// A disconnected device's entry is forgotten after this long…
 const DEVICE_IDLE: u64 = 600;
-/// …or at once when more than this many disconnected devices are being remembered.
+/// …or as soon as its rate limiters are full again when more than this many disconnected
+/// devices are being remembered.
 pub(crate) const MAX_IDLE_DEVICES: usize = 100_000;
 
 #[derive(Debug, Default)]
@@ -113,22 +115,37 @@ impl Stats {
     /// session would keep counting into a detached entry and a later CONNECT would see a
     /// connection count of zero. The check runs under the shard's write lock, and sessions
     /// take their reference under the same lock, so the two cannot interleave.
+    ///
+    /// An entry also holds the device's rate limiters, so it is only removed once they are
+    /// full again: `last_active` (the latest CONNECT or publish, so at or after the last
+    /// limiter check) at least [`DeviceRates::refill`] ago. That is when governor's
+    /// `retain_recent` would have dropped the device's keys from keyed limiters, so a device
+    /// reconnecting after a sweep never gets a fresh budget earlier than it would have there.
+    /// Rule: removed iff unreferenced, and idle for `max(refill, DEVICE_IDLE)`, or for
+    /// `refill` when more than `MAX_IDLE_DEVICES` are left. Entries kept over the cap are those
+    /// active within their refill time, the same population keyed limiters would hold.
     pub(crate) fn sweep_devices(&self, now: u64) {
         let idle =
             |d: &Arc<DeviceCounters>| Arc::strong_count(d) == 1 && d.connections.load(Relaxed) == 0;
+        let full = |d: &DeviceCounters| d.idle_for(now) >= d.refill();
         let mut idle_left = 0usize;
         self.devices.retain(|_, d| {
             if !idle(d) {
                 return true;
             }
-            let recent = now.saturating_sub(d.last_active.load(Relaxed)) < secs(DEVICE_IDLE);
-            idle_left += usize::from(recent);
-            recent
+            let keep = !full(d) || d.idle_for(now) < secs(DEVICE_IDLE);
+            idle_left += usize::from(keep);
+            keep
         });
         if idle_left > MAX_IDLE_DEVICES {
-            self.devices.retain(|_, d| !idle(d));
+            self.devices.retain(|_, d| !idle(d) || !full(d));
         }
         self.devices.shrink_to_fit();
+    }
+
+    /// How many devices hold rate limiters.
+    pub(crate) fn devices_with_rates(&self) -> usize {
+        self.devices.iter().filter(|d| d.rates().is_some()).count()
     }
 }
 
@@ -139,11 +156,35 @@ pub struct DeviceCounters {
     pub(crate) late: AtomicU64,
     pub(crate) rate_limited: AtomicU64,
     pub(crate) connections: AtomicU32,
-    /// Policy time of the last CONNECT or publish.
+    /// Policy time of the last CONNECT or publish (only ever moves forward, see
+    /// [`DeviceCounters::touch`]).
     pub(crate) last_active: AtomicU64,
+    /// The device's rate limiters, set at CONNECT (see `rates`); sessions hold their own
+    /// `Arc`, so a publish never takes this lock.
+    rates: Mutex<Option<Arc<DeviceRates>>>,
 }
 
 impl DeviceCounters {
+    /// Records activity at `now`. `fetch_max`, not a store: with concurrent connections a
+    /// stale reading must not move it back, or a sweep could drop limiters that are not full.
+    pub(crate) fn touch(&self, now: u64) {
+        self.last_active.fetch_max(now, Relaxed);
+    }
+
+    fn idle_for(&self, now: u64) -> u64 {
+        now.saturating_sub(self.last_active.load(Relaxed))
+    }
+
+    /// Time for this device's limiters to be full again (0 without limiters).
+    fn refill(&self) -> u64 {
+        self.rates().as_ref().map_or(0, |r| r.refill())
+    }
+
+    /// The rate limiters slot (taken at CONNECT and by sweeps, never per publish).
+    pub(crate) fn rates(&self) -> MutexGuard<'_, Option<Arc<DeviceRates>>> {
+        self.rates.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     pub fn snapshot(&self) -> DeviceSnapshot {
         DeviceSnapshot {
             forwarded: self.forwarded.load(Relaxed),

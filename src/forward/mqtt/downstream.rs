@@ -29,6 +29,9 @@ pub async fn run<T: DeviceTx>(
     relay: &RelaySettings,
 ) -> Error {
     let mut scanner = Scanner::default();
+    // A device that stops reading blocks our sends; pings cannot tell while we are blocked, so
+    // the send itself gives up after as long as the missed pongs would have taken.
+    let stall = relay.ping_interval * (relay.max_missed_pongs + 1);
     let start = tokio::time::Instant::now() + relay.ping_interval;
     let mut ping = tokio::time::interval_at(start, relay.ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -58,8 +61,8 @@ pub async fn run<T: DeviceTx>(
                 }
                 if !out.is_empty() {
                     counters.add_down(out.len());
-                    if tx.send(out.freeze()).await.is_err() {
-                        return Error::new(Kind::Gone, Side::Device, "device went away");
+                    if let Err(e) = send_within(tx, out.freeze(), stall).await {
+                        return e;
                     }
                 }
             }
@@ -68,8 +71,10 @@ pub async fn run<T: DeviceTx>(
                 if scanner.at_boundary() {
                     let mut out = BytesMut::new();
                     take_due(shared, &mut out);
-                    if !out.is_empty() && tx.send(out.freeze()).await.is_err() {
-                        return Error::new(Kind::Gone, Side::Device, "device went away");
+                    if !out.is_empty() {
+                        if let Err(e) = send_within(tx, out.freeze(), stall).await {
+                            return e;
+                        }
                     }
                 }
             }
@@ -101,6 +106,10 @@ fn control(packet: &[u8], version: Version, shared: &Guarded, out: &mut BytesMut
         BrokerPacket::PubComp(id) => Some((AckKind::PubComp, id)),
         _ => None,
     };
+    // Local acks already due go first: they were owed before this broker packet arrived.
+    while let Some(p) = s.to_device.pop_front() {
+        out.extend_from_slice(&p);
+    }
     out.extend_from_slice(packet);
     if let Some((kind, id)) = settled {
         if kind != AckKind::PubComp {
@@ -110,6 +119,18 @@ fn control(packet: &[u8], version: Version, shared: &Guarded, out: &mut BytesMut
             s.inflight.acked(local_id);
             out.extend_from_slice(&ack);
         }
+    }
+}
+
+async fn send_within<T: DeviceTx>(
+    tx: &mut T,
+    data: bytes::Bytes,
+    limit: std::time::Duration,
+) -> Result<(), Error> {
+    match tokio::time::timeout(limit, tx.send(data)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(())) => Err(Error::new(Kind::Gone, Side::Device, "device went away")),
+        Err(_) => Err(Error::device(Kind::Timeout, "device stopped reading")),
     }
 }
 

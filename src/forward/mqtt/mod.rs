@@ -209,24 +209,30 @@ async fn finish<T: DeviceTx>(
     e: Error,
     counters: &upstream::Counters,
 ) -> Ending {
+    const LAST_WORDS: Duration = Duration::from_secs(2);
     let pending: Vec<Bytes> = lock(shared).to_device.drain(..).collect();
     for p in pending {
-        let _ = tx.send(p).await;
-    }
-    let device_gone = matches!(e.kind(), Kind::Gone | Kind::DeviceClosed);
-    if !device_gone {
-        if let (Version::V5, Some(reason)) = (version, e.mqtt_reason()) {
-            let _ = tokio::time::timeout(
-                Duration::from_secs(2),
-                tx.send(Bytes::from(server::disconnect(reason))),
-            )
-            .await;
+        if tokio::time::timeout(LAST_WORDS, tx.send(p)).await.is_err() {
+            break;
         }
-        let _ = tokio::time::timeout(
-            Duration::from_secs(2),
-            tx.close(e.close_code(), &e.to_string()),
-        )
-        .await;
+    }
+    match e.kind() {
+        Kind::Gone => {}
+        // The device closed: flush the Close reply tungstenite queued (else it sees 1006).
+        Kind::DeviceClosed => {
+            let _ = tokio::time::timeout(LAST_WORDS, tx.close(CloseCode::Normal, "")).await;
+        }
+        _ => {
+            if let (Version::V5, Some(reason)) = (version, e.mqtt_reason()) {
+                let _ = tokio::time::timeout(
+                    LAST_WORDS,
+                    tx.send(Bytes::from(server::disconnect(reason))),
+                )
+                .await;
+            }
+            let _ =
+                tokio::time::timeout(LAST_WORDS, tx.close(e.close_code(), &e.to_string())).await;
+        }
     }
     let _ = shutdown_write(up);
     Ending::from_error(&e, counters.up(), counters.down())

@@ -14,6 +14,9 @@ use bytes::Bytes;
 pub const MAX_PENDING_ACKS: usize = 1024;
 /// Topic aliases we track per direction; MQTT allows 65535 but brokers grant ~10.
 pub const MAX_ALIASES: usize = 1024;
+/// Topic bytes the alias maps may hold per connection: aliases are set before the policy judges
+/// a publish, so without this a device could park 1024 × 64 KiB topics here.
+pub const MAX_ALIAS_BYTES: usize = 64 * 1024;
 
 pub use crate::mqtt::server::AckKind;
 
@@ -123,6 +126,8 @@ impl Inflight {
 pub struct Aliases {
     device: HashMap<u16, Box<str>>,
     broker: HashMap<u16, Box<str>>,
+    device_bytes: usize,
+    broker_bytes: usize,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -157,9 +162,12 @@ impl Aliases {
                 .map(|t| &**t)
                 .ok_or(AliasError::Unknown(a)),
             Some(a) => {
-                if self.device.len() >= MAX_ALIASES && !self.device.contains_key(&a) {
+                let old = self.device.get(&a).map_or(0, |t| t.len());
+                let bytes = self.device_bytes - old + topic.len();
+                if (self.device.len() >= MAX_ALIASES && old == 0) || bytes > MAX_ALIAS_BYTES {
                     return Err(AliasError::TooMany);
                 }
+                self.device_bytes = bytes;
                 self.device.insert(a, topic.into());
                 Ok(topic)
             }
@@ -171,15 +179,27 @@ impl Aliases {
         let Some(a) = alias else {
             return Upstream::AsIs;
         };
-        if !wire_topic.is_empty() {
-            self.broker.insert(a, topic.into());
+        if wire_topic.is_empty() && self.broker.get(&a).map(|t| &**t) == Some(topic) {
             return Upstream::AsIs;
         }
-        if self.broker.get(&a).map(|t| &**t) == Some(topic) {
-            return Upstream::AsIs;
+        self.broker_knows(a, topic);
+        if wire_topic.is_empty() {
+            Upstream::WithTopic(topic.into())
+        } else {
+            Upstream::AsIs
         }
+    }
+
+    /// Record what the broker now maps `a` to. Over the byte cap, forget everything: a
+    /// forgotten alias is merely re-sent with its full topic, which is always correct.
+    fn broker_knows(&mut self, a: u16, topic: &str) {
+        let old = self.broker.get(&a).map_or(0, |t| t.len());
+        self.broker_bytes = self.broker_bytes - old + topic.len();
         self.broker.insert(a, topic.into());
-        Upstream::WithTopic(topic.into())
+        if self.broker_bytes > MAX_ALIAS_BYTES {
+            self.broker.clear();
+            self.broker_bytes = 0;
+        }
     }
 }
 
@@ -279,6 +299,18 @@ mod tests {
             a.forwarding("", &topic, Some(1)),
             Upstream::WithTopic("t/b".into())
         );
+    }
+
+    #[test]
+    fn alias_topic_bytes_are_capped() {
+        let mut a = Aliases::default();
+        let long = "t".repeat(40 * 1024);
+        a.resolve(&long, Some(1)).unwrap();
+        assert_eq!(a.resolve(&long, Some(2)), Err(AliasError::TooMany));
+        // Redefining the same alias replaces its bytes rather than adding to them.
+        a.resolve(&long, Some(1)).unwrap();
+        a.resolve("short", Some(1)).unwrap();
+        a.resolve(&long, Some(2)).unwrap();
     }
 
     #[test]

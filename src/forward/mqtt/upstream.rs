@@ -201,9 +201,10 @@ fn publish<R>(
         .packet_id
         .and_then(|id| lock(u.shared).inflight.disposition(pb.dup, id));
     let verdict = match earlier {
-        // Our queued ack will answer the retransmission too.
-        Some(Disposition::Local) => return Ok(()),
-        Some(Disposition::Broker) => Verdict::Forward,
+        // A resend of an id still awaiting its ack is answered by the ack the original gets
+        // (ours or the broker's). It is not forwarded again: nothing proves it is the same
+        // message, and forwarding it would let DUP=1 copies bypass the policy.
+        Some(Disposition::Local | Disposition::Broker) => return Ok(()),
         None => {
             // DUP=1 on an id this connection has no record of is judged as a new message:
             // trusting the flag would let a device skip every rule by setting it. (A resend
@@ -256,7 +257,8 @@ fn publish<R>(
                 server::ack(AckKind::PubAck, id, code, u.version)
             } else {
                 // A PUBREC of 0x80 or more ends the QoS 2 flow; below, a PUBREL will follow.
-                if code < 0x80 {
+                // On 3.1.1 every PUBREC looks like success, so a PUBREL follows and is ours.
+                if code < 0x80 || u.version == Version::V311 {
                     s.local_qos2.insert(id);
                 }
                 server::ack(AckKind::PubRec, id, code, u.version)
@@ -271,6 +273,10 @@ fn publish<R>(
 
 /// Hand a local ack to the device side: now if nothing is pending before it, else in turn.
 fn local_ack(s: &mut Shared, notify: &Notify, id: u16, ack: Bytes) -> Result<(), Error> {
+    // A device that stops reading must not grow this queue: it is bounded like the acks.
+    if s.to_device.len() >= super::state::MAX_PENDING_ACKS {
+        return Err(overflow());
+    }
     if let Some(now) = s.acks.local(id, ack).map_err(|_| overflow())? {
         s.inflight.acked(id);
         s.to_device.push_back(now);

@@ -181,3 +181,66 @@ fn classes_have_their_own_quotas() {
         assert_eq!(send(&h, &mut f, 1).verdict, Verdict::Forward);
     }
 }
+
+#[test]
+fn a_reconnect_does_not_reset_the_budget_even_after_a_sweep() {
+    let h = rates();
+    let mut s = h.connect("d");
+    for _ in 0..5 {
+        assert_eq!(send(&h, &mut s, 1).verdict, Verdict::Forward);
+    }
+    drop(s);
+    h.advance_nanos(150_000_000); // 1.5 cells back
+    h.policy.sweep();
+    let mut s = h.connect("d");
+    assert_eq!(send(&h, &mut s, 1).verdict, Verdict::Forward);
+    assert_eq!(
+        send(&h, &mut s, 1).verdict,
+        MSG,
+        "the budget left, not a fresh one"
+    );
+}
+
+/// A client ID's class cannot change within one policy (the resolver is fixed), so this goes
+/// through the CONNECT helper directly: the current connection's class wins, with fresh cells;
+/// open sessions keep theirs.
+#[test]
+fn a_class_change_recreates_the_cells_for_the_new_class() {
+    let mut cfg = rates_config();
+    cfg.classes.insert(
+        "fast".into(),
+        DeviceClass {
+            messages_per_sec: 1_000,
+            message_burst: 1_000,
+            ..DeviceClass::default()
+        },
+    );
+    cfg.devices.insert("f".into(), "fast".into());
+    let h = Harness::new(cfg);
+    let fast = h.policy.resolver.resolve("f").map(|c| c.index);
+    let fast = fast.unwrap_or_else(|| panic!("no class"));
+    let mut s = h.connect("d");
+    assert_ne!(s.class.index, fast);
+    for _ in 0..5 {
+        send(&h, &mut s, 1);
+    }
+    assert_eq!(send(&h, &mut s, 1).verdict, MSG);
+    let now = h.policy.now();
+    let same = h.policy.device_rates(&s.device, s.class.index, now);
+    assert!(Arc::ptr_eq(&same, &s.rates), "same class: same cells");
+    let r = h.policy.device_rates(&s.device, fast, now);
+    assert_eq!(r.class(), fast);
+    assert!(s
+        .device
+        .rates()
+        .as_ref()
+        .is_some_and(|e| Arc::ptr_eq(e, &r)));
+    for _ in 0..100 {
+        assert_eq!(r.over(now, 1), None, "fresh cells of the new class");
+    }
+    assert_eq!(
+        send(&h, &mut s, 1).verdict,
+        MSG,
+        "the open session keeps its cells"
+    );
+}

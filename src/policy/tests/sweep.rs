@@ -31,8 +31,7 @@ fn sweep_drops_everything_that_no_longer_matters() {
     crowd(&h, N);
     let n = N as usize;
     let before = h.policy.footprint();
-    assert!(before.message_limiter_keys > n, "{before:?}");
-    assert!(before.byte_limiter_keys > n);
+    assert_eq!(before.device_rate_limiters, n + 1, "{before:?}");
     assert!(before.ip_limiter_keys >= n);
     assert!(before.client_limiter_keys > n);
     assert_eq!(before.client_strikes, n);
@@ -42,11 +41,17 @@ fn sweep_drops_everything_that_no_longer_matters() {
     assert_eq!(before.devices, n + 1);
     assert_eq!(h.bans.len(), 10);
 
-    // Right away: more idle devices than the cap, so their counters go; the rest is recent.
+    // Right away: more idle devices than the cap, but their rate limiters are not full again
+    // (message burst 1000 at 1000/s), so none can go yet.
+    h.policy.sweep();
+    assert_eq!(h.policy.footprint().devices, n + 1);
+    // Once the limiters are full (1.001 s), the idle entries over the cap go; the rest is recent.
+    h.advance(1.1);
     h.policy.sweep();
     let now = h.policy.footprint();
     assert!(N as usize > MAX_IDLE_DEVICES);
     assert_eq!(now.devices, 1, "only the connected one");
+    assert_eq!(now.device_rate_limiters, 1);
     assert_eq!(
         now.client_strikes,
         n - 10,
@@ -61,6 +66,7 @@ fn sweep_drops_everything_that_no_longer_matters() {
         after,
         Footprint {
             devices: 1,
+            device_rate_limiters: 1,
             ..Footprint::default()
         }
     );
@@ -92,4 +98,77 @@ fn idle_devices_are_kept_for_a_while() {
     h.advance(1.0);
     h.policy.sweep();
     assert_eq!(h.policy.footprint().devices, 0);
+}
+
+/// 1 message/s with a burst of 3 (limiters full 4 s after the last check); bytes generous.
+fn slow_rates() -> Harness {
+    let mut cfg = PolicyConfig::default();
+    cfg.classes.insert(
+        "default".into(),
+        DeviceClass {
+            messages_per_sec: 1,
+            message_burst: 3,
+            bytes_per_sec: 1_000_000,
+            byte_burst: 1_000_000,
+            max_connections: 2,
+            ..DeviceClass::default()
+        },
+    );
+    Harness::new(cfg)
+}
+
+/// A sweep under pressure (over `MAX_IDLE_DEVICES`) is the most eager one: even it keeps a
+/// device's entry until its limiters are full again, so a reconnect after a sweep finds the
+/// budget it left, and the entry goes exactly when governor's `retain_recent` would have
+/// dropped the device's keys (TAT one interval in the past).
+#[test]
+fn a_swept_device_does_not_reconnect_to_a_fresh_budget_early() {
+    let h = slow_rates();
+    let mut s = h.connect("d");
+    for _ in 0..3 {
+        assert_eq!(h.verdict(&mut s), Verdict::Forward);
+    }
+    assert_eq!(h.verdict(&mut s), Verdict::Discard(Reason::MessageRate));
+    drop(s);
+    h.advance(1.5);
+    for i in 0..=MAX_IDLE_DEVICES {
+        drop(h.connect(&format!("idle{i}")));
+    }
+    h.policy.sweep();
+    assert!(h.policy.stats().device("d").is_some(), "limiters not full");
+    let mut s = h.connect("d");
+    assert_eq!(h.verdict(&mut s), Verdict::Forward, "1 cell back, not 3");
+    assert_eq!(h.verdict(&mut s), Verdict::Discard(Reason::MessageRate));
+    drop(s);
+    // TAT is now 4 s: the bucket is full from then, and `retain_recent` would drop it at 5 s;
+    // the sweep goes by the last activity (1.5 s) + (burst + 1) intervals = 5.5 s.
+    h.advance(3.999);
+    h.policy.sweep();
+    assert!(h.policy.stats().device("d").is_some(), "not yet");
+    h.advance(0.001);
+    h.policy.sweep();
+    let fp = h.policy.footprint();
+    assert_eq!(
+        (fp.devices, fp.device_rate_limiters),
+        (0, 0),
+        "all full: all gone"
+    );
+}
+
+/// An entry with a live session is never swept, however long the device has been quiet.
+#[test]
+fn a_device_with_a_live_session_keeps_its_limiters() {
+    let h = slow_rates();
+    let mut s = h.connect("d");
+    assert_eq!(h.verdict(&mut s), Verdict::Forward);
+    h.advance(3_600.0);
+    h.policy.sweep();
+    let fp = h.policy.footprint();
+    assert_eq!((fp.devices, fp.device_rate_limiters), (1, 1));
+    // A second connection shares the (live) entry and its budget.
+    let mut t = h.connect("d");
+    for _ in 0..3 {
+        assert_eq!(h.verdict(&mut t), Verdict::Forward);
+    }
+    assert_eq!(h.verdict(&mut s), Verdict::Discard(Reason::MessageRate));
 }
