@@ -20,6 +20,7 @@ pub mod mqtt;
 pub mod pipeline;
 pub mod policy;
 pub mod shutdown;
+pub mod stream;
 pub mod telemetry;
 
 pub use config::Config;

@@ -5,7 +5,6 @@
 //! handshake timeout, so a client that connects and sends nothing costs one slot for that long.
 
 pub mod proxy_protocol;
-mod stream;
 mod tls;
 
 use std::net::SocketAddr;
@@ -19,8 +18,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::config::{ListenerConfig, ListenerKind, ProxyProtocolMode};
 use crate::error::{Error, Kind, Result};
 use crate::identify::{read_cidr_file, CidrSet, ClientIpHeader};
+pub use crate::stream::DeviceStream;
 use proxy_protocol::ProxyVersion;
-pub use stream::DeviceStream;
 
 /// A listener's settings, shared by all its connections. Swappable parts sit behind locks that
 /// are never held across an await.

@@ -6,7 +6,6 @@
 //! first application byte.
 
 mod failure;
-mod stream;
 
 use std::future::Future;
 use std::io;
@@ -22,8 +21,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::WebSocketStream;
 
+pub use crate::stream::GatewayStream;
 pub use failure::{DialError, Failure, Step};
-pub use stream::GatewayStream;
 
 use super::config::{AgentConfig, DeviceSettings};
 use super::connect;
