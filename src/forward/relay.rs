@@ -229,10 +229,7 @@ fn classify(item: Option<Result<Message, WsError>>, counters: &Counters) -> Step
         }
         // tungstenite queues the Pong itself and sends it on the next read or write.
         Some(Ok(Message::Ping(_))) | Some(Ok(Message::Frame(_))) => Step::Control,
-        Some(Ok(Message::Text(_))) => Step::Stop(Stop::Failed(Error::device(
-            Kind::Protocol,
-            "text frame: this endpoint carries binary frames only",
-        ))),
+        Some(Ok(Message::Text(_))) => Step::Stop(Stop::Failed(text_frame())),
         Some(Ok(Message::Close(frame))) => Step::Stop(Stop::DeviceClosed(frame)),
         None => Step::Stop(Stop::DeviceGone),
         Some(Err(e)) => Step::Stop(ws_error(e)),
@@ -240,13 +237,27 @@ fn classify(item: Option<Result<Message, WsError>>, counters: &Counters) -> Step
 }
 
 fn ws_error(e: WsError) -> Stop {
+    device_ws_failure(e).map_or(Stop::DeviceGone, Stop::Failed)
+}
+
+/// A text frame where only binary frames may come (every endpoint here carries bytes).
+pub(crate) fn text_frame() -> Error {
+    Error::device(
+        Kind::Protocol,
+        "text frame: this endpoint carries binary frames only",
+    )
+}
+
+/// What a WebSocket error on the device side means; `None` when the device is simply gone.
+/// Shared by the plain relay and the MQTT relay so both close with the same codes.
+pub(crate) fn device_ws_failure(e: WsError) -> Option<Error> {
     match e {
-        WsError::ConnectionClosed | WsError::AlreadyClosed | WsError::Io(_) => Stop::DeviceGone,
-        WsError::Capacity(c) => Stop::Failed(Error::device(
+        WsError::ConnectionClosed | WsError::AlreadyClosed | WsError::Io(_) => None,
+        WsError::Capacity(c) => Some(Error::device(
             Kind::TooBig,
             format!("device frame too big: {c}"),
         )),
-        other => Stop::Failed(Error::device(
+        other => Some(Error::device(
             Kind::Protocol,
             format!("WebSocket protocol error: {other}"),
         )),

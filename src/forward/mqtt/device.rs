@@ -9,10 +9,11 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-use crate::error::{Error, Kind};
+use crate::error::Error;
+use crate::forward::relay::{device_ws_failure, text_frame};
 
 const RAW_CHUNK: usize = 8 * 1024;
 
@@ -53,23 +54,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> DeviceRx for WsRx<S> {
             Some(Ok(Message::Binary(b))) => RxEvent::Data(b),
             Some(Ok(Message::Pong(_))) => RxEvent::Pong,
             Some(Ok(Message::Ping(_) | Message::Frame(_))) => RxEvent::Control,
-            Some(Ok(Message::Text(_))) => RxEvent::Failed(Error::device(
-                Kind::Protocol,
-                "text frame: MQTT over WebSocket is binary frames only",
-            )),
+            Some(Ok(Message::Text(_))) => RxEvent::Failed(text_frame()),
             Some(Ok(Message::Close(_))) => RxEvent::Closed,
-            None
-            | Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed | WsError::Io(_))) => {
-                RxEvent::Gone
-            }
-            Some(Err(WsError::Capacity(c))) => RxEvent::Failed(Error::device(
-                Kind::TooBig,
-                format!("device frame too big: {c}"),
-            )),
-            Some(Err(e)) => RxEvent::Failed(Error::device(
-                Kind::Protocol,
-                format!("WebSocket protocol error: {e}"),
-            )),
+            None => RxEvent::Gone,
+            Some(Err(e)) => device_ws_failure(e).map_or(RxEvent::Gone, RxEvent::Failed),
         }
     }
 }
