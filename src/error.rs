@@ -145,6 +145,7 @@ impl Error {
 
 // === MQTT: the codes a device sees, all in this one place ===
 
+#[cfg(feature = "gateway")]
 impl Kind {
     pub(crate) fn from_wire(e: &crate::mqtt::wire::WireError) -> Kind {
         match e {
@@ -154,6 +155,7 @@ impl Kind {
     }
 }
 
+#[cfg(feature = "gateway")]
 impl Error {
     /// The MQTT 5 DISCONNECT reason a device is sent for this error, where one applies.
     pub fn mqtt_reason(&self) -> Option<u8> {
@@ -176,6 +178,7 @@ impl Error {
 }
 
 /// CONNACK code for a CONNECT the policy refused. MQTT 3.1.1 has no "banned": 0x05, as EMQX.
+#[cfg(feature = "gateway")]
 pub fn connack_for_refusal(
     refusal: &crate::policy::Refusal,
     version: crate::mqtt::wire::Version,
@@ -196,6 +199,7 @@ pub fn connack_for_refusal(
 }
 
 /// CONNACK code when no broker could be reached for the device.
+#[cfg(feature = "gateway")]
 pub fn connack_unavailable(version: crate::mqtt::wire::Version) -> u8 {
     use crate::mqtt::server::reason;
     match version {
@@ -205,6 +209,7 @@ pub fn connack_unavailable(version: crate::mqtt::wire::Version) -> u8 {
 }
 
 /// CONNACK code for an empty client ID, which identifies no device.
+#[cfg(feature = "gateway")]
 pub fn connack_for_empty_client_id(version: crate::mqtt::wire::Version) -> u8 {
     use crate::mqtt::server::reason;
     match version {

@@ -7,21 +7,36 @@
 
 #![forbid(unsafe_code)]
 
+// Builds: the default is everything; `--no-default-features --features agent` is the device
+// agent (and `probe`) alone, without the gateway's dependencies (pingora, governor, hyper server).
+#[cfg(feature = "agent")]
 pub mod agent;
 pub mod config;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod error;
 pub mod forward;
+#[cfg(feature = "gateway")]
 pub mod gateway;
+#[cfg(feature = "gateway")]
 pub mod handshake;
+pub mod healthcheck;
+#[cfg(feature = "gateway")]
 pub mod identify;
+#[cfg(feature = "gateway")]
 pub mod listener;
+#[cfg(feature = "gateway")]
 pub mod mqtt;
+#[cfg(feature = "gateway")]
 pub mod pipeline;
+#[cfg(feature = "gateway")]
 pub mod policy;
+pub mod probe;
 pub mod shutdown;
 pub mod stream;
 pub mod telemetry;
 
+#[cfg(feature = "gateway")]
 pub use config::Config;
+#[cfg(feature = "gateway")]
 pub use gateway::{run, Gateway};

@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use portcullis::Config;
 
 #[derive(Parser)]
 #[command(
@@ -20,13 +19,23 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway.
+    #[cfg(feature = "gateway")]
     Serve {
         #[arg(long, short)]
         config: PathBuf,
     },
     /// Validate a config file; exits non-zero with the key (and line) at fault.
+    #[cfg(feature = "gateway")]
     CheckConfig { file: PathBuf },
+    /// GET a plain-HTTP URL (e.g. http://127.0.0.1:8080/healthz); exit 0 iff it answers 200.
+    /// For container health checks, where the image has no curl.
+    Healthcheck {
+        url: String,
+        #[arg(long, default_value_t = 5)]
+        timeout_secs: u64,
+    },
     /// The device agent: local TCP ports carried over WebSocket to the gateway.
+    #[cfg(feature = "agent")]
     Agent {
         #[arg(long, short)]
         config: PathBuf,
@@ -35,7 +44,12 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Walk the path from here to a gateway and say which hop breaks what: DNS, proxy, TCP,
+    /// TLS, the upgrade, message sizes, frame types, ping/pong, idle cuts, the client IP.
+    #[cfg(feature = "agent")]
+    Probe(portcullis::agent::probe::ProbeArgs),
     /// A self-contained demo: embedded broker, the gateway, simulated devices.
+    #[cfg(feature = "demo")]
     Demo {
         /// Stop after this many seconds (Ctrl-C stops it earlier).
         #[arg(long, default_value_t = 20)]
@@ -49,7 +63,8 @@ const EXIT_CONFIG: u8 = 78;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig { file } => match Config::load(&file) {
+        #[cfg(feature = "gateway")]
+        Command::CheckConfig { file } => match portcullis::Config::load(&file) {
             Ok(c) => {
                 println!(
                     "{}: ok ({} listener(s), {} route(s))",
@@ -64,8 +79,9 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
+        #[cfg(feature = "gateway")]
         Command::Serve { config } => {
-            let config = match Config::load(&config) {
+            let config = match portcullis::Config::load(&config) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("{}: {e}", config.display());
@@ -75,6 +91,23 @@ fn main() -> ExitCode {
             portcullis::telemetry::init("info");
             exit(runtime().block_on(portcullis::run(config, terminate())))
         }
+        Command::Healthcheck { url, timeout_secs } => {
+            let timeout = std::time::Duration::from_secs(timeout_secs);
+            match current_thread().block_on(portcullis::healthcheck::get(&url, timeout)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("healthcheck {url}: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        #[cfg(feature = "agent")]
+        Command::Probe(args) => {
+            portcullis::telemetry::init("error");
+            let report = runtime().block_on(portcullis::agent::probe::run(&args));
+            ExitCode::from(report)
+        }
+        #[cfg(feature = "agent")]
         Command::Agent { config, check } => {
             let config = match portcullis::agent::AgentConfig::load(&config) {
                 Ok(c) => c,
@@ -97,6 +130,7 @@ fn main() -> ExitCode {
             portcullis::telemetry::init("info");
             exit(runtime().block_on(portcullis::agent::run(config, terminate())))
         }
+        #[cfg(feature = "demo")]
         Command::Demo { seconds } => {
             // rumqttd, the demo's embedded broker, logs routine events (our health checks) as errors;
             // the agent warns that the demo's ws:// is clear text, which the banner already says.
@@ -122,6 +156,20 @@ fn runtime() -> tokio::runtime::Runtime {
     }
 }
 
+fn current_thread() -> tokio::runtime::Runtime {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+#[allow(dead_code)] // unused in a build without the gateway and the agent
 fn exit(result: Result<(), String>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -133,6 +181,7 @@ fn exit(result: Result<(), String>) -> ExitCode {
 }
 
 /// SIGTERM or Ctrl-C.
+#[allow(dead_code)]
 async fn terminate() {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,

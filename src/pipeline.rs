@@ -90,10 +90,15 @@ async fn story(
         target,
         client_ip,
         ip_source,
+        probe,
     } = *session;
     span.record("client_ip", field::display(client_ip));
     span.record("route", target.route());
     tracing::debug!(?ip_source, "websocket accepted");
+    if let Some(ticket) = probe {
+        let end = forward::probe::echo(ws, ticket, &shared.drain).await;
+        return tracing::info!(?end, "probe session ended");
+    }
 
     // 4 and 5. forward, with the policy judging MQTT routes packet by packet.
     let Some(pool) = shared.pool(target.route()) else {

@@ -14,6 +14,8 @@ mod check;
 pub mod config;
 mod connect;
 pub mod dial;
+pub mod hop;
+pub mod probe;
 pub mod proxy;
 mod status;
 pub mod target;

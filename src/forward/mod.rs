@@ -4,9 +4,14 @@
 //! `max_frame_size` (device → upstream) and one read chunk (upstream → device) in flight per
 //! direction, with backpressure from whichever side is slow.
 
+#[cfg(feature = "gateway")]
 pub mod mqtt;
+#[cfg(feature = "gateway")]
 mod pool;
+#[cfg(feature = "gateway")]
+pub mod probe;
 pub(crate) mod relay;
 
+#[cfg(feature = "gateway")]
 pub use pool::Pool;
 pub use relay::{relay_websocket, Ending, RelaySettings};

@@ -353,6 +353,7 @@ pub(crate) fn shutdown_write(up: &TcpStream) -> io::Result<()> {
     std_stream.shutdown(std::net::Shutdown::Write)
 }
 
+#[cfg(feature = "gateway")]
 impl From<&crate::config::WebSocketSettings> for RelaySettings {
     fn from(s: &crate::config::WebSocketSettings) -> Self {
         RelaySettings {

@@ -15,6 +15,7 @@ use std::net::IpAddr;
 
 use crate::config::policy::{MqttSettings, PolicyConfig};
 use crate::config::{Config, ShutdownSettings, WebSocketSettings};
+use crate::forward::probe::ProbeGate;
 use crate::forward::Pool;
 use crate::listener::{self, Listener, ListenerCtx};
 use crate::pipeline;
@@ -33,6 +34,8 @@ pub struct Shared {
     pub mqtt: MqttSettings,
     /// Every ban, whoever issued it, is announced to the live connections through this.
     pub bans: Arc<bans::AnnouncedBans>,
+    /// `/probe`, unless `[probe] enabled = false`.
+    pub probe: Option<ProbeGate>,
 }
 
 impl Shared {
@@ -123,6 +126,7 @@ impl Gateway {
             policy_config: config.policy.clone(),
             mqtt: config.mqtt.clone(),
             bans,
+            probe: ProbeGate::new(&config.probe),
         });
         spawn_sweeper(Arc::downgrade(&shared));
         let mut bound = Vec::new();

@@ -19,6 +19,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::error::{Error, Kind, Result};
+use crate::forward::probe::ProbeTicket;
 use crate::gateway::Shared;
 use crate::identify::{IpSource, Origin};
 use crate::listener::Conn;
@@ -32,6 +33,8 @@ pub struct WsSession {
     pub target: Target,
     pub client_ip: IpAddr,
     pub ip_source: IpSource,
+    /// On `/probe`: the admitted session and what to tell the probe first.
+    pub probe: Option<ProbeTicket>,
 }
 
 pub enum Session {
@@ -46,6 +49,7 @@ struct Accepted {
     target: Target,
     client_ip: IpAddr,
     ip_source: IpSource,
+    probe: Option<ProbeTicket>,
 }
 
 /// Serve HTTP on the connection until it upgrades to a WebSocket or closes.
@@ -65,21 +69,28 @@ pub async fn negotiate(conn: Conn, shared: Arc<Shared>) -> Result<Session> {
         let shared = shared.clone();
         hyper::service::service_fn(move |req: Request<Incoming>| {
             let answer = request::answer(req, origin, &listener, &shared);
-            let response = match answer {
-                request::Answer::Upgrade(response, a) => {
-                    if let Ok(mut slot) = accepted.lock() {
-                        *slot = Some(Accepted {
-                            on_upgrade: a.on_upgrade,
-                            target: a.target,
-                            client_ip: a.client_ip,
-                            ip_source: a.ip_source,
-                        });
+            let accepted = accepted.clone();
+            async move {
+                let response = match answer {
+                    request::Answer::Upgrade(response, a) => {
+                        if let Ok(mut slot) = accepted.lock() {
+                            *slot = Some(Accepted {
+                                on_upgrade: a.on_upgrade,
+                                target: a.target,
+                                client_ip: a.client_ip,
+                                ip_source: a.ip_source,
+                                probe: a.probe,
+                            });
+                        }
+                        response
                     }
-                    response
-                }
-                request::Answer::Plain(response) => response,
-            };
-            async move { Ok::<Response<Full<Bytes>>, Infallible>(response) }
+                    request::Answer::Plain(response) => response,
+                    request::Answer::CountBody(req, limit, view) => {
+                        count_body(req, limit, *view).await
+                    }
+                };
+                Ok::<Response<Full<Bytes>>, Infallible>(response)
+            }
         })
     };
     let timeout = conn.listener.handshake_timeout;
@@ -112,7 +123,7 @@ pub async fn negotiate(conn: Conn, shared: Arc<Shared>) -> Result<Session> {
     let ws = WebSocketStream::from_raw_socket(
         TokioIo::new(upgraded),
         Role::Server,
-        Some(ws_config(&shared, accept_unmasked)),
+        Some(ws_config(&shared, &a.target, accept_unmasked)),
     )
     .await;
     Ok(Session::WebSocket(Box::new(WsSession {
@@ -120,19 +131,70 @@ pub async fn negotiate(conn: Conn, shared: Arc<Shared>) -> Result<Session> {
         target: a.target,
         client_ip: a.client_ip,
         ip_source: a.ip_source,
+        probe: a.probe,
     })))
 }
 
-fn ws_config(shared: &Shared, accept_unmasked: bool) -> WebSocketConfig {
+/// `POST /probe`: read and count the body, keeping none of it, up to `limit` bytes.
+async fn count_body(
+    req: Request<Incoming>,
+    limit: usize,
+    view: crate::probe::Hello,
+) -> Response<Full<Bytes>> {
+    use http_body_util::BodyExt;
+    let mut body = req.into_body();
+    let mut received = 0usize;
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|_| ())?;
+            if let Some(data) = frame.data_ref() {
+                received += data.len();
+                if received > limit {
+                    return Err(());
+                }
+            }
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(30), read).await {
+        Ok(Ok(())) => {
+            let receipt = crate::probe::BodyReceipt { received, view };
+            let mut r = request::text(http::StatusCode::OK, "");
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            *r.body_mut() = Full::new(Bytes::from(
+                serde_json::to_string(&receipt).unwrap_or_default(),
+            ));
+            r
+        }
+        Ok(Err(())) if received > limit => request::text(
+            http::StatusCode::PAYLOAD_TOO_LARGE,
+            "probe: body over [probe] max_body_size\n",
+        ),
+        _ => request::text(
+            http::StatusCode::BAD_REQUEST,
+            "probe: the body did not arrive whole within 30 s\n",
+        ),
+    }
+}
+
+fn ws_config(shared: &Shared, target: &Target, accept_unmasked: bool) -> WebSocketConfig {
     let s = shared.websocket();
+    let (max_frame, max_message) = match (target, &shared.probe) {
+        // The probe steps its messages up to 1 MiB to find what the path passes.
+        (Target::Probe, Some(p)) => (p.settings.max_message_size, p.settings.max_message_size),
+        _ => (s.max_frame_size, s.max_message_size),
+    };
     WebSocketConfig::default()
         // Eagerly allocated per connection: small, so idle devices stay cheap; it grows to
         // the frame being read and no further than max_frame_size.
         .read_buffer_size(4 * 1024)
         // Frames are queued up to this size and flushed when the upstream has nothing more.
         .write_buffer_size(16 * 1024)
-        .max_write_buffer_size(64 * 1024 + s.max_frame_size)
-        .max_frame_size(Some(s.max_frame_size))
-        .max_message_size(Some(s.max_message_size))
+        .max_write_buffer_size(64 * 1024 + max_message)
+        .max_frame_size(Some(max_frame))
+        .max_message_size(Some(max_message))
         .accept_unmasked_frames(accept_unmasked)
 }

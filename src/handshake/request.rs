@@ -11,9 +11,11 @@ use hyper::upgrade::OnUpgrade;
 use hyper::{Request, Response};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
+use crate::forward::probe::{ProbeRefusal, ProbeTicket};
 use crate::gateway::Shared;
 use crate::identify::{self, IpSource, Origin};
 use crate::listener::ListenerCtx;
+use crate::probe;
 
 /// Where an accepted WebSocket goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,12 +24,15 @@ pub enum Target {
     Mqtt { route: Arc<str> },
     /// Raw bytes on `/tunnel/{route}`.
     Tunnel { route: Arc<str> },
+    /// The gateway's own echo for `portcullis probe`.
+    Probe,
 }
 
 impl Target {
     pub fn route(&self) -> &str {
         match self {
             Target::Mqtt { route } | Target::Tunnel { route } => route,
+            Target::Probe => "probe",
         }
     }
 }
@@ -37,11 +42,14 @@ pub(super) struct Upgrade {
     pub target: Target,
     pub client_ip: IpAddr,
     pub ip_source: IpSource,
+    pub probe: Option<ProbeTicket>,
 }
 
 pub(super) enum Answer {
     Plain(Response<Full<Bytes>>),
     Upgrade(Response<Full<Bytes>>, Upgrade),
+    /// `POST /probe`: count the body (up to the limit), which takes reading it.
+    CountBody(Request<Incoming>, usize, Box<probe::Hello>),
 }
 
 /// MQTT over WebSocket subprotocols we speak, in the order we prefer them.
@@ -74,6 +82,30 @@ pub(super) fn answer(
                 ))
             }
         },
+        probe::PATH if shared.probe.is_some() => {
+            if req.method() == Method::POST {
+                return match shared.probe.as_ref().map(|g| g.admit()) {
+                    Some(Ok(_slot)) => {
+                        let limit = shared
+                            .probe
+                            .as_ref()
+                            .map_or(0, |g| g.settings.max_body_size);
+                        let (client_ip, ip_source) = identify::client_ip(
+                            origin,
+                            req.headers(),
+                            &listener.trusted_proxies(),
+                            listener.client_ip_header,
+                        );
+                        let view =
+                            probe_hello(req.headers(), client_ip, ip_source, listener, shared);
+                        Answer::CountBody(req, limit, Box::new(view))
+                    }
+                    Some(Err(refusal)) => Answer::Plain(probe_refused(refusal)),
+                    None => Answer::Plain(text(StatusCode::NOT_FOUND, "not found\n")),
+                };
+            }
+            Target::Probe
+        }
         p => match p.strip_prefix("/tunnel/") {
             // Only names from the config: a device can never name a host or a port.
             Some(name) if shared.has_route(name) => Target::Tunnel { route: name.into() },
@@ -138,6 +170,8 @@ pub(super) fn answer(
                 ))
             }
         },
+        // The probe checks that the path passes the subprotocol both ways, as /mqtt needs.
+        Target::Probe => choose_mqtt_subprotocol(headers).unwrap_or(None),
         Target::Tunnel { .. } => None,
     };
 
@@ -154,9 +188,20 @@ pub(super) fn answer(
             "refused: banned or connecting too often\n",
         ));
     }
+    let probe = match (&target, &shared.probe) {
+        (Target::Probe, Some(gate)) => match gate.admit() {
+            Ok(slot) => Some(ProbeTicket {
+                slot,
+                hello: probe_hello(headers, client_ip, ip_source, listener, shared),
+            }),
+            Err(refusal) => return Answer::Plain(probe_refused(refusal)),
+        },
+        _ => None,
+    };
     let mut response = Response::new(Full::new(Bytes::new()));
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = response.headers_mut();
+    h.insert(probe::MARKER_HEADER, HeaderValue::from_static("gateway"));
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
@@ -173,17 +218,81 @@ pub(super) fn answer(
             target,
             client_ip,
             ip_source,
+            probe,
         },
     )
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+/// What the gateway sees of this connection, for the probe to compare with what it sent.
+fn probe_hello(
+    headers: &HeaderMap,
+    client_ip: IpAddr,
+    ip_source: IpSource,
+    listener: &ListenerCtx,
+    shared: &Shared,
+) -> probe::Hello {
+    let settings = shared.probe.as_ref().map(|g| &g.settings);
+    probe::Hello {
+        client_ip: client_ip.to_string(),
+        ip_source: match ip_source {
+            IpSource::Peer => "peer".into(),
+            IpSource::ProxyProtocol => "proxy-protocol".into(),
+            IpSource::CfConnectingIp => "header cf-connecting-ip".into(),
+            IpSource::XForwardedFor => "header x-forwarded-for".into(),
+            IpSource::XRealIp => "header x-real-ip".into(),
+        },
+        tls_at_gateway: listener.is_tls(),
+        headers: headers
+            .iter()
+            .map(|(name, value)| {
+                let name = name.as_str().to_string();
+                let value = if probe::is_secret_header(&name) {
+                    "***".to_string()
+                } else {
+                    String::from_utf8_lossy(value.as_bytes())
+                        .chars()
+                        .take(200)
+                        .collect()
+                };
+                (name, value)
+            })
+            .take(100)
+            .collect(),
+        ping_interval_secs: shared.websocket().ping_interval_secs,
+        max_message_size: settings.map_or(0, |s| s.max_message_size),
+        max_body_size: settings.map_or(0, |s| s.max_body_size),
+        max_session_secs: settings.map_or(0, |s| s.max_session_secs),
+    }
+}
+
+fn probe_refused(refusal: ProbeRefusal) -> Response<Full<Bytes>> {
+    match refusal {
+        ProbeRefusal::RateLimited => {
+            let mut r = text(
+                StatusCode::TOO_MANY_REQUESTS,
+                "probe: too many probe sessions this minute, try again shortly\n",
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+            r
+        }
+        ProbeRefusal::Busy => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "probe: too many probe sessions open, try again shortly\n",
+        ),
+    }
+}
+
+pub(super) fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *r.status_mut() = status;
-    r.headers_mut().insert(
+    let h = r.headers_mut();
+    h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    // Tells `portcullis probe` (and an admin with curl) that this answer is ours, not a hop's.
+    h.insert(probe::MARKER_HEADER, HeaderValue::from_static("gateway"));
     r
 }
 

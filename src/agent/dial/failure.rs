@@ -275,6 +275,7 @@ fn status_error(e: WsError) -> DialError {
         })
         .filter(|b| !b.is_empty())
         .map_or(String::new(), |b| format!(" ({b:?})"));
+    let by = crate::agent::hop::answered_by(resp.headers());
     let challenged = resp.headers().contains_key("cf-mitigated");
     let hint = match status {
         _ if challenged => "Cloudflare challenged the device: exempt the gateway hostname from bot checks and Browser Integrity Check",
@@ -290,7 +291,7 @@ fn status_error(e: WsError) -> DialError {
     fail(
         Step::Upgrade,
         Failure::Status { status },
-        format!("HTTP {status}{body}: {hint}"),
+        format!("HTTP {status} from {by}{body}: {hint}"),
     )
 }
 

@@ -21,12 +21,16 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::WebSocketStream;
 
+pub use super::proxy::Route;
 pub use crate::stream::GatewayStream;
+
+/// The gateway's 101 answer (headers, subprotocol).
+pub type UpgradeResponse = tokio_tungstenite::tungstenite::handshake::client::Response;
 pub use failure::{DialError, Failure, Step};
 
 use super::config::{AgentConfig, DeviceSettings};
 use super::connect;
-use super::proxy::{ProxyPlan, Route};
+use super::proxy::ProxyPlan;
 use super::target::Target;
 use super::tls::{self, Verifier};
 use failure::{fail, TlsFacts};
@@ -80,6 +84,26 @@ impl Connector {
         target: &Target,
         trace: &mut Trace,
     ) -> Result<WebSocketStream<GatewayStream>, DialError> {
+        let stream = self.open(target, trace).await?;
+        let (ws, _) = self
+            .upgrade(stream, target, trace, &[], ws_config())
+            .await?;
+        Ok(ws)
+    }
+
+    /// Direct, or the proxy to go through, for `target` (`probe` reports it before dialing).
+    pub fn route(&self, target: &Target) -> Route {
+        let url = &target.url;
+        self.proxies.route(&url.host, url.port, url.tls)
+    }
+
+    /// TCP (to the proxy or the gateway), CONNECT through the proxy, TLS: a stream on which
+    /// the gateway is verified and nothing has been sent yet.
+    pub async fn open(
+        &self,
+        target: &Target,
+        trace: &mut Trace,
+    ) -> Result<GatewayStream, DialError> {
         let url = &target.url;
         let route = self.proxies.route(&url.host, url.port, url.tls);
         let (host, port, what) = match &route {
@@ -145,11 +169,25 @@ impl Connector {
             trace.ok(Step::Tls, "none: ws:// URL, traffic in clear");
             GatewayStream::Plain(tcp)
         };
+        Ok(stream)
+    }
 
-        let request = self.request(target)?;
+    /// The WebSocket upgrade on an opened stream, with `extra` request headers.
+    pub async fn upgrade(
+        &self,
+        stream: GatewayStream,
+        target: &Target,
+        trace: &mut Trace,
+        extra: &[(HeaderName, HeaderValue)],
+        config: WebSocketConfig,
+    ) -> Result<(WebSocketStream<GatewayStream>, UpgradeResponse), DialError> {
+        let mut request = self.request(target)?;
+        for (name, value) in extra {
+            request.headers_mut().append(name.clone(), value.clone());
+        }
         let (ws, response) = self
             .step(Step::Upgrade, async {
-                tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config()))
+                tokio_tungstenite::client_async_with_config(request, stream, Some(config))
                     .await
                     .map_err(|e| failure::upgrade_error(e, self.has_client_cert))
             })
@@ -159,10 +197,15 @@ impl Connector {
             format!(
                 "{} on {} (route accepted)",
                 response.status(),
-                url.uri.path()
+                target.url.uri.path()
             ),
         );
-        Ok(ws)
+        Ok((ws, response))
+    }
+
+    /// The headers every request to the gateway carries: Host, User-Agent, the device token.
+    pub fn device_headers(&self, target: &Target) -> Result<http::HeaderMap, DialError> {
+        Ok(self.request(target)?.headers().clone())
     }
 
     async fn step<T>(
@@ -262,7 +305,7 @@ fn ms(since: Instant) -> u128 {
 
 /// Frames from the gateway are at most 16 KiB (its read chunk); buffers stay small so a device
 /// with many local connections stays within a few MiB.
-fn ws_config() -> WebSocketConfig {
+pub fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(8 * 1024)
         .write_buffer_size(16 * 1024)

@@ -1,0 +1,114 @@
+//! One plain HTTP/1.1 request over a stream the dialer opened (proxy and TLS done): what the
+//! probe needs to see the gateway's view when the WebSocket upgrade itself is what breaks, and
+//! to find the largest body the path passes for HTTP push.
+
+use std::time::Duration;
+
+use http::HeaderMap;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::agent::dial::GatewayStream;
+
+/// An answer: status, headers, and up to 64 KiB of body.
+pub struct Answer {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+const MAX_HEAD: usize = 16 * 1024;
+const MAX_BODY: usize = 64 * 1024;
+
+/// `POST path` with `len` bytes of body and `headers`, then the answer. A proxy that refuses a
+/// large body early may answer before the body is sent: the answer is read all the same.
+pub async fn post(
+    stream: &mut GatewayStream,
+    path: &str,
+    headers: &HeaderMap,
+    len: usize,
+    timeout: Duration,
+) -> Result<Answer, String> {
+    let mut head = format!("POST {path} HTTP/1.1\r\n");
+    for (name, value) in headers {
+        if let Ok(v) = value.to_str() {
+            head.push_str(&format!("{name}: {v}\r\n"));
+        }
+    }
+    head.push_str(&format!(
+        "Content-Type: application/octet-stream\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+    ));
+    let work = async {
+        stream
+            .write_all(head.as_bytes())
+            .await
+            .map_err(|e| format!("cannot send the request: {e}"))?;
+        let chunk = vec![0x5Au8; 64 * 1024];
+        let mut sent = 0;
+        while sent < len {
+            let n = chunk.len().min(len - sent);
+            // A refusal mid-body shows up as a write error; the answer may still be readable.
+            if stream.write_all(&chunk[..n]).await.is_err() {
+                break;
+            }
+            sent += n;
+        }
+        let _ = stream.flush().await;
+        read_answer(stream).await
+    };
+    tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| format!("no answer within {} s", timeout.as_secs()))?
+}
+
+async fn read_answer(stream: &mut GatewayStream) -> Result<Answer, String> {
+    let mut buf = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|e| format!("the connection broke before an answer: {e}"))?;
+        if n == 0 {
+            return Err("the connection closed without an answer".into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let mut slots = [httparse::EMPTY_HEADER; 64];
+        let mut parsed = httparse::Response::new(&mut slots);
+        match parsed.parse(&buf) {
+            Ok(httparse::Status::Complete(at)) => {
+                let status = parsed.code.unwrap_or(0);
+                let mut headers = HeaderMap::new();
+                for h in parsed.headers.iter() {
+                    if let (Ok(name), Ok(value)) = (
+                        http::HeaderName::from_bytes(h.name.as_bytes()),
+                        http::HeaderValue::from_bytes(h.value),
+                    ) {
+                        headers.append(name, value);
+                    }
+                }
+                let want = headers
+                    .get(http::header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .unwrap_or(MAX_BODY)
+                    .min(MAX_BODY);
+                let mut body = buf[at..].to_vec();
+                while body.len() < want {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => body.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                body.truncate(want);
+                return Ok(Answer {
+                    status,
+                    headers,
+                    body,
+                });
+            }
+            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => continue,
+            Ok(httparse::Status::Partial) => return Err("an answer head over 16 KiB".into()),
+            Err(e) => return Err(format!("not an HTTP answer: {e}")),
+        }
+    }
+}
