@@ -29,6 +29,8 @@ impl fmt::Display for Side {
 
 /// What went wrong, precisely enough to pick a close code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+// The agent-only build uses the few kinds of the relay.
+#[cfg_attr(not(feature = "gateway"), allow(dead_code))]
 pub(crate) enum Kind {
     /// The device broke the protocol (bad frame, text frame on /mqtt, bad PROXY header...).
     Protocol,
@@ -85,6 +87,7 @@ impl Error {
         Self::new(kind, Side::Upstream, detail)
     }
 
+    #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
     pub(crate) fn kind(&self) -> Kind {
         self.kind
     }

@@ -25,7 +25,6 @@ pub mod healthcheck;
 pub mod identify;
 #[cfg(feature = "gateway")]
 pub mod listener;
-#[cfg(feature = "gateway")]
 pub mod mqtt;
 #[cfg(feature = "gateway")]
 pub mod pipeline;

@@ -22,8 +22,15 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+#[cfg(feature = "gateway")]
 use portcullis::{Config, Gateway};
 use tokio::net::{TcpListener, TcpStream};
+
+// The agent-only build has no gateway in the library: its tests run a full build's binary.
+#[cfg(not(feature = "gateway"))]
+mod gateway_process;
+#[cfg(not(feature = "gateway"))]
+pub use gateway_process::TestGateway;
 
 /// Poll `cond` until it is true or `timeout` passes.
 pub async fn eventually<F: FnMut() -> bool>(timeout: Duration, mut cond: F) -> bool {
@@ -141,11 +148,13 @@ impl Drop for Broker {
 }
 
 /// The gateway, started in-process from TOML text.
+#[cfg(feature = "gateway")]
 pub struct TestGateway {
     pub gateway: Option<Gateway>,
     pub addrs: Vec<SocketAddr>,
 }
 
+#[cfg(feature = "gateway")]
 impl TestGateway {
     pub async fn start(toml: &str) -> TestGateway {
         // Logs only on request (RUST_LOG=debug cargo test ...): some test binaries capture them.
