@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod broker_restart;
 pub mod certs;
+pub mod edge;
 pub mod logs;
 pub mod mosquitto_clients;
 pub mod mqtt_wss;

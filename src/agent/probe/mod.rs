@@ -28,7 +28,7 @@ use http::HeaderMap;
 pub use report::{Check, Report, Verdict};
 
 use super::config::AgentConfig;
-use super::dial::{Connector, DialError, Route, Step, Trace};
+use super::dial::{Connector, DialError, Failure, Route, Step, Trace};
 use super::hop;
 use super::target::{GatewayUrl, Target};
 use crate::probe::{BodyReceipt, Hello};
@@ -133,7 +133,7 @@ impl Probe<'_> {
         let Some(view) = self.gateway_view().await else {
             return;
         };
-        let Some(mut ws) = self.upgrade(&view).await else {
+        let Some(mut ws) = self.upgrade().await else {
             return;
         };
         self.frames(&mut ws).await;
@@ -205,7 +205,7 @@ impl Probe<'_> {
         let mut stream = match opened {
             Ok(s) => s,
             Err(e) => {
-                self.record_dial_error(&e, None);
+                self.record_dial_error(&e);
                 return None;
             }
         };
@@ -264,13 +264,13 @@ impl Probe<'_> {
     }
 
     /// The WebSocket upgrade on `/probe`, with the MQTT subprotocol offered, and the hello.
-    async fn upgrade(&mut self, view: &Hello) -> Option<Session> {
+    async fn upgrade(&mut self) -> Option<Session> {
         let mut trace = Trace::default();
         let opened = Session::open(&self.connector, &self.target, &mut trace, self.timeout).await;
         let (session, response) = match opened {
             Ok(x) => x,
             Err(e) => {
-                self.record_dial_error(&e, Some(view));
+                self.record_dial_error(&e);
                 return None;
             }
         };
@@ -604,21 +604,20 @@ impl Probe<'_> {
         }
     }
 
-    fn record_dial_error(&mut self, e: &DialError, view: Option<&Hello>) {
+    fn record_dial_error(&mut self, e: &DialError) {
         let name = check_name(e.step).unwrap_or("upgrade");
-        let upgrade_lost = view.is_some_and(|v| !v.headers.iter().any(|(n, _)| n == "upgrade"));
+        // The gateway itself refusing a plain GET on /probe with 400 means the request reached
+        // it without its Upgrade header: the hop in front dropped it.
+        let dropped =
+            e.failure == Failure::Status { status: 400 } && e.message.contains("from the gateway");
         let fix = match e.step {
-            Step::Upgrade if upgrade_lost => format!(
-                "the gateway received the request without its Upgrade header: {}",
+            Step::Upgrade if dropped => format!(
+                "the gateway received the upgrade request without its Upgrade header: {}",
                 advice::upgrade(&self.hops)
             ),
             Step::Upgrade => advice::upgrade(&self.hops),
+            // The dialer's message already says what to change.
             _ => String::new(),
-        };
-        let fix = if fix.is_empty() {
-            "see the message".to_string()
-        } else {
-            fix
         };
         self.report.fail(name, e.message.clone(), fix);
     }
