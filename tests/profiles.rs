@@ -43,3 +43,34 @@ fn cloudflare_profile_trusts_only_cloudflare_ranges() {
     assert!(!set.contains("10.0.0.1".parse().unwrap()));
     assert!(!set.contains("172.16.0.1".parse().unwrap()));
 }
+
+#[test]
+fn f5_profile_believes_x_forwarded_for_only_from_the_big_ip() {
+    let (c, _dir) = check("f5-bigip.toml", &[]);
+    let l = &c.listeners[0];
+    assert_eq!(
+        l.client_ip_header,
+        portcullis::identify::ClientIpHeader::XForwardedFor
+    );
+    assert!(!l.trusted_proxies.is_empty());
+    assert!(
+        !l.accept_unmasked_frames,
+        "RFC 6455 unless the admin says otherwise"
+    );
+}
+
+#[test]
+fn aws_alb_profile_trusts_the_alb_subnets() {
+    let (c, _dir) = check("aws-alb.toml", &[]);
+    assert!(!c.listeners[0].trusted_proxies.is_empty());
+    assert!(c.listeners[0].tls.is_none(), "the ALB terminates TLS");
+}
+
+#[test]
+fn aws_nlb_profile_requires_proxy_v2_from_the_vpc_and_terminates_tls() {
+    let (c, _dir) = check("aws-nlb.toml", &["certs/gateway.pem", "certs/gateway.key"]);
+    let l = &c.listeners[0];
+    assert_eq!(l.proxy_protocol, portcullis::config::ProxyProtocolMode::V2);
+    assert!(!l.proxy_protocol_from.is_empty());
+    assert!(l.tls.is_some(), "the NLB passes TLS through");
+}

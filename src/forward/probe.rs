@@ -108,7 +108,19 @@ where
                 },
                 Some(Ok(Message::Pong(_) | Message::Frame(_))) => continue,
                 Some(Ok(Message::Close(_))) | None => return ProbeEnd::ClientClosed,
-                Some(Err(e)) => return ProbeEnd::Gone(e.to_string()),
+                Some(Err(e)) => {
+                    // Too big (1009) or a protocol error (1002): say so, as on the tunnels.
+                    let Some(error) = crate::forward::relay::device_ws_failure(e) else {
+                        return ProbeEnd::Gone("connection lost".into());
+                    };
+                    let frame = CloseFrame {
+                        code: error.close_code(),
+                        reason: "probe: message over [probe] max_message_size or malformed".into(),
+                    };
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(2), ws.close(Some(frame))).await;
+                    return ProbeEnd::Gone(error.to_string());
+                }
             };
             if let Err(e) = ws.send(reply).await {
                 return ProbeEnd::Gone(e.to_string());
