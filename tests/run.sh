@@ -1,21 +1,30 @@
 #!/usr/bin/env bash
-# The test command: installs what the integration tests run for real (mosquitto, nginx, squid,
-# mosquitto-clients) and what the build needs (cmake, for a C dependency of pingora), then runs
-# every test.
-# Works on a fresh Debian machine with only the Rust toolchain. Extra args go to `cargo test`.
+# The test command: installs what the integration tests run for real and what the build needs,
+# then runs every test, twice over:
+#   1. the default build (gateway, agent, demo): every test;
+#   2. the agent-only build (--no-default-features --features agent), which is what devices
+#      carry: the agent's own tests, against the gateway of build 1 run as a process.
+# Works on a fresh Debian machine with only the Rust toolchain. Extra args go to `cargo test`
+# of build 1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-[ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null 2>&1 || need+=(mosquitto)
-[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || need+=(nginx)
-command -v cmake >/dev/null 2>&1 || need+=(cmake)
-# The device agent's tests: legacy MQTT clients, a real CONNECT proxy (squid: it answers wrong
-# credentials with 407, tinyproxy 1.11 with 401), openssl for squid's htpasswd line, stdbuf.
-command -v mosquitto_sub >/dev/null 2>&1 || need+=(mosquitto-clients)
-[ -x /usr/sbin/squid ] || command -v squid >/dev/null 2>&1 || need+=(squid)
-command -v openssl >/dev/null 2>&1 || need+=(openssl)
-command -v stdbuf >/dev/null 2>&1 || need+=(coreutils)
+have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
+# The build: cmake for zlib-ng, which pingora-core compiles through flate2.
+have cmake || need+=(cmake)
+# The gateway's and the agent's peers: mosquitto and its clients (legacy MQTT devices), a real
+# CONNECT proxy (squid: it answers wrong credentials with 407, tinyproxy 1.11 with 401), openssl
+# for squid's htpasswd line, stdbuf.
+have mosquitto || need+=(mosquitto)
+have mosquitto_sub || need+=(mosquitto-clients)
+have squid || need+=(squid)
+have openssl || need+=(openssl)
+have stdbuf || need+=(coreutils)
+# The edges the profiles are for, run from profiles/ in front of the gateway.
+have nginx || need+=(nginx)
+have haproxy || need+=(haproxy)
+have caddy || need+=(caddy)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -24,4 +33,11 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
+echo "== 1/2: the default build"
 cargo test --locked "$@"
+
+echo "== 2/2: the agent-only build, against the gateway of build 1"
+# Its own target dir: the same binary name would otherwise replace build 1's gateway.
+PORTCULLIS_GATEWAY_BIN="$PWD/target/debug/portcullis" CARGO_TARGET_DIR=target/agent-only \
+  cargo test --locked --no-default-features --features agent \
+  --test agent_tunnel --test agent_check --test agent_proxy --test agent_path
