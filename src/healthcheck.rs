@@ -15,14 +15,17 @@ pub async fn get(url: &str, timeout: Duration) -> Result<(), String> {
         return Err("only http:// URLs (the check runs beside the gateway)".into());
     }
     let host = uri.host().ok_or("the URL has no host")?;
+    // An IPv6 literal comes bracketed from the URL; the resolver wants it bare.
+    let host = host.trim_start_matches('[').trim_end_matches(']');
     let port = uri.port_u16().unwrap_or(80);
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let authority = uri.authority().map_or(host, |a| a.as_str());
     let work = async {
         let mut tcp = TcpStream::connect((host, port))
             .await
             .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
         let request =
-            format!("GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n");
+            format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
         tcp.write_all(request.as_bytes())
             .await
             .map_err(|e| format!("cannot send the request: {e}"))?;

@@ -1,6 +1,6 @@
 //! The shipped edge profiles, run for real in front of the gateway: nginx, HAProxy and Caddy,
 //! each as shipped (an MQTT client round-trips through it, and `portcullis probe` passes every
-//! check) and broken on purpose (upgrade headers dropped, a 5 s idle cut, a 1 KiB body limit):
+//! check) and broken on purpose (upgrade headers dropped, a 6 s idle cut, a 1 KiB body limit):
 //! the probe names the broken hop and the fix each time.
 //!
 //! Envoy and Traefik are not in Debian's archive and ship no registry package here, so their
@@ -21,7 +21,7 @@ struct Stack {
     dir: tempfile::TempDir,
 }
 
-/// mosquitto ← gateway (trusting 127.0.0.1's X-Forwarded-For, pinging every 6 s) ← `product`
+/// mosquitto ← gateway (trusting 127.0.0.1's X-Forwarded-For, pinging every 10 s) ← `product`
 /// (TLS for localhost) with `fault`.
 async fn stack(product: Product, fault: Fault) -> Stack {
     let broker = Broker::spawn().await;
@@ -29,13 +29,14 @@ async fn stack(product: Product, fault: Fault) -> Stack {
         "trusted_proxies = [\"127.0.0.1/32\"]\nclient_ip_header = \"x-forwarded-for\"",
         &[("mqtt", broker.addr)],
     );
-    // Short enough that the idle check (up to 8 s) can tell a 5 s cut from a safe path.
-    config.push_str("\n[websocket]\nping_interval_secs = 6\n");
+    // Short enough that the idle check (steps 2, 4, 8, 12 s) tells a 6 s cut from a safe path,
+    // with 2 s of slack on either side of the cut for a loaded machine.
+    config.push_str("\n[websocket]\nping_interval_secs = 10\n");
     let gw = TestGateway::start(&config).await;
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new();
     let leaf = ca.leaf(dir.path(), "edge", &["localhost"]);
-    let edge = Edge::spawn(product, fault, &leaf, gw.addr()).await;
+    let edge = Edge::spawn(product, fault, &leaf, &ca.pem, gw.addr()).await;
     Stack {
         ca,
         edge,
@@ -46,7 +47,7 @@ async fn stack(product: Product, fault: Fault) -> Stack {
 }
 
 impl Stack {
-    /// `portcullis probe wss://localhost:PORT`, trusting the test CA, idle check up to 8 s
+    /// `portcullis probe wss://localhost:PORT`, trusting the test CA, idle check up to 12 s
     /// unless `quick`.
     async fn probe(&self, quick: bool) -> Report {
         let ca = self.dir.path().join("ca.pem");
@@ -67,7 +68,7 @@ impl Stack {
             sni: None,
             host: None,
             quick,
-            idle_max_secs: 8,
+            idle_max_secs: 12,
             max_message: 1 << 20,
             max_body: 1 << 20,
             json: false,
@@ -138,9 +139,9 @@ async fn without_upgrade(product: Product, fix: &str) {
     );
 }
 
-/// A 5 s idle cut with the gateway pinging every 6 s: the idle check fails and names the fix.
+/// A 6 s idle cut with the gateway pinging every 10 s: the idle check fails and names the fix.
 async fn with_idle_cut(product: Product, fix: &str) {
-    let s = stack(product, Fault::ReadTimeout5s).await;
+    let s = stack(product, Fault::IdleCut6s).await;
     let report = s.probe(false).await;
     let c = check(&report, "idle");
     assert_eq!(c.verdict, Verdict::Fail, "{report}");
@@ -185,7 +186,7 @@ async fn nginx_without_upgrade_headers() {
 }
 
 #[tokio::test]
-async fn nginx_with_a_5s_read_timeout() {
+async fn nginx_with_a_6s_read_timeout() {
     with_idle_cut(Product::Nginx, "proxy_read_timeout").await;
 }
 
@@ -206,7 +207,7 @@ async fn haproxy_without_upgrade_headers() {
 }
 
 #[tokio::test]
-async fn haproxy_with_a_5s_tunnel_timeout() {
+async fn haproxy_with_a_6s_tunnel_timeout() {
     with_idle_cut(Product::Haproxy, "timeout tunnel").await;
 }
 

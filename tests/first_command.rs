@@ -48,7 +48,11 @@ fn run(with_cmake: bool) -> (String, String) {
         .env("PATH", &bin)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     (
         String::from_utf8_lossy(&out.stderr).to_string(),
         std::fs::read_to_string(&log).unwrap(),
@@ -58,18 +62,33 @@ fn run(with_cmake: bool) -> (String, String) {
 #[test]
 fn without_cmake_it_says_why_installs_it_then_runs_the_demo() {
     let (stderr, calls) = run(false);
-    assert!(stderr.contains("needs cmake") && stderr.contains("zlib-ng"), "{stderr}");
+    assert!(
+        stderr.contains("needs cmake") && stderr.contains("zlib-ng"),
+        "{stderr}"
+    );
     let lines: Vec<&str> = calls.lines().filter(|l| !l.starts_with("cc ")).collect();
     // As root (CI, containers) there is no sudo; otherwise every apt-get goes through it.
-    let apt: Vec<&str> = lines.iter().map(|l| l.trim_start_matches("sudo ")).collect();
+    let apt: Vec<&str> = lines
+        .iter()
+        .map(|l| l.trim_start_matches("sudo "))
+        .collect();
     assert!(apt[0].starts_with("apt-get update"), "{calls}");
-    assert!(apt[1].starts_with("apt-get install") && apt[1].contains("cmake"), "{calls}");
-    assert_eq!(apt[2], "cargo run --locked --release -- demo --seconds 5", "{calls}");
+    assert!(
+        apt[1].starts_with("apt-get install") && apt[1].contains("cmake"),
+        "{calls}"
+    );
+    assert_eq!(
+        apt[2], "cargo run --locked --release -- demo --seconds 5",
+        "{calls}"
+    );
 }
 
 #[test]
 fn with_cmake_it_installs_nothing() {
     let (stderr, calls) = run(true);
     assert!(!stderr.contains("installing"), "{stderr}");
-    assert_eq!(calls.trim(), "cargo run --locked --release -- demo --seconds 5");
+    assert_eq!(
+        calls.trim(),
+        "cargo run --locked --release -- demo --seconds 5"
+    );
 }

@@ -317,3 +317,105 @@ async fn a_session_ends_after_its_lifetime() {
         other => panic!("expected close 1000, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_body_count_holds_its_session_slot_until_the_body_is_read() {
+    let gw = gateway("max_sessions = 1").await;
+    // A slow POST: the head and a first part of its body, the rest later.
+    let mut slow = TcpStream::connect(gw.addr()).await.unwrap();
+    let head = "POST /probe HTTP/1.1\r\nHost: gw\r\nContent-Length: 20\r\nConnection: close\r\n\r\n0123456789";
+    slow.write_all(head.as_bytes()).await.unwrap();
+    // The gateway has read the head once the WebSocket is refused as busy.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match open(&gw, &[]).await {
+            Err((503, _)) => break,
+            Ok(_) => {
+                // The POST's head may not have been read yet: its slot is not taken. The
+                // session just opened is dropped and frees the slot again.
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the POST never took the slot"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(other) => panic!("unexpected refusal {other:?}"),
+        }
+    }
+    slow.write_all(b"0123456789").await.unwrap();
+    let mut answer = Vec::new();
+    slow.read_to_end(&mut answer).await.unwrap();
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while open(&gw, &[]).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slot never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_banned_ip_behind_a_trusted_proxy_cannot_post_either() {
+    use portcullis::policy::{Ban, BanSource, Subject};
+    let mut config = ws::config(
+        "trusted_proxies = [\"127.0.0.1/32\"]",
+        &[("echo", echo_server().await)],
+    );
+    config.push_str("\n[probe]\n");
+    let gw = TestGateway::start(&config).await;
+    let now = std::time::SystemTime::now();
+    gw.gw()
+        .ban(Ban {
+            subject: Subject::Ip("198.51.100.9".parse().unwrap()),
+            reason: "test".into(),
+            source: BanSource::Admin,
+            created: now,
+            expires: Some(now + Duration::from_secs(3600)),
+        })
+        .unwrap();
+    let status = |xff: &'static str| {
+        let addr = gw.addr();
+        async move {
+            let mut tcp = TcpStream::connect(addr).await.unwrap();
+            let req = format!("POST /probe HTTP/1.1\r\nHost: gw\r\nX-Forwarded-For: {xff}\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi");
+            tcp.write_all(req.as_bytes()).await.unwrap();
+            let mut answer = Vec::new();
+            tcp.read_to_end(&mut answer).await.unwrap();
+            String::from_utf8_lossy(&answer)
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        }
+    };
+    assert_eq!(status("198.51.100.9").await, "HTTP/1.1 403 Forbidden");
+    assert_eq!(status("198.51.100.10").await, "HTTP/1.1 200 OK");
+}
+
+#[test]
+fn the_probes_plain_requests_carry_no_websocket_handshake_headers() {
+    let config = portcullis::agent::AgentConfig::parse(
+        "[[tunnel]]\nlisten = \"127.0.0.1:0\"\nurl = \"wss://gw.example.com/probe\"\n[device]\ntoken = \"t0k\"\n[device.headers]\nX-Site = \"plant-7\"\n",
+        None,
+    )
+    .unwrap();
+    let connector = portcullis::agent::dial::Connector::new(&config, |_| None).unwrap();
+    let target = portcullis::agent::target::Target::new(&config.tunnels[0]).unwrap();
+    let h = connector.device_headers(&target).unwrap();
+    for gone in [
+        "connection",
+        "upgrade",
+        "sec-websocket-key",
+        "sec-websocket-version",
+    ] {
+        assert!(!h.contains_key(gone), "{gone} in {h:?}");
+    }
+    assert_eq!(h.get("authorization").unwrap(), "Bearer t0k");
+    assert_eq!(h.get("x-site").unwrap(), "plant-7");
+    assert!(
+        h.contains_key("host") && h.contains_key("user-agent"),
+        "{h:?}"
+    );
+}

@@ -85,6 +85,7 @@ pub async fn check(config: &AgentConfig) -> CheckReport {
                     step: Step::Route,
                     failure: Failure::Protocol,
                     message: e,
+                    gateway_answer: None,
                 }),
             )],
         };
@@ -171,6 +172,7 @@ where
         step: Step::Ping,
         failure,
         message,
+        gateway_answer: None,
     };
     match result {
         Ok(Ok(true)) => Ok(rtt),

@@ -459,13 +459,13 @@ impl Config {
                 "must be between 16 bytes and 1 GiB".into(),
             ));
         }
-        for (k, v) in [
-            ("sessions_per_minute", p.sessions_per_minute as u64),
-            ("max_sessions", p.max_sessions as u64),
-            ("max_session_secs", p.max_session_secs),
+        for (k, v, max) in [
+            ("sessions_per_minute", p.sessions_per_minute as u64, 100_000),
+            ("max_sessions", p.max_sessions as u64, 10_000),
+            ("max_session_secs", p.max_session_secs, 86_400),
         ] {
-            if v == 0 {
-                return Err((format!("probe.{k}"), "must be at least 1".into()));
+            if !(1..=max).contains(&v) {
+                return Err((format!("probe.{k}"), format!("must be between 1 and {max}")));
             }
         }
         if self.shutdown.drain_timeout_secs < self.shutdown.drain_window_secs {

@@ -60,13 +60,16 @@ impl ProbeGate {
         })
     }
 
-    /// A session slot, or why not. A body count (`POST`) takes from the same rate.
+    /// A session slot, or why not. A body count (`POST`) takes a slot and the rate as well.
+    /// The slot is tried first, so that a refusal for being busy costs no rate budget.
     pub fn admit(&self) -> Result<OwnedSemaphorePermit, ProbeRefusal> {
-        self.rate.check().map_err(|_| ProbeRefusal::RateLimited)?;
-        self.sessions
+        let slot = self
+            .sessions
             .clone()
             .try_acquire_owned()
-            .map_err(|_| ProbeRefusal::Busy)
+            .map_err(|_| ProbeRefusal::Busy)?;
+        self.rate.check().map_err(|_| ProbeRefusal::RateLimited)?;
+        Ok(slot)
     }
 }
 
@@ -113,9 +116,15 @@ where
                     let Some(error) = crate::forward::relay::device_ws_failure(e) else {
                         return ProbeEnd::Gone("connection lost".into());
                     };
+                    let code = error.close_code();
+                    let reason = if code == CloseCode::Size {
+                        "probe: message over [probe] max_message_size"
+                    } else {
+                        "probe: WebSocket protocol error"
+                    };
                     let frame = CloseFrame {
-                        code: error.close_code(),
-                        reason: "probe: message over [probe] max_message_size or malformed".into(),
+                        code,
+                        reason: reason.into(),
                     };
                     let _ =
                         tokio::time::timeout(Duration::from_secs(2), ws.close(Some(frame))).await;

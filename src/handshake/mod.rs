@@ -85,9 +85,7 @@ pub async fn negotiate(conn: Conn, shared: Arc<Shared>) -> Result<Session> {
                         response
                     }
                     request::Answer::Plain(response) => response,
-                    request::Answer::CountBody(req, limit, view) => {
-                        count_body(req, limit, *view).await
-                    }
+                    request::Answer::CountBody(count) => count_body(*count).await,
                 };
                 Ok::<Response<Full<Bytes>>, Infallible>(response)
             }
@@ -135,29 +133,33 @@ pub async fn negotiate(conn: Conn, shared: Arc<Shared>) -> Result<Session> {
     })))
 }
 
-/// `POST /probe`: read and count the body, keeping none of it, up to `limit` bytes.
-async fn count_body(
-    req: Request<Incoming>,
-    limit: usize,
-    view: crate::probe::Hello,
-) -> Response<Full<Bytes>> {
+/// `POST /probe`: read and count the body, keeping none of it, up to the limit. A body that
+/// stalls for 10 s is given up (a total deadline would call a slow link a small limit).
+async fn count_body(count: request::BodyCount) -> Response<Full<Bytes>> {
     use http_body_util::BodyExt;
+    const STALL: std::time::Duration = std::time::Duration::from_secs(10);
+    let request::BodyCount {
+        req, limit, view, ..
+    } = count;
     let mut body = req.into_body();
     let mut received = 0usize;
-    let read = async {
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|_| ())?;
-            if let Some(data) = frame.data_ref() {
-                received += data.len();
-                if received > limit {
-                    return Err(());
+    let outcome = loop {
+        match tokio::time::timeout(STALL, body.frame()).await {
+            Ok(Some(Ok(frame))) => {
+                received += frame.data_ref().map_or(0, |d| d.len());
+                // Read on a little past the limit, so the client is not reset before it reads
+                // the 413 (a close with unread data sends RST), but no further.
+                if received > limit.saturating_add(64 * 1024) {
+                    break Err(http::StatusCode::PAYLOAD_TOO_LARGE);
                 }
             }
+            Ok(None) if received > limit => break Err(http::StatusCode::PAYLOAD_TOO_LARGE),
+            Ok(None) => break Ok(()),
+            Ok(Some(Err(_))) | Err(_) => break Err(http::StatusCode::BAD_REQUEST),
         }
-        Ok(())
     };
-    match tokio::time::timeout(std::time::Duration::from_secs(30), read).await {
-        Ok(Ok(())) => {
+    match outcome {
+        Ok(()) => {
             let receipt = crate::probe::BodyReceipt { received, view };
             let mut r = request::text(http::StatusCode::OK, "");
             r.headers_mut().insert(
@@ -169,14 +171,11 @@ async fn count_body(
             ));
             r
         }
-        Ok(Err(())) if received > limit => request::text(
+        Err(http::StatusCode::PAYLOAD_TOO_LARGE) => request::text(
             http::StatusCode::PAYLOAD_TOO_LARGE,
             "probe: body over [probe] max_body_size\n",
         ),
-        _ => request::text(
-            http::StatusCode::BAD_REQUEST,
-            "probe: the body did not arrive whole within 30 s\n",
-        ),
+        Err(status) => request::text(status, "probe: the body broke off or stalled for 10 s\n"),
     }
 }
 
@@ -193,7 +192,7 @@ fn ws_config(shared: &Shared, target: &Target, accept_unmasked: bool) -> WebSock
         .read_buffer_size(4 * 1024)
         // Frames are queued up to this size and flushed when the upstream has nothing more.
         .write_buffer_size(16 * 1024)
-        .max_write_buffer_size(64 * 1024 + max_message)
+        .max_write_buffer_size(64 * 1024 + max_frame)
         .max_frame_size(Some(max_frame))
         .max_message_size(Some(max_message))
         .accept_unmasked_frames(accept_unmasked)

@@ -16,6 +16,7 @@ use crate::gateway::Shared;
 use crate::identify::{self, IpSource, Origin};
 use crate::listener::ListenerCtx;
 use crate::probe;
+use tokio::sync::OwnedSemaphorePermit;
 
 /// Where an accepted WebSocket goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,7 +50,15 @@ pub(super) enum Answer {
     Plain(Response<Full<Bytes>>),
     Upgrade(Response<Full<Bytes>>, Upgrade),
     /// `POST /probe`: count the body (up to the limit), which takes reading it.
-    CountBody(Request<Incoming>, usize, Box<probe::Hello>),
+    CountBody(Box<BodyCount>),
+}
+
+/// An admitted `POST /probe`: its session slot is held until the body is read.
+pub(super) struct BodyCount {
+    pub req: Request<Incoming>,
+    pub limit: usize,
+    pub view: probe::Hello,
+    pub _slot: OwnedSemaphorePermit,
 }
 
 /// MQTT over WebSocket subprotocols we speak, in the order we prefer them.
@@ -84,25 +93,7 @@ pub(super) fn answer(
         },
         probe::PATH if shared.probe.is_some() => {
             if req.method() == Method::POST {
-                return match shared.probe.as_ref().map(|g| g.admit()) {
-                    Some(Ok(_slot)) => {
-                        let limit = shared
-                            .probe
-                            .as_ref()
-                            .map_or(0, |g| g.settings.max_body_size);
-                        let (client_ip, ip_source) = identify::client_ip(
-                            origin,
-                            req.headers(),
-                            &listener.trusted_proxies(),
-                            listener.client_ip_header,
-                        );
-                        let view =
-                            probe_hello(req.headers(), client_ip, ip_source, listener, shared);
-                        Answer::CountBody(req, limit, Box::new(view))
-                    }
-                    Some(Err(refusal)) => Answer::Plain(probe_refused(refusal)),
-                    None => Answer::Plain(text(StatusCode::NOT_FOUND, "not found\n")),
-                };
+                return count_body(req, origin, listener, shared);
             }
             Target::Probe
         }
@@ -125,10 +116,7 @@ pub(super) fn answer(
         return Answer::Plain(r);
     }
     if !has_token(headers, header::UPGRADE, "websocket") {
-        return Answer::Plain(text(
-            StatusCode::BAD_REQUEST,
-            "this is a WebSocket endpoint: send Upgrade: websocket (a proxy on the way may have dropped it)\n",
-        ));
+        return Answer::Plain(text(StatusCode::BAD_REQUEST, probe::NO_UPGRADE));
     }
     if !has_token(headers, header::CONNECTION, "upgrade") {
         return Answer::Plain(text(
@@ -183,10 +171,7 @@ pub(super) fn answer(
     );
     // Behind a trusted proxy the client was unknown at accept: judge its IP now.
     if ip_source != origin.source && !shared.admit_ip(client_ip) {
-        return Answer::Plain(text(
-            StatusCode::FORBIDDEN,
-            "refused: banned or connecting too often\n",
-        ));
+        return Answer::Plain(text(StatusCode::FORBIDDEN, BANNED));
     }
     let probe = match (&target, &shared.probe) {
         (Target::Probe, Some(gate)) => match gate.admit() {
@@ -222,6 +207,42 @@ pub(super) fn answer(
         },
     )
 }
+
+/// `POST /probe`: judged like an upgrade (a client IP from a trusted proxy's header meets the
+/// bans and connect rate), then admitted against the probe's caps.
+fn count_body(
+    req: Request<Incoming>,
+    origin: Origin,
+    listener: &ListenerCtx,
+    shared: &Shared,
+) -> Answer {
+    let Some(gate) = &shared.probe else {
+        return Answer::Plain(text(StatusCode::NOT_FOUND, "not found\n"));
+    };
+    let (client_ip, ip_source) = identify::client_ip(
+        origin,
+        req.headers(),
+        &listener.trusted_proxies(),
+        listener.client_ip_header,
+    );
+    if ip_source != origin.source && !shared.admit_ip(client_ip) {
+        return Answer::Plain(text(StatusCode::FORBIDDEN, BANNED));
+    }
+    match gate.admit() {
+        Ok(slot) => {
+            let view = probe_hello(req.headers(), client_ip, ip_source, listener, shared);
+            Answer::CountBody(Box::new(BodyCount {
+                req,
+                limit: gate.settings.max_body_size,
+                view,
+                _slot: slot,
+            }))
+        }
+        Err(refusal) => Answer::Plain(probe_refused(refusal)),
+    }
+}
+
+const BANNED: &str = "refused: banned or connecting too often\n";
 
 /// What the gateway sees of this connection, for the probe to compare with what it sent.
 fn probe_hello(

@@ -12,8 +12,10 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
 use super::certs::Leaf;
-use super::{free_port, require_binary};
+use super::{free_port, require_binary, tls_client};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Product {
@@ -29,8 +31,8 @@ pub enum Fault {
     None,
     /// The WebSocket upgrade headers are not passed to the gateway.
     NoUpgrade,
-    /// Idle connections are cut after 5 s.
-    ReadTimeout5s,
+    /// Idle connections are cut after 6 s.
+    IdleCut6s,
     /// Request bodies over 1 KiB are refused.
     Body1KiB,
 }
@@ -42,13 +44,23 @@ pub struct Edge {
 }
 
 impl Edge {
-    /// `product` on an ephemeral loopback port, TLS with `leaf`, proxying to `gateway`.
-    pub async fn spawn(product: Product, fault: Fault, leaf: &Leaf, gateway: SocketAddr) -> Edge {
+    /// `product` on an ephemeral loopback port, TLS with `leaf` (issued by `ca_pem`) for
+    /// localhost, proxying to `gateway`.
+    pub async fn spawn(
+        product: Product,
+        fault: Fault,
+        leaf: &Leaf,
+        ca_pem: &str,
+        gateway: SocketAddr,
+    ) -> Edge {
         let dir = tempfile::tempdir().expect("tempdir");
-        // A free port can be taken by someone else before the edge binds it: retry a few times.
-        for _ in 0..5 {
+        // A free port can be taken by someone else before the edge binds it (another test's
+        // edge, say): retry, and believe the port is ours only when the edge that answers
+        // there carries this instance's marker.
+        for attempt in 0..5 {
             let port = free_port();
-            let mut cmd = command(product, fault, port, leaf, gateway, dir.path());
+            let marker = format!("{}-{port}-{attempt}", std::process::id());
+            let mut cmd = command(product, fault, port, leaf, gateway, dir.path(), &marker);
             let mut child = cmd
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -58,11 +70,17 @@ impl Edge {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
             loop {
                 if TcpStream::connect(addr).await.is_ok() {
-                    return Edge {
-                        addr,
-                        child,
-                        _dir: dir,
-                    };
+                    if answers_with(addr, ca_pem, &marker).await {
+                        return Edge {
+                            addr,
+                            child,
+                            _dir: dir,
+                        };
+                    }
+                    eprintln!("{product:?}: another server holds {addr}; retrying");
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
                 }
                 if let Ok(Some(status)) = child.try_wait() {
                     eprintln!("{product:?} exited ({status}); retrying on another port");
@@ -83,6 +101,25 @@ impl Drop for Edge {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Does the edge at `addr` put `marker` on its answers?
+async fn answers_with(addr: SocketAddr, ca_pem: &str, marker: &str) -> bool {
+    let work = async {
+        let config = tls_client::default_client(ca_pem);
+        let mut tls = tls_client::try_connect(addr, config, "localhost")
+            .await
+            .ok()?;
+        let request = "GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+        tls.write_all(request.as_bytes()).await.ok()?;
+        let mut answer = Vec::new();
+        let _ = tls.take(64 * 1024).read_to_end(&mut answer).await;
+        Some(String::from_utf8_lossy(&answer).to_ascii_lowercase())
+    };
+    match tokio::time::timeout(Duration::from_secs(10), work).await {
+        Ok(Some(answer)) => answer.contains(&format!("x-edge-instance: {marker}")),
+        _ => false,
     }
 }
 
@@ -109,20 +146,28 @@ fn command(
     leaf: &Leaf,
     gateway: SocketAddr,
     dir: &Path,
+    marker: &str,
 ) -> Command {
     match product {
-        Product::Nginx => nginx(fault, port, leaf, gateway, dir),
-        Product::Haproxy => haproxy(fault, port, leaf, gateway, dir),
-        Product::Caddy => caddy(fault, port, leaf, gateway, dir),
+        Product::Nginx => nginx(fault, port, leaf, gateway, dir, marker),
+        Product::Haproxy => haproxy(fault, port, leaf, gateway, dir, marker),
+        Product::Caddy => caddy(fault, port, leaf, gateway, dir, marker),
     }
 }
 
-fn nginx(fault: Fault, port: u16, leaf: &Leaf, gateway: SocketAddr, dir: &Path) -> Command {
+fn nginx(
+    fault: Fault,
+    port: u16,
+    leaf: &Leaf,
+    gateway: SocketAddr,
+    dir: &Path,
+    marker: &str,
+) -> Command {
     let mut p = profile("nginx.conf");
     p = swap(
         p,
         "listen 443 ssl;",
-        &format!("listen 127.0.0.1:{port} ssl;"),
+        &format!("listen 127.0.0.1:{port} ssl;\n    add_header X-Edge-Instance {marker} always;"),
     );
     p = swap(
         p,
@@ -141,7 +186,7 @@ fn nginx(fault: Fault, port: u16, leaf: &Leaf, gateway: SocketAddr, dir: &Path) 
             let p = swap(p, "proxy_set_header Upgrade $http_upgrade;", "");
             swap(p, "proxy_set_header Connection $connection_upgrade;", "")
         }
-        Fault::ReadTimeout5s => swap(p, "proxy_read_timeout 3600s;", "proxy_read_timeout 5s;"),
+        Fault::IdleCut6s => swap(p, "proxy_read_timeout 3600s;", "proxy_read_timeout 6s;"),
         Fault::Body1KiB => swap(p, "client_max_body_size 16m;", "client_max_body_size 1k;"),
     };
     let d = dir.display();
@@ -161,7 +206,14 @@ fn nginx(fault: Fault, port: u16, leaf: &Leaf, gateway: SocketAddr, dir: &Path) 
     cmd
 }
 
-fn haproxy(fault: Fault, port: u16, leaf: &Leaf, gateway: SocketAddr, dir: &Path) -> Command {
+fn haproxy(
+    fault: Fault,
+    port: u16,
+    leaf: &Leaf,
+    gateway: SocketAddr,
+    dir: &Path,
+    marker: &str,
+) -> Command {
     // HAProxy takes the certificate and key in one file.
     let cert = std::fs::read_to_string(&leaf.cert).expect("leaf cert");
     let key = std::fs::read_to_string(&leaf.key).expect("leaf key");
@@ -177,6 +229,11 @@ fn haproxy(fault: Fault, port: u16, leaf: &Leaf, gateway: SocketAddr, dir: &Path
         "server gw1 10.0.0.10:8080 check",
         &format!("server gw1 {gateway} check"),
     );
+    p = swap(
+        p,
+        "  option forwardfor\n",
+        &format!("  option forwardfor\n  http-response set-header X-Edge-Instance {marker}\n"),
+    );
     p = match fault {
         Fault::None => p,
         Fault::NoUpgrade => swap(
@@ -184,7 +241,7 @@ fn haproxy(fault: Fault, port: u16, leaf: &Leaf, gateway: SocketAddr, dir: &Path
             "  option forwardfor\n",
             "  option forwardfor\n  http-request del-header Upgrade\n  http-request del-header Connection\n",
         ),
-        Fault::ReadTimeout5s => swap(p, "timeout tunnel 1h", "timeout tunnel 5s"),
+        Fault::IdleCut6s => swap(p, "timeout tunnel 1h", "timeout tunnel 6s"),
         Fault::Body1KiB => swap(
             p,
             "  #   http-request deny deny_status 413 if { req.hdr_val(content-length) gt 16777216 }",
@@ -197,7 +254,14 @@ fn haproxy(fault: Fault, port: u16, leaf: &Leaf, gateway: SocketAddr, dir: &Path
     cmd
 }
 
-fn caddy(fault: Fault, port: u16, leaf: &Leaf, gateway: SocketAddr, dir: &Path) -> Command {
+fn caddy(
+    fault: Fault,
+    port: u16,
+    leaf: &Leaf,
+    gateway: SocketAddr,
+    dir: &Path,
+    marker: &str,
+) -> Command {
     let d = dir.display();
     let mut p = profile("Caddyfile");
     // Our own certificate instead of automatic HTTPS, and nothing on ports 80/443 or the admin
@@ -207,7 +271,7 @@ fn caddy(fault: Fault, port: u16, leaf: &Leaf, gateway: SocketAddr, dir: &Path) 
         "gw.example.com {",
         &format!(
             "{{\n\tadmin off\n\tauto_https disable_redirects\n\thttp_port {}\n\tstorage file_system {d}/data\n}}\n\n\
-             https://localhost:{port} {{\n\ttls {} {}",
+             https://localhost:{port} {{\n\ttls {} {}\n\theader X-Edge-Instance {marker}",
             free_port(),
             leaf.cert.display(),
             leaf.key.display()
@@ -225,7 +289,7 @@ fn caddy(fault: Fault, port: u16, leaf: &Leaf, gateway: SocketAddr, dir: &Path) 
             "lb_policy least_conn",
             "lb_policy least_conn\n\t\t\theader_up -Upgrade\n\t\t\theader_up -Connection",
         ),
-        Fault::ReadTimeout5s => {
+        Fault::IdleCut6s => {
             panic!("Caddy has no idle timeout on upgraded connections to break")
         }
         Fault::Body1KiB => {

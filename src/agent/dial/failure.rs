@@ -84,6 +84,9 @@ pub struct DialError {
     pub step: Step,
     pub failure: Failure,
     pub message: String,
+    /// When the failure is an HTTP answer the gateway itself gave (its marker header is on
+    /// it): the body, which says why. `None` for everything else, a hop's answers included.
+    pub gateway_answer: Option<String>,
 }
 
 impl fmt::Display for DialError {
@@ -118,6 +121,7 @@ pub(super) fn fail(step: Step, failure: Failure, message: impl Into<String>) -> 
         step,
         failure,
         message: message.into(),
+        gateway_answer: None,
     }
 }
 
@@ -288,11 +292,16 @@ fn status_error(e: WsError) -> DialError {
         502..=504 => "a proxy or load balancer in front cannot reach the gateway",
         _ => "unexpected answer",
     };
-    fail(
+    let mut e = fail(
         Step::Upgrade,
         Failure::Status { status },
         format!("HTTP {status} from {by}{body}: {hint}"),
-    )
+    );
+    if resp.headers().contains_key(crate::probe::MARKER_HEADER) {
+        let said = resp.body().as_deref().map(String::from_utf8_lossy);
+        e.gateway_answer = Some(said.unwrap_or_default().chars().take(200).collect());
+    }
+    e
 }
 
 #[cfg(test)]

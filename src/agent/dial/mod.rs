@@ -203,9 +203,22 @@ impl Connector {
         Ok((ws, response))
     }
 
-    /// The headers every request to the gateway carries: Host, User-Agent, the device token.
+    /// The headers every request to the gateway carries (Host, User-Agent, the device token,
+    /// custom headers), without the WebSocket handshake's own.
     pub fn device_headers(&self, target: &Target) -> Result<http::HeaderMap, DialError> {
-        Ok(self.request(target)?.headers().clone())
+        let mut headers = self.request(target)?.headers().clone();
+        let handshake: Vec<_> = headers
+            .keys()
+            .filter(|n| {
+                let n = n.as_str();
+                n == "connection" || n == "upgrade" || n.starts_with("sec-websocket-")
+            })
+            .cloned()
+            .collect();
+        for name in handshake {
+            headers.remove(name);
+        }
+        Ok(headers)
     }
 
     async fn step<T>(

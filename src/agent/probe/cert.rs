@@ -81,6 +81,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn issuer_and_subject_of_a_real_certificate() {
+        use rcgen::{CertificateParams, DnType, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(DnType::CommonName, "Edge CA");
+        ca.distinguished_name
+            .push(DnType::OrganizationName, "Example WAF Inc");
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let mut leaf = CertificateParams::new(vec!["gw.example.com".to_string()]).unwrap();
+        leaf.distinguished_name
+            .push(DnType::CommonName, "gw.example.com");
+        let cert = leaf.signed_by(&key, &issuer).unwrap();
+        let (issuer, subject) = names(cert.der()).expect("parsed");
+        assert_eq!(issuer, "CN=Edge CA, O=Example WAF Inc");
+        assert_eq!(subject, "CN=gw.example.com");
+    }
+
+    #[test]
     fn garbage_and_truncation_give_none_not_a_panic() {
         assert_eq!(names(&[]), None);
         assert_eq!(names(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]), None);

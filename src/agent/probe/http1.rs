@@ -86,20 +86,22 @@ async fn read_answer(stream: &mut GatewayStream) -> Result<Answer, String> {
                         headers.append(name, value);
                     }
                 }
-                let want = headers
-                    .get(http::header::CONTENT_LENGTH)
+                let chunked = headers
+                    .get(http::header::TRANSFER_ENCODING)
                     .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<usize>().ok())
-                    .unwrap_or(MAX_BODY)
-                    .min(MAX_BODY);
-                let mut body = buf[at..].to_vec();
-                while body.len() < want {
-                    match stream.read(&mut chunk).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => body.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                body.truncate(want);
+                    .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+                let rest = buf[at..].to_vec();
+                let body = if chunked {
+                    read_chunked(stream, rest).await
+                } else {
+                    let want = headers
+                        .get(http::header::CONTENT_LENGTH)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<usize>().ok())
+                        .unwrap_or(MAX_BODY)
+                        .min(MAX_BODY);
+                    read_at_least(stream, rest, want).await
+                };
                 return Ok(Answer {
                     status,
                     headers,
@@ -109,6 +111,60 @@ async fn read_answer(stream: &mut GatewayStream) -> Result<Answer, String> {
             Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => continue,
             Ok(httparse::Status::Partial) => return Err("an answer head over 16 KiB".into()),
             Err(e) => return Err(format!("not an HTTP answer: {e}")),
+        }
+    }
+}
+
+/// Read until `buf` holds `want` bytes (or the stream ends), then cut it there.
+async fn read_at_least(stream: &mut GatewayStream, mut buf: Vec<u8>, want: usize) -> Vec<u8> {
+    let mut chunk = [0u8; 4096];
+    while buf.len() < want {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    buf.truncate(want);
+    buf
+}
+
+/// A chunked body, decoded, up to [`MAX_BODY`] (a hop may re-chunk the gateway's answer).
+async fn read_chunked(stream: &mut GatewayStream, mut raw: Vec<u8>) -> Vec<u8> {
+    let mut body = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let mut at = 0;
+    loop {
+        match httparse::parse_chunk_size(&raw[at..]) {
+            Ok(httparse::Status::Complete((header, size))) => {
+                let size = usize::try_from(size).unwrap_or(usize::MAX);
+                if size == 0 || body.len() >= MAX_BODY {
+                    return body;
+                }
+                let start = at + header;
+                // The chunk's data and its CRLF.
+                let end = start.saturating_add(size).saturating_add(2);
+                while raw.len() < end.min(start + MAX_BODY + 2) {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => {
+                            body.extend_from_slice(raw.get(start..).unwrap_or_default());
+                            body.truncate(MAX_BODY);
+                            return body;
+                        }
+                        Ok(n) => raw.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let data_end = (start + size).min(raw.len());
+                body.extend_from_slice(&raw[start..data_end]);
+                body.truncate(MAX_BODY);
+                at = end.min(raw.len());
+            }
+            Ok(httparse::Status::Partial) if raw.len() - at < 1024 => {
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return body,
+                    Ok(n) => raw.extend_from_slice(&chunk[..n]),
+                }
+            }
+            _ => return body,
         }
     }
 }

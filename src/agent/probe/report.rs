@@ -60,7 +60,7 @@ impl Report {
         self.checks.iter().any(|c| c.verdict == Verdict::Fail)
     }
 
-    /// The first failed check of this name, if any.
+    /// The check of this name, whatever its verdict, if it ran.
     pub fn find(&self, name: &str) -> Option<&Check> {
         self.checks.iter().find(|c| c.name == name)
     }

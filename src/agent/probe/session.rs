@@ -17,6 +17,15 @@ use crate::agent::dial::{
 use crate::agent::target::Target;
 use crate::probe::Hello;
 
+/// How one silent session fared.
+#[derive(Debug)]
+pub enum Silence {
+    Survived,
+    Cut(String),
+    /// It never opened (the gateway's own caps, a dial failure): says nothing about idling.
+    NotOpened(String),
+}
+
 pub struct Session {
     ws: WebSocketStream<GatewayStream>,
     pub hello: Hello,
@@ -53,6 +62,7 @@ impl Session {
                 step: Step::Upgrade,
                 failure: Failure::Protocol,
                 message: "upgraded, but the gateway's hello never came: is this a portcullis gateway's /probe?".into(),
+                gateway_answer: None,
             });
         };
         let mut sent_headers = connector.device_headers(target)?;
@@ -103,10 +113,10 @@ impl Session {
         }
     }
 
-    /// `n` one-byte echoes: (median, max) round trip in µs.
+    /// `n` (at least 1) one-byte echoes: (median, max) round trip in µs.
     pub async fn latency(&mut self, n: usize, timeout: Duration) -> Result<(u128, u128), String> {
-        let mut rtts = Vec::with_capacity(n);
-        for _ in 0..n {
+        let mut rtts = Vec::with_capacity(n.max(1));
+        for _ in 0..n.max(1) {
             let started = Instant::now();
             self.echo_binary(1, timeout).await?;
             rtts.push(started.elapsed().as_micros());
@@ -139,30 +149,36 @@ impl Session {
         target: &Target,
         silence: Duration,
         timeout: Duration,
-    ) -> Result<(), String> {
+    ) -> Silence {
         let mut trace = Trace::default();
-        let (mut session, _) = Session::open(connector, target, &mut trace, timeout)
-            .await
-            .map_err(|e| format!("could not open: {e}"))?;
-        // Watch the connection while silent, so a cut is seen when it happens.
-        match tokio::time::timeout(silence, session.ws.next()).await {
-            Err(_) => {}
-            Ok(Some(Ok(Message::Close(c)))) => {
-                return Err(match c {
-                    Some(c) => format!("closed with {} {:?}", u16::from(c.code), c.reason.as_str()),
-                    None => "closed with an empty Close frame".into(),
-                })
-            }
-            Ok(Some(Ok(_))) => return Err("unexpected message while silent".into()),
-            Ok(Some(Err(e))) => return Err(format!("connection broken: {e}")),
-            Ok(None) => return Err("TCP closed, no Close frame".into()),
+        let mut session = match Session::open(connector, target, &mut trace, timeout).await {
+            Ok((s, _)) => s,
+            Err(e) => return Silence::NotOpened(e.to_string()),
+        };
+        // Watch the connection while silent, so a cut is seen when it happens. A hop's own
+        // ping (and our pong to it) is not the device talking: it does not end the silence.
+        let deadline = tokio::time::Instant::now() + silence;
+        loop {
+            let cut = match tokio::time::timeout_at(deadline, session.ws.next()).await {
+                Err(_) => break,
+                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+                Ok(Some(Ok(Message::Close(Some(c))))) => {
+                    format!("closed with {} {:?}", u16::from(c.code), c.reason.as_str())
+                }
+                Ok(Some(Ok(Message::Close(None)))) => "closed with an empty Close frame".into(),
+                Ok(Some(Ok(_))) => "a message arrived while silent".into(),
+                Ok(Some(Err(e))) => format!("connection broken: {e}"),
+                Ok(None) => "TCP closed, no Close frame".into(),
+            };
+            return Silence::Cut(cut);
         }
-        session
-            .echo_binary(1, timeout)
-            .await
-            .map_err(|e| format!("silent {} s, then: {e}", silence.as_secs()))?;
-        session.close().await;
-        Ok(())
+        match session.echo_binary(1, timeout).await {
+            Ok(()) => {
+                session.close().await;
+                Silence::Survived
+            }
+            Err(e) => Silence::Cut(format!("silent {} s, then: {e}", silence.as_secs())),
+        }
     }
 
     async fn send(&mut self, m: Message) -> Result<(), String> {
