@@ -258,7 +258,7 @@ async fn over_the_session_rate_is_429_with_retry_after() {
     let gw = gateway("sessions_per_minute = 2").await;
     let _a = open(&gw, &[]).await.unwrap();
     let _b = open(&gw, &[]).await.unwrap();
-    let (status, headers) = open(&gw, &[]).await.err().expect("refused");
+    let (status, headers) = open(&gw, &[]).await.expect_err("refused");
     assert_eq!(status, 429);
     assert_eq!(headers.get("retry-after").unwrap(), "60");
     assert_eq!(headers.get("x-portcullis").unwrap(), "gateway");
