@@ -144,23 +144,16 @@ fn main() -> ExitCode {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            std::process::exit(1);
-        }
-    }
+    build(tokio::runtime::Builder::new_multi_thread())
 }
 
+/// For one-shot commands (a health check): no worker threads to start.
 fn current_thread() -> tokio::runtime::Runtime {
-    match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    build(tokio::runtime::Builder::new_current_thread())
+}
+
+fn build(mut builder: tokio::runtime::Builder) -> tokio::runtime::Runtime {
+    match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the async runtime: {e}");
