@@ -32,6 +32,8 @@ pub mod pipeline;
 pub mod policy;
 pub mod probe;
 pub mod shutdown;
+#[cfg(feature = "gateway")]
+pub mod store;
 pub mod stream;
 pub mod telemetry;
 

@@ -30,6 +30,9 @@ pub struct Config {
     pub mqtt: policy::MqttSettings,
     #[serde(default)]
     pub probe: ProbeSettings,
+    /// Where bans are kept across restarts. Absent: in memory only.
+    #[serde(default)]
+    pub store: Option<StoreSettings>,
     /// The file this came from, for reload on SIGHUP.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -190,6 +193,17 @@ impl Default for ShutdownSettings {
     }
 }
 
+/// `[store]`: the embedded ban store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSettings {
+    /// A directory of its own; the store is `dir/bans.redb`.
+    pub dir: PathBuf,
+    /// CSV with EMQX's columns `as,who,by,reason,at,until`, merged at every start.
+    #[serde(default)]
+    pub bootstrap_file: Option<PathBuf>,
+}
+
 /// `/probe`: the WebSocket echo and body-size check that `portcullis probe` walks a path with.
 /// On by default, because the admin debugging a WAF needs it most when nothing else works; its
 /// own rate and session caps keep it from being a free echo service. Fixed at start.
@@ -314,6 +328,12 @@ impl Config {
                 }
             }
             if let Some(f) = &mut l.trusted_proxies_file {
+                fix(f);
+            }
+        }
+        if let Some(store) = &mut self.store {
+            fix(&mut store.dir);
+            if let Some(f) = &mut store.bootstrap_file {
                 fix(f);
             }
         }

@@ -115,7 +115,7 @@ impl Gateway {
         let routes = build_routes(&config)?;
         let (trigger, drain) =
             shutdown::channel(Duration::from_secs(config.shutdown.drain_window_secs));
-        let bans = Arc::new(bans::AnnouncedBans::new());
+        let bans = Arc::new(open_bans(&config)?);
         let policy = Policy::new(&config.policy, bans.clone(), Default::default())
             .map_err(|e| format!("policy: {e}"))?;
         let shared = Arc::new(Shared {
@@ -230,7 +230,40 @@ impl Gateway {
         }
         self.hard_stop.cancel();
         self.tracker.wait().await;
+        // The gateway's own bans of the last moments are written down, and the store closed.
+        self.shared.bans.close().await;
     }
+}
+
+/// The ban list, with every unexpired ban of the store and the bootstrap file in force before
+/// a listener is bound (so no device slips in before its ban is known).
+fn open_bans(config: &Config) -> Result<bans::AnnouncedBans, String> {
+    let Some(settings) = &config.store else {
+        tracing::info!(
+            "bans are kept in memory only: a restart forgets them (set [store] dir to keep them)"
+        );
+        return Ok(bans::AnnouncedBans::new());
+    };
+    let now = std::time::SystemTime::now();
+    let store = crate::store::BanStore::open(&settings.dir)?;
+    let stored = store.load(now)?;
+    let path = store.path().display().to_string();
+    let bans = bans::AnnouncedBans::persistent(store.clone());
+    let restored = bans.restore(stored, now);
+    let mut merged = Vec::new();
+    if let Some(file) = &settings.bootstrap_file {
+        for ban in crate::store::read_bootstrap(file, now)? {
+            // A ban already on record (an admin's, say) is not replaced by the file's.
+            if bans.get(&ban.subject, now).is_none() {
+                merged.push(ban);
+            }
+        }
+    }
+    // One commit for the whole file, however long.
+    store.put(&merged)?;
+    let merged = bans.restore(merged, now);
+    tracing::info!(store = %path, restored, from_bootstrap_file = merged, "bans loaded");
+    Ok(bans)
 }
 
 /// Keyed limiter state, strike windows and expired bans are swept so that memory stays bounded

@@ -94,6 +94,9 @@ impl Ban {
 pub enum BanError {
     #[error("ban on {0} expired before it was inserted (expires is in the past)")]
     AlreadyExpired(Subject),
+    /// In force in memory, but not written down: it will not survive a restart.
+    #[error("ban on {0} is enforced but not persisted: {1}")]
+    NotPersisted(Subject, String),
 }
 
 /// For callers that report errors as text (`?` into `Result<_, String>`).
@@ -210,6 +213,23 @@ impl MemoryBanList {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Forgets expired bans; returns their subjects (a persistent store deletes them too).
+    pub fn sweep_expired(&self, now: SystemTime) -> Vec<Subject> {
+        let mut inner = self.write();
+        let expired: Vec<Subject> = inner
+            .bans
+            .values()
+            .filter(|b| !b.active(now))
+            .map(|b| b.subject.clone())
+            .collect();
+        for s in &expired {
+            inner.bans.remove(s);
+            inner.count(s, -1);
+        }
+        inner.bans.shrink_to_fit();
+        expired
+    }
 }
 
 impl BanList for MemoryBanList {
@@ -257,18 +277,6 @@ impl BanList for MemoryBanList {
     }
 
     fn sweep(&self, now: SystemTime) -> usize {
-        let mut inner = self.write();
-        let expired: Vec<Subject> = inner
-            .bans
-            .values()
-            .filter(|b| !b.active(now))
-            .map(|b| b.subject.clone())
-            .collect();
-        for s in &expired {
-            inner.bans.remove(s);
-            inner.count(s, -1);
-        }
-        inner.bans.shrink_to_fit();
-        expired.len()
+        self.sweep_expired(now).len()
     }
 }

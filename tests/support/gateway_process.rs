@@ -1,23 +1,40 @@
-//! The gateway as a separate process, for the agent-only build (`--no-default-features
-//! --features agent`), whose library has no gateway: the agent's tests run against the binary
-//! of a full build, named by `PORTCULLIS_GATEWAY_BIN`. Same interface as the in-process one.
+//! The gateway as a separate process: for the agent-only build (`--no-default-features
+//! --features agent`), whose library has no gateway, so the agent's tests run against the binary
+//! of a full build named by `PORTCULLIS_GATEWAY_BIN` (same interface as the in-process one); and
+//! for what only a process can show (`kill -9`).
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub struct TestGateway {
+pub struct GatewayProcess {
     child: Option<Child>,
     pub addrs: Vec<SocketAddr>,
+    /// Everything it logged after it started listening.
+    log: Arc<Mutex<Vec<String>>>,
     _dir: tempfile::TempDir,
 }
 
-impl TestGateway {
-    pub async fn start(toml: &str) -> TestGateway {
-        let bin = std::env::var("PORTCULLIS_GATEWAY_BIN").unwrap_or_else(|_| {
-            panic!("the agent-only tests run the gateway as a process: set PORTCULLIS_GATEWAY_BIN to a full build's portcullis binary")
-        });
+fn gateway_bin() -> String {
+    if let Ok(bin) = std::env::var("PORTCULLIS_GATEWAY_BIN") {
+        return bin;
+    }
+    #[cfg(feature = "gateway")]
+    return env!("CARGO_BIN_EXE_portcullis").to_string();
+    #[cfg(not(feature = "gateway"))]
+    panic!("the agent-only tests run the gateway as a process: set PORTCULLIS_GATEWAY_BIN to a full build's portcullis binary")
+}
+
+impl GatewayProcess {
+    pub async fn start(toml: &str) -> GatewayProcess {
+        Self::start_logging(toml, "info").await
+    }
+
+    /// With `RUST_LOG=<filter>`, for tests that wait for a log line.
+    pub async fn start_logging(toml: &str, filter: &str) -> GatewayProcess {
+        let bin = gateway_bin();
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("gateway.toml");
         std::fs::write(&file, toml).expect("write gateway.toml");
@@ -25,7 +42,7 @@ impl TestGateway {
         let mut child = Command::new(&bin)
             .args(["serve", "--config"])
             .arg(&file)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", filter)
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -35,8 +52,13 @@ impl TestGateway {
         // The gateway logs one "listening" line per bound listener, with addr=IP:PORT; the
         // rest of its log is drained so that it never blocks on a full pipe.
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let log: Arc<Mutex<Vec<String>>> = Arc::default();
+        let kept = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(mut kept) = kept.lock() {
+                    kept.push(line.clone());
+                }
                 if line.contains("listening") {
                     if let Some(addr) = line
                         .split_whitespace()
@@ -62,10 +84,40 @@ impl TestGateway {
                 ),
             }
         }
-        TestGateway {
+        GatewayProcess {
             child: Some(child),
             addrs,
+            log,
             _dir: dir,
+        }
+    }
+
+    /// Poll its log until a line contains every one of `parts`.
+    pub async fn wait_for_log(&self, parts: &[&str]) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let found = self.log.lock().ok().and_then(|lines| {
+                lines
+                    .iter()
+                    .find(|l| parts.iter().all(|p| l.contains(p)))
+                    .cloned()
+            });
+            if let Some(line) = found {
+                return line;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the gateway never logged {parts:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGKILL: no drain, no flush, no chance to write anything more.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 
@@ -96,7 +148,7 @@ impl TestGateway {
     }
 }
 
-impl Drop for TestGateway {
+impl Drop for GatewayProcess {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();

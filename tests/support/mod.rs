@@ -27,11 +27,10 @@ use std::time::Duration;
 use portcullis::{Config, Gateway};
 use tokio::net::{TcpListener, TcpStream};
 
+pub mod gateway_process;
 // The agent-only build has no gateway in the library: its tests run a full build's binary.
 #[cfg(not(feature = "gateway"))]
-mod gateway_process;
-#[cfg(not(feature = "gateway"))]
-pub use gateway_process::TestGateway;
+pub use gateway_process::GatewayProcess as TestGateway;
 
 /// Poll `cond` until it is true or `timeout` passes.
 pub async fn eventually<F: FnMut() -> bool>(timeout: Duration, mut cond: F) -> bool {
