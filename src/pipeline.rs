@@ -119,8 +119,28 @@ async fn story(
         Err(e) => return close_early(ws, &e).await,
     };
     tracing::debug!(upstream = %upstream_addr, "relaying");
-    let ending = forward::relay_websocket(ws, upstream, &settings, &shared.drain).await;
+    let kick = banned_while_relaying(&shared, client_ip);
+    let ending = forward::relay_websocket(ws, upstream, &settings, &shared.drain, kick).await;
     log_ending(&ending);
+}
+
+/// Resolves when a ban covering `ip` appears (an IP or CIDR ban, from any source): a raw
+/// tunnel names no client ID, so its address is what a ban can cover. Kicked with 1008.
+async fn banned_while_relaying(shared: &Shared, ip: std::net::IpAddr) -> Error {
+    use crate::policy::{BanList, Subject};
+    let mut bans = shared.bans.subscribe();
+    loop {
+        if bans.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        if let Some(ban) = shared
+            .bans
+            .get(&Subject::Ip(ip), std::time::SystemTime::now())
+        {
+            let why = format!("banned while connected: {}", ban.reason);
+            return Error::device(Kind::Kicked, why);
+        }
+    }
 }
 
 fn mqtt_ctx<'a>(

@@ -188,3 +188,48 @@ async fn a_reload_that_changes_the_listener_set_is_refused_whole() {
         0
     );
 }
+
+/// A raw `/tunnel` stream from `xff` (behind the trusted proxy 127.0.0.1), echo checked.
+async fn tunnel_from(gw: &TestGateway, xff: &str) -> tokio_tungstenite::WebSocketStream<TcpStream> {
+    let tcp = TcpStream::connect(gw.addr()).await.unwrap();
+    let mut ws =
+        support::ws::upgrade(tcp, &gw.ws_url("/tunnel/echo"), &[("x-forwarded-for", xff)]).await;
+    support::ws::assert_echo(&mut ws, b"before the ban").await;
+    ws
+}
+
+/// The next thing the gateway sends: its Close code.
+async fn close_code(ws: &mut tokio_tungstenite::WebSocketStream<TcpStream>) -> u16 {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+            Ok(Some(Ok(Message::Close(Some(c))))) => return u16::from(c.code),
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("expected a Close from the gateway, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn ip_and_cidr_bans_kick_live_tunnels_and_their_reconnect_gets_403() {
+    let echo = support::echo_server().await;
+    let listener = "trusted_proxies = [\"127.0.0.1/32\"]";
+    let gw = TestGateway::start(&support::ws::config(listener, &[("echo", echo)])).await;
+    let mut banned = tunnel_from(&gw, "198.51.100.20").await;
+    let mut in_net = tunnel_from(&gw, "203.0.113.77").await;
+    let mut bystander = tunnel_from(&gw, "192.0.2.5").await;
+
+    gw.gw().ban(ip_ban("198.51.100.20")).unwrap();
+    assert_eq!(close_code(&mut banned).await, 1008);
+    let mut net = ip_ban("203.0.113.0");
+    net.subject = Subject::Cidr("203.0.113.0/24".parse().unwrap());
+    gw.gw().ban(net).unwrap();
+    assert_eq!(close_code(&mut in_net).await, 1008);
+
+    // Nobody else is touched, and the banned come back to a 403.
+    support::ws::assert_echo(&mut bystander, b"still here").await;
+    let again = "GET /tunnel/echo HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nX-Forwarded-For: 203.0.113.9\r\n\r\n";
+    assert_eq!(status_of(gw.addr(), again).await, "HTTP/1.1 403 Forbidden");
+}

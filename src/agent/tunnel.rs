@@ -69,7 +69,14 @@ pub async fn carry(
     tracing::debug!(tunnel = %tunnel.name, %peer, "tunnel open");
 
     let started = Instant::now();
-    let relay = relay_websocket(ws, local, &agent.relay, &agent.drain);
+    // Nothing bans a local client: only the gateway and the drain end a tunnel.
+    let relay = relay_websocket(
+        ws,
+        local,
+        &agent.relay,
+        &agent.drain,
+        std::future::pending(),
+    );
     tokio::pin!(relay);
     let ending = tokio::select! {
         ending = &mut relay => ending,

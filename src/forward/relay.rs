@@ -65,12 +65,14 @@ struct Counters {
     missed_pongs: AtomicU32,
 }
 
-/// Relay a device WebSocket to an upstream TCP connection until either ends.
+/// Relay a device WebSocket to an upstream TCP connection until either ends, the drain reaches
+/// this connection, or `kick` resolves (a ban that covers it: its error says why).
 pub async fn relay_websocket<S>(
     ws: WebSocketStream<S>,
     upstream: TcpStream,
     settings: &RelaySettings,
     drain: &Drain,
+    kick: impl std::future::Future<Output = Error>,
 ) -> Ending
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -88,10 +90,12 @@ where
     let first = {
         let mut u2d = pin!(upstream_to_device(&mut sink, up, &counters, settings));
         let mut turn = pin!(drain.my_turn());
+        let mut kick = pin!(kick);
         tokio::select! {
             stop = &mut d2u => { d2u_done = true; stop }
             stop = &mut u2d => stop,
             () = &mut turn => Stop::Draining,
+            e = &mut kick => Stop::Failed(e),
         }
     };
 
