@@ -129,6 +129,8 @@ async fn story(
 async fn banned_while_relaying(shared: &Shared, ip: std::net::IpAddr) -> Error {
     use crate::policy::{BanList, Subject};
     let mut bans = shared.bans.subscribe();
+    // A ban issued between the handshake's check and now is looked for at once.
+    bans.mark_changed();
     loop {
         if bans.changed().await.is_err() {
             return std::future::pending().await;

@@ -205,6 +205,7 @@ async fn admin_ban_kicks_connected_devices_and_only_them() {
                 created: now,
                 expires: Some(now + Duration::from_secs(3600)),
             })
+            .await
             .unwrap();
     }
     let err = policy_gw::next_matching(&mut ended, "the kick", |_| true).await;

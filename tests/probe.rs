@@ -374,6 +374,7 @@ async fn a_banned_ip_behind_a_trusted_proxy_cannot_post_either() {
             created: now,
             expires: Some(now + Duration::from_secs(3600)),
         })
+        .await
         .unwrap();
     let status = |xff: &'static str| {
         let addr = gw.addr();

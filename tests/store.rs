@@ -51,6 +51,7 @@ async fn an_admin_ban_is_enforced_again_after_a_restart() {
     let mut gw = TestGateway::start(&toml).await;
     gw.gw()
         .ban(admin_ban("meter-stolen", Duration::from_secs(3600)))
+        .await
         .unwrap();
     assert_eq!(connack(&gw.ws_url("/mqtt"), "meter-stolen").await, 0x8A);
     gw.shutdown().await;
@@ -75,7 +76,7 @@ async fn the_gateways_own_ban_survives_kill_9() {
     }
     assert_eq!(codes, [0, 0, 0, 0x9F, 0x9F, 0x8A]);
     // Written behind within a second: wait for the commit, then give it no chance to do more.
-    process.wait_for_log(&["bans persisted"]).await;
+    process.wait_for_log(&["bans persisted", "changes=1"]).await;
     process.kill9();
 
     let gw = TestGateway::start(&toml).await;
@@ -86,39 +87,77 @@ async fn the_gateways_own_ban_survives_kill_9() {
 async fn an_expired_ban_is_neither_enforced_nor_kept() {
     let broker = Broker::spawn().await;
     let dir = tempfile::tempdir().unwrap();
-    let toml = config(&broker, dir.path(), "");
-    let mut gw = TestGateway::start(&toml).await;
-    let ban = admin_ban("meter-brief", Duration::from_secs(1));
-    let until = ban.expires.unwrap();
-    gw.gw().ban(ban).unwrap();
-    assert_eq!(connack(&gw.ws_url("/mqtt"), "meter-brief").await, 0x8A);
-    gw.shutdown().await;
-    // The wall clock has to pass the ban's end: poll it.
-    while SystemTime::now() <= until {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let mut gw = TestGateway::start(&toml).await;
-    assert_eq!(connack(&gw.ws_url("/mqtt"), "meter-brief").await, 0);
+    // A ban that ended a minute ago, and one still running, on record before the start.
+    let mut ended = admin_ban("meter-served", Duration::from_secs(3600));
+    ended.created -= Duration::from_secs(7200);
+    ended.expires = Some(SystemTime::now() - Duration::from_secs(60));
+    let running = admin_ban("meter-serving", Duration::from_secs(3600));
+    let store = portcullis::store::BanStore::open(dir.path()).unwrap();
+    store.put(&[ended, running]).unwrap();
+    drop(store);
+
+    let mut gw = TestGateway::start(&config(&broker, dir.path(), "")).await;
+    assert_eq!(connack(&gw.ws_url("/mqtt"), "meter-served").await, 0);
+    assert_eq!(connack(&gw.ws_url("/mqtt"), "meter-serving").await, 0x8A);
     gw.shutdown().await;
     // Deleted from the file at that start, not just ignored.
     let store = portcullis::store::BanStore::open(dir.path()).unwrap();
-    assert!(store.load(SystemTime::UNIX_EPOCH).unwrap().is_empty());
+    let left = store.load(SystemTime::UNIX_EPOCH).unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].subject, Subject::ClientId("meter-serving".into()));
 }
 
 #[tokio::test]
-async fn a_corrupt_store_refuses_to_start_and_names_the_file() {
+async fn a_store_that_cannot_be_used_refuses_the_start_and_says_why() {
     let broker = Broker::spawn().await;
+    let start = |dir: &Path| {
+        let config = portcullis::Config::parse(&config(&broker, dir, ""), None).unwrap();
+        async move {
+            match Gateway::start(config).await {
+                Ok(_) => panic!("started"),
+                Err(e) => e,
+            }
+        }
+    };
+    // Not a redb file at all.
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("bans.redb");
     std::fs::write(&file, vec![0xA5u8; 8192]).unwrap();
-    let toml = config(&broker, dir.path(), "");
-    let config = portcullis::Config::parse(&toml, None).unwrap();
-    let e = match Gateway::start(config).await {
-        Ok(_) => panic!("started on a corrupt store"),
-        Err(e) => e,
-    };
-    assert!(e.contains(&file.display().to_string()), "{e}");
-    assert!(e.contains("move it aside"), "{e}");
+    let e = start(dir.path()).await;
+    assert!(
+        e.contains(&file.display().to_string()) && e.contains("move it aside"),
+        "{e}"
+    );
+    // Empty: not silently a new store.
+    std::fs::write(&file, b"").unwrap();
+    let e = start(dir.path()).await;
+    assert!(
+        e.contains("the file is empty") && e.contains("move it aside"),
+        "{e}"
+    );
+    // A sound file with a record that does not parse.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = redb::Database::create(dir.path().join("bans.redb")).unwrap();
+        let t: redb::TableDefinition<&str, &str> = redb::TableDefinition::new("bans");
+        let txn = db.begin_write().unwrap();
+        txn.open_table(t)
+            .unwrap()
+            .insert("clientid\0x", "{not json")
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let e = start(dir.path()).await;
+    assert!(e.contains("record") && e.contains("move it aside"), "{e}");
+    // In use by another gateway: not "move it aside", which would lose its bans.
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = TestGateway::start(&config(&broker, dir.path(), "")).await;
+    let e = start(dir.path()).await;
+    assert!(
+        e.contains("in use by another process") && !e.contains("move it aside"),
+        "{e}"
+    );
+    first.shutdown().await;
 }
 
 #[tokio::test]

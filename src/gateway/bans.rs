@@ -3,79 +3,91 @@
 //! Bans come from several places (a publish that struck out, a connect flood at accept, a
 //! flapping client at CONNECT, an admin). Wrapping the store is the one place that sees them
 //! all, so whichever path issues a ban, connected devices it covers are kicked, and, with a
-//! `[store]`, it is written down: an admin's (or the file's) before the call returns, the
-//! gateway's own within a second, batched.
+//! `[store]`, it is written down: the gateway's own within a second, batched; an admin's before
+//! `Gateway::ban` returns (it waits for [`AnnouncedBans::flush`]).
 
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use tokio::sync::watch;
 
-use crate::policy::{Ban, BanError, BanList, BanSource, MemoryBanList, Subject};
-use crate::store::{BanStore, Change, WriteBehind};
+use crate::policy::{Ban, BanError, BanList, MemoryBanList, Subject};
+use crate::store::{BanStore, Writer};
 
 pub struct AnnouncedBans {
-    store: MemoryBanList,
+    store: Arc<MemoryBanList>,
     /// Bumped on every insert; each connection re-checks its identity when it changes.
     epoch: watch::Sender<u64>,
     /// Taken out at shutdown, so that the store's file is closed when the gateway is.
-    disk: RwLock<Option<Disk>>,
-}
-
-struct Disk {
-    store: BanStore,
-    behind: WriteBehind,
+    disk: RwLock<Option<Writer>>,
 }
 
 impl AnnouncedBans {
     /// Bans in memory only.
     pub fn new() -> Self {
         AnnouncedBans {
-            store: MemoryBanList::default(),
+            store: Arc::default(),
             epoch: watch::channel(0).0,
             disk: RwLock::new(None),
         }
     }
 
-    /// Bans in memory, written to `store` (the writer runs on the current runtime).
-    pub fn persistent(store: BanStore) -> Self {
-        let behind = store.write_behind();
+    /// Bans in memory, written to `store` by its writer (started on the current runtime).
+    pub fn persistent(store: &BanStore) -> Self {
+        let memory: Arc<MemoryBanList> = Arc::default();
+        let writer = store.writer(memory.clone());
         AnnouncedBans {
-            disk: RwLock::new(Some(Disk { store, behind })),
-            ..AnnouncedBans::new()
+            store: memory,
+            epoch: watch::channel(0).0,
+            disk: RwLock::new(Some(writer)),
         }
     }
 
-    /// Bans read back from the store at start: into memory, not written again.
+    /// Bans read back from the store (or just written there) at start: into memory only.
     pub fn restore(&self, bans: Vec<Ban>, now: SystemTime) -> usize {
         bans.into_iter()
             .filter(|b| self.store.insert(b.clone(), now).is_ok())
             .count()
     }
 
-    /// Everything queued for the store is committed.
-    pub async fn flush(&self) {
-        let behind = self.disk().as_ref().map(|d| d.behind.clone());
-        if let Some(behind) = behind {
-            behind.flush().await;
+    /// The ban on exactly `subject`, if one is in force.
+    pub fn get_exact(&self, subject: &Subject, now: SystemTime) -> Option<Ban> {
+        self.store.get_exact(subject, now)
+    }
+
+    /// Everything changed so far is on disk (an admin's change waits for this before it is
+    /// confirmed). `Ok` without a store.
+    pub async fn flush(&self) -> Result<(), String> {
+        match self.writer() {
+            Some(w) => w.flush().await,
+            None => Ok(()),
         }
     }
 
-    /// Commit what is queued and close the store (a clean shutdown). Bans stay in memory.
+    /// Commit what is pending and close the store (a clean shutdown). Bans stay in memory.
     pub async fn close(&self) {
-        let disk = self.disk.write().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(disk) = disk {
-            disk.behind.close().await;
+        let writer = self.disk.write().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(w) = writer {
+            if let Err(e) = w.close().await {
+                tracing::error!("closing the ban store: {e}");
+            }
         }
-    }
-
-    fn disk(&self) -> std::sync::RwLockReadGuard<'_, Option<Disk>> {
-        // Poisoned only by a panic elsewhere; the Option is always consistent.
-        self.disk.read().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.epoch.subscribe()
+    }
+
+    /// The writer, cloned out of the lock: nothing waits under it.
+    fn writer(&self) -> Option<Writer> {
+        // Poisoned only by a panic elsewhere; the Option is always consistent.
+        self.disk.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn changed(&self, subject: &Subject) {
+        if let Some(w) = self.writer() {
+            w.changed(subject.clone().canonical());
+        }
     }
 }
 
@@ -85,32 +97,16 @@ impl BanList for AnnouncedBans {
     }
 
     fn insert(&self, ban: Ban, now: SystemTime) -> Result<(), BanError> {
-        self.store.insert(ban.clone(), now)?;
+        let subject = ban.subject.clone();
+        self.store.insert(ban, now)?;
         self.epoch.send_modify(|e| *e = e.wrapping_add(1));
-        let disk = self.disk();
-        let Some(disk) = disk.as_ref() else {
-            return Ok(());
-        };
-        match ban.source {
-            // A person (or their file) is told the ban is kept only once it is on disk.
-            BanSource::Admin | BanSource::File => disk
-                .store
-                .put(std::slice::from_ref(&ban))
-                .map_err(|e| BanError::NotPersisted(ban.subject.clone(), e)),
-            BanSource::Auto | BanSource::Peer => {
-                disk.behind.send(Change::Put(Box::new(ban)));
-                Ok(())
-            }
-        }
+        self.changed(&subject);
+        Ok(())
     }
 
     fn remove(&self, subject: &Subject) -> Option<Ban> {
         let removed = self.store.remove(subject);
-        if let Some(disk) = self.disk().as_ref() {
-            if let Err(e) = disk.store.delete(subject) {
-                tracing::error!("{e}: the ban on {subject} is lifted until the next restart only");
-            }
-        }
+        self.changed(subject);
         removed
     }
 
@@ -120,11 +116,9 @@ impl BanList for AnnouncedBans {
 
     fn sweep(&self, now: SystemTime) -> usize {
         let expired = self.store.sweep_expired(now);
-        if let Some(disk) = self.disk().as_ref() {
-            for subject in &expired {
-                disk.behind
-                    .send(Change::DeleteExpired(subject.clone(), now));
-            }
+        // The writer writes what memory holds for them: nothing, unless a newer ban came.
+        for subject in &expired {
+            self.changed(subject);
         }
         expired.len()
     }
@@ -133,60 +127,83 @@ impl BanList for AnnouncedBans {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::BanSource;
     use std::time::Duration;
 
-    fn ban(id: &str, source: BanSource, now: SystemTime) -> Ban {
+    fn ban(id: &str, source: BanSource, now: SystemTime, lasting: Option<u64>) -> Ban {
         Ban {
             subject: Subject::ClientId(id.into()),
             reason: "test".into(),
             source,
             created: now,
-            expires: Some(now + Duration::from_secs(600)),
+            expires: lasting.map(|s| now + Duration::from_secs(s)),
         }
     }
 
+    fn on_disk(store: &BanStore, id: &str) -> Option<Ban> {
+        let far = SystemTime::UNIX_EPOCH;
+        store
+            .load(far)
+            .unwrap()
+            .into_iter()
+            .find(|b| b.subject == Subject::ClientId(id.into()))
+    }
+
     #[tokio::test]
-    async fn an_admin_ban_is_on_disk_when_insert_returns_an_automatic_one_soon_after() {
+    async fn a_flush_puts_every_change_on_disk() {
         let dir = tempfile::tempdir().unwrap();
         let store = BanStore::open(dir.path()).unwrap();
-        let bans = AnnouncedBans::persistent(store.clone());
+        let bans = AnnouncedBans::persistent(&store);
         let now = SystemTime::now();
-        bans.insert(ban("by-admin", BanSource::Admin, now), now)
+        bans.insert(ban("by-policy", BanSource::Auto, now, Some(600)), now)
             .unwrap();
-        let on_disk = |id: &str| {
-            store
-                .load(now)
-                .unwrap()
-                .iter()
-                .any(|b| b.subject == Subject::ClientId(id.into()))
-        };
-        assert!(on_disk("by-admin"), "written before insert returned");
-        bans.insert(ban("by-policy", BanSource::Auto, now), now)
+        bans.flush().await.unwrap();
+        assert!(on_disk(&store, "by-policy").is_some());
+        bans.remove(&Subject::ClientId("by-policy".into()));
+        bans.flush().await.unwrap();
+        assert!(on_disk(&store, "by-policy").is_none());
+    }
+
+    #[tokio::test]
+    async fn the_file_ends_as_memory_whatever_the_order_of_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BanStore::open(dir.path()).unwrap();
+        let bans = AnnouncedBans::persistent(&store);
+        let now = SystemTime::now();
+        // An automatic ban, then an admin lifting it, before the writer ran: stays lifted.
+        bans.insert(ban("a", BanSource::Auto, now, Some(600)), now)
             .unwrap();
-        bans.flush().await;
-        assert!(on_disk("by-policy"));
-        assert!(bans.remove(&Subject::ClientId("by-admin".into())).is_some());
-        assert!(!on_disk("by-admin"), "removed before remove returned");
+        bans.remove(&Subject::ClientId("a".into()));
+        // An automatic ban, then an admin's permanent one on the same device: the admin's wins.
+        bans.insert(ban("b", BanSource::Auto, now, Some(600)), now)
+            .unwrap();
+        bans.insert(ban("b", BanSource::Admin, now, None), now)
+            .unwrap();
+        bans.flush().await.unwrap();
+        assert!(on_disk(&store, "a").is_none());
+        let b = on_disk(&store, "b").expect("b on disk");
+        assert_eq!((b.source, b.expires), (BanSource::Admin, None));
     }
 
     #[tokio::test]
     async fn the_sweeper_deletes_an_expired_record_but_not_a_newer_ban_on_the_subject() {
         let dir = tempfile::tempdir().unwrap();
         let store = BanStore::open(dir.path()).unwrap();
-        let bans = AnnouncedBans::persistent(store.clone());
-        let t0 = SystemTime::now();
-        let mut short = ban("dev", BanSource::Admin, t0);
-        short.expires = Some(t0 + Duration::from_secs(1));
-        bans.insert(short, t0).unwrap();
-        let later = t0 + Duration::from_secs(2);
-        assert_eq!(bans.sweep(later), 1);
-        // A new ban on the same device before the writer ran: the sweep's delete must spare it.
-        bans.insert(ban("dev", BanSource::Admin, later), later)
+        let bans = AnnouncedBans::persistent(&store);
+        let t0 = SystemTime::now() - Duration::from_secs(10);
+        bans.insert(ban("old", BanSource::Admin, t0, Some(600)), t0)
             .unwrap();
-        bans.flush().await;
-        let kept = store.load(later).unwrap();
-        assert_eq!(kept.len(), 1);
-        // The newer ban (ten minutes from `later`), not the expired one.
-        assert!(kept[0].active(later + Duration::from_secs(60)), "{kept:?}");
+        bans.insert(ban("dev", BanSource::Admin, t0, Some(600)), t0)
+            .unwrap();
+        bans.flush().await.unwrap();
+        // Both have expired by `later`; "dev" is banned anew before the writer runs.
+        let later = t0 + Duration::from_secs(601);
+        assert_eq!(bans.sweep(later), 2);
+        bans.insert(ban("dev", BanSource::Admin, later, Some(600)), later)
+            .unwrap();
+        bans.flush().await.unwrap();
+        assert!(on_disk(&store, "old").is_none());
+        let dev = on_disk(&store, "dev").expect("the newer ban is kept");
+        assert!(dev.active(later + Duration::from_secs(60)), "{dev:?}");
     }
 }

@@ -19,7 +19,7 @@ use crate::forward::probe::ProbeGate;
 use crate::forward::Pool;
 use crate::listener::{self, Listener, ListenerCtx};
 use crate::pipeline;
-use crate::policy::{Admit, Ban, BanList, Policy};
+use crate::policy::{Admit, Ban, BanError, BanList, Policy, Subject};
 use crate::shutdown::{self, Drain, DrainTrigger};
 
 type Routes = HashMap<String, Arc<Pool>>;
@@ -115,7 +115,7 @@ impl Gateway {
         let routes = build_routes(&config)?;
         let (trigger, drain) =
             shutdown::channel(Duration::from_secs(config.shutdown.drain_window_secs));
-        let bans = Arc::new(open_bans(&config)?);
+        let bans = Arc::new(open_bans(&config).await?);
         let policy = Policy::new(&config.policy, bans.clone(), Default::default())
             .map_err(|e| format!("policy: {e}"))?;
         let shared = Arc::new(Shared {
@@ -197,12 +197,26 @@ impl Gateway {
     }
 
     /// Add a ban (as an admin would) and kick whoever it covers.
-    pub fn ban(&self, ban: Ban) -> Result<(), String> {
+    pub async fn ban(&self, ban: Ban) -> Result<(), String> {
+        let subject = ban.subject.clone();
         self.shared
             .bans
             .insert(ban, std::time::SystemTime::now())
             .map_err(|e| e.to_string())?;
-        Ok(())
+        // With a store, the ban is on disk before this says so.
+        self.shared
+            .bans
+            .flush()
+            .await
+            .map_err(|e| BanError::NotPersisted(subject, e).to_string())
+    }
+
+    /// Lift the ban on exactly `subject`: `Ok(None)` if there was none. With a store, the
+    /// removal is on disk before this returns.
+    pub async fn unban(&self, subject: &Subject) -> Result<Option<Ban>, String> {
+        let removed = self.shared.bans.remove(subject);
+        self.shared.bans.flush().await?;
+        Ok(removed)
     }
 
     /// Connections still open (handshaking or relaying).
@@ -237,32 +251,40 @@ impl Gateway {
 
 /// The ban list, with every unexpired ban of the store and the bootstrap file in force before
 /// a listener is bound (so no device slips in before its ban is known).
-fn open_bans(config: &Config) -> Result<bans::AnnouncedBans, String> {
-    let Some(settings) = &config.store else {
+async fn open_bans(config: &Config) -> Result<bans::AnnouncedBans, String> {
+    let Some(settings) = config.store.clone() else {
         tracing::info!(
             "bans are kept in memory only: a restart forgets them (set [store] dir to keep them)"
         );
         return Ok(bans::AnnouncedBans::new());
     };
     let now = std::time::SystemTime::now();
-    let store = crate::store::BanStore::open(&settings.dir)?;
-    let stored = store.load(now)?;
-    let path = store.path().display().to_string();
-    let bans = bans::AnnouncedBans::persistent(store.clone());
+    // Opening checks the file's integrity and the bootstrap file is committed: blocking work.
+    let (store, stored, file) = tokio::task::spawn_blocking(move || {
+        let store = crate::store::BanStore::open(&settings.dir)?;
+        let stored = store.load(now)?;
+        let file = match &settings.bootstrap_file {
+            Some(f) => crate::store::read_bootstrap(f, now)?,
+            None => Vec::new(),
+        };
+        Ok::<_, String>((store, stored, file))
+    })
+    .await
+    .map_err(|e| format!("opening the ban store: {e}"))??;
+    let bans = bans::AnnouncedBans::persistent(&store);
     let restored = bans.restore(stored, now);
-    let mut merged = Vec::new();
-    if let Some(file) = &settings.bootstrap_file {
-        for ban in crate::store::read_bootstrap(file, now)? {
-            // A ban already on record (an admin's, say) is not replaced by the file's.
-            if bans.get(&ban.subject, now).is_none() {
-                merged.push(ban);
-            }
-        }
-    }
-    // One commit for the whole file, however long.
-    store.put(&merged)?;
-    let merged = bans.restore(merged, now);
-    tracing::info!(store = %path, restored, from_bootstrap_file = merged, "bans loaded");
+    // A ban already on record on exactly that subject (an admin's, say) is not replaced.
+    let merged: Vec<Ban> = file
+        .into_iter()
+        .filter(|b| bans.get_exact(&b.subject, now).is_none())
+        .collect();
+    let count = bans.restore(merged.clone(), now);
+    // Restored bans are already on record; the file's new ones are written now, in one commit.
+    let s = store.clone();
+    tokio::task::spawn_blocking(move || s.put(&merged))
+        .await
+        .map_err(|e| format!("writing the bootstrap bans: {e}"))??;
+    tracing::info!(store = %store.path().display(), restored, from_bootstrap_file = count, "bans loaded");
     Ok(bans)
 }
 

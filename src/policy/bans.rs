@@ -214,6 +214,13 @@ impl MemoryBanList {
         self.len() == 0
     }
 
+    /// The ban in force on exactly `subject` (an IP does not match a CIDR ban here).
+    pub fn get_exact(&self, subject: &Subject, now: SystemTime) -> Option<Ban> {
+        self.read()
+            .active(&subject.clone().canonical(), now)
+            .cloned()
+    }
+
     /// Forgets expired bans; returns their subjects (a persistent store deletes them too).
     pub fn sweep_expired(&self, now: SystemTime) -> Vec<Subject> {
         let mut inner = self.write();

@@ -1,31 +1,39 @@
 //! Bans that outlive the process: an embedded transactional store (redb) under `[store] dir`.
 //!
-//! The hot path never reads it: every ban lives in memory (`policy::MemoryBanList`), and this
-//! file is where they are written down. An admin's ban is committed before the call returns;
-//! the gateway's own bans (strikes, floods) are written behind, batched, within a second, so a
-//! flood of automatic bans costs one commit, not one per ban. Every commit is durable (fsync), so
-//! what was committed survives `kill -9` and a power cut; at start every unexpired ban is loaded
-//! before a listener is bound. Expired records are deleted at start and by the sweeper.
+//! The hot path never reads it: every ban lives in memory (`policy::MemoryBanList`), which is
+//! the truth; this file is where it is written down. One writer task owns every write. It is
+//! told which subjects changed and, inside one transaction, writes what memory holds for each
+//! of them now (the ban, or its absence), so the file converges on memory whatever the order of
+//! admin and automatic changes. Changes are gathered for a quarter second, so a flood of bans
+//! costs one commit; an admin's change asks for a commit at once and waits for it. Every commit
+//! is durable (fsync) and runs off the async workers. At start every unexpired ban is loaded
+//! before a listener is bound.
 
 mod bootstrap;
 mod record;
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, DatabaseError, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::policy::{Ban, Subject};
+use crate::policy::{Ban, BanList, MemoryBanList, Subject};
 pub use bootstrap::read_bootstrap;
 pub use record::Record;
 
 /// key: `as\0who`; value: the record as JSON.
 const BANS: TableDefinition<&str, &str> = TableDefinition::new("bans");
 
-/// How long the writer gathers automatic bans before one commit.
-const WRITE_BEHIND: Duration = Duration::from_millis(250);
+/// How long the writer gathers automatic changes before one commit.
+const GATHER: Duration = Duration::from_millis(250);
+
+/// Pages redb keeps in memory: bans are read once at start, so a small cache is enough (redb's
+/// default is 1 GiB, too much for a gateway on small hardware).
+const CACHE_BYTES: usize = 8 << 20;
 
 /// The ban store file, open.
 #[derive(Clone)]
@@ -34,39 +42,42 @@ pub struct BanStore {
     path: Arc<PathBuf>,
 }
 
-/// One change to the store.
-#[derive(Debug, Clone)]
-pub enum Change {
-    Put(Box<Ban>),
-    Delete(Subject),
-    /// Delete the record only if it has expired by this time (the sweeper's deletes, which
-    /// must not take away a newer ban on the same subject).
-    DeleteExpired(Subject, SystemTime),
-}
-
 /// What the writer is sent.
 enum Op {
-    Change(Change),
-    /// Answered once everything sent before it is committed.
-    Flush(oneshot::Sender<()>),
+    /// The ban on this subject was added, replaced or removed in memory.
+    Changed(Subject),
+    /// Commit now; answered with the outcome of everything sent before it.
+    Flush(oneshot::Sender<Result<(), String>>),
     /// As `Flush`, then the writer ends and lets go of the file.
-    Close(oneshot::Sender<()>),
+    Close(oneshot::Sender<Result<(), String>>),
 }
 
-/// Sends automatic bans to the writer task.
+/// The writer's address.
 #[derive(Clone)]
-pub struct WriteBehind {
+pub struct Writer {
     tx: mpsc::Sender<Op>,
+    /// Set when a change could not be queued: the next commit writes all of memory instead.
+    resync: Arc<AtomicBool>,
 }
 
 impl BanStore {
-    /// Open (or create) `dir/bans.redb`. A file that is not a readable store is refused with
-    /// what to do about it: the gateway must not start and silently forget its bans.
+    /// Open (or create) `dir/bans.redb`. A file that cannot be used is refused with what to do
+    /// about it: the gateway must not start and silently forget its bans.
     pub fn open(dir: &Path) -> Result<BanStore, String> {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("[store] dir {}: cannot create it: {e}", dir.display()))?;
         let path = dir.join("bans.redb");
-        let db = Database::create(&path).map_err(|e| unreadable(&path, &e.to_string()))?;
+        let mut builder = Database::builder();
+        // A damaged file is then an error, not a panic deep inside a later read.
+        builder
+            .set_check_integrity_on_open(true)
+            .set_cache_size(CACHE_BYTES);
+        let opened = match std::fs::metadata(&path) {
+            Ok(m) if m.len() == 0 => return Err(unreadable(&path, "the file is empty")),
+            Ok(_) => builder.open(&path),
+            Err(_) => builder.create(&path),
+        };
+        let db = opened.map_err(|e| open_error(&path, e))?;
         let store = BanStore {
             db: Arc::new(db),
             path: Arc::new(path),
@@ -89,10 +100,9 @@ impl BanStore {
         let mut expired = Vec::new();
         for entry in table.iter().map_err(|e| read(&e))? {
             let (key, value) = entry.map_err(|e| read(&e))?;
-            let record: Record = serde_json::from_str(value.value())
-                .map_err(|e| read(&format!("record {:?}: {e}", key.value())))?;
-            let ban = record
-                .to_ban()
+            let ban = serde_json::from_str::<Record>(value.value())
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.to_ban())
                 .map_err(|e| read(&format!("record {:?}: {e}", key.value())))?;
             if ban.active(now) {
                 bans.push(ban);
@@ -113,47 +123,44 @@ impl BanStore {
         Ok(bans)
     }
 
-    /// Write `bans` now, in one durable commit.
+    /// Write `bans` now, in one durable commit (the bootstrap file, and tests).
     pub fn put(&self, bans: &[Ban]) -> Result<(), String> {
-        let changes: Vec<Change> = bans
-            .iter()
-            .map(|b| Change::Put(Box::new(b.clone())))
-            .collect();
-        self.apply(&changes)
-    }
-
-    /// Delete the ban on exactly `subject` now.
-    pub fn delete(&self, subject: &Subject) -> Result<(), String> {
-        self.apply(&[Change::Delete(subject.clone())])
-    }
-
-    /// `changes`, in order, in one durable commit.
-    pub fn apply(&self, changes: &[Change]) -> Result<(), String> {
         self.commit(|t| {
-            for change in changes {
-                match change {
-                    Change::Put(ban) => {
-                        let json = serde_json::to_string(&Record::of(ban)).unwrap_or_default();
-                        t.insert(record::key(&ban.subject).as_str(), json.as_str())?;
-                    }
-                    Change::Delete(subject) => {
+            for ban in bans {
+                put(t, ban)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Make the record of each subject what `memory` holds now, in one durable commit. With
+    /// `everything`, also every ban in memory, and no record memory does not hold.
+    fn sync(
+        &self,
+        memory: &MemoryBanList,
+        subjects: &HashSet<Subject>,
+        everything: bool,
+    ) -> Result<usize, String> {
+        let now = SystemTime::now();
+        self.commit(|t| {
+            if everything {
+                t.retain(|_, _| false)?;
+                for ban in memory.list(now) {
+                    put(t, &ban)?;
+                }
+                return Ok(());
+            }
+            for subject in subjects {
+                match memory.get_exact(subject, now) {
+                    Some(ban) => put(t, &ban)?,
+                    None => {
                         t.remove(record::key(subject).as_str())?;
-                    }
-                    Change::DeleteExpired(subject, now) => {
-                        let key = record::key(subject);
-                        let expired = t
-                            .get(key.as_str())?
-                            .and_then(|v| serde_json::from_str::<Record>(v.value()).ok())
-                            .and_then(|r| r.to_ban().ok())
-                            .is_some_and(|b| !b.active(*now));
-                        if expired {
-                            t.remove(key.as_str())?;
-                        }
                     }
                 }
             }
             Ok(())
-        })
+        })?;
+        Ok(subjects.len())
     }
 
     fn commit(
@@ -169,85 +176,136 @@ impl BanStore {
         txn.commit().map_err(|e| fail(&e))
     }
 
-    /// Start the writer for automatic bans, on the current runtime.
-    pub fn write_behind(&self) -> WriteBehind {
-        // Far more than a second's worth of bans; past it a ban stays in memory only (logged).
+    /// Start the writer, on the current runtime. It reads what to write from `memory`.
+    pub fn writer(&self, memory: Arc<MemoryBanList>) -> Writer {
+        // Far more than a second's worth of changes; past it the next commit writes everything.
         let (tx, rx) = mpsc::channel(65_536);
-        tokio::spawn(writer(self.clone(), rx));
-        WriteBehind { tx }
+        let resync = Arc::new(AtomicBool::new(false));
+        tokio::spawn(write_loop(self.clone(), memory, rx, resync.clone()));
+        Writer { tx, resync }
     }
 }
 
-impl WriteBehind {
-    /// Queue `change` to be written within a second.
-    pub fn send(&self, change: Change) {
-        if self.tx.try_send(Op::Change(change)).is_err() {
-            tracing::warn!("ban store: writer queue full; a change is kept in memory only");
-        }
-    }
-
-    /// Wait until everything queued so far is committed.
-    pub async fn flush(&self) {
-        let (done, wait) = oneshot::channel();
-        if self.tx.send(Op::Flush(done)).await.is_ok() {
-            let _ = wait.await;
-        }
-    }
-
-    /// Commit everything queued, then stop the writer (a clean shutdown: the file is let go,
-    /// so the same process can open it again).
-    pub async fn close(&self) {
-        let (done, wait) = oneshot::channel();
-        if self.tx.send(Op::Close(done)).await.is_ok() {
-            let _ = wait.await;
-        }
-    }
+fn put(t: &mut redb::Table<&str, &str>, ban: &Ban) -> Result<(), redb::StorageError> {
+    // Records always serialize (strings only); an empty value would be refused at load.
+    let json = serde_json::to_string(&Record::of(ban)).unwrap_or_default();
+    t.insert(record::key(&ban.subject).as_str(), json.as_str())?;
+    Ok(())
 }
 
-/// Gathers changes for [`WRITE_BEHIND`] after the first one, then commits them together.
-async fn writer(store: BanStore, mut rx: mpsc::Receiver<Op>) {
-    while let Some(first) = rx.recv().await {
-        let mut ops = vec![first];
-        let deadline = tokio::time::Instant::now() + WRITE_BEHIND;
-        while !matches!(ops.last(), Some(Op::Flush(_) | Op::Close(_))) {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(op)) => ops.push(op),
-                Ok(None) | Err(_) => break,
+impl Writer {
+    /// The ban on `subject` changed in memory: written within a second.
+    pub fn changed(&self, subject: Subject) {
+        match self.tx.try_send(Op::Changed(subject)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if !self.resync.swap(true, Ordering::Relaxed) {
+                    tracing::warn!("ban store: changes come faster than they are written; the next commit writes every ban");
+                }
             }
+            // The store is closed (shutdown): memory is all there is now.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
-        let mut changes = Vec::new();
+    }
+
+    /// Commit everything sent so far, now, and say whether it was written.
+    pub async fn flush(&self) -> Result<(), String> {
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send(Op::Flush(done))
+            .await
+            .map_err(|_| "the ban store is closed".to_string())?;
+        wait.await
+            .unwrap_or_else(|_| Err("the ban store writer stopped".into()))
+    }
+
+    /// Commit everything, then stop the writer and let go of the file (a clean shutdown).
+    pub async fn close(&self) -> Result<(), String> {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Op::Close(done)).await.is_err() {
+            return Ok(());
+        }
+        wait.await
+            .unwrap_or_else(|_| Err("the ban store writer stopped".into()))
+    }
+}
+
+async fn write_loop(
+    store: BanStore,
+    memory: Arc<MemoryBanList>,
+    mut rx: mpsc::Receiver<Op>,
+    resync: Arc<AtomicBool>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut subjects = HashSet::new();
         let mut acks = Vec::new();
         let mut closing = false;
-        for op in ops {
+        let deadline = tokio::time::Instant::now() + GATHER;
+        let mut next = Some(first);
+        while let Some(op) = next.take() {
             match op {
-                Op::Change(c) => changes.push(c),
+                Op::Changed(s) => {
+                    subjects.insert(s);
+                }
                 Op::Flush(ack) => acks.push(ack),
                 Op::Close(ack) => {
                     acks.push(ack);
                     closing = true;
                 }
             }
-        }
-        let n = changes.len();
-        let s = store.clone();
-        // redb commits block on fsync: off the async workers.
-        let result = tokio::task::spawn_blocking(move || s.apply(&changes)).await;
-        match result {
-            Ok(Ok(())) if n > 0 => tracing::debug!(changes = n, "bans persisted"),
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!("{e}; these changes are kept in memory only"),
-            Err(e) => tracing::error!("ban store writer: {e}"),
-        }
-        if closing {
-            drop(store);
-            for ack in acks {
-                let _ = ack.send(());
+            if !acks.is_empty() {
+                break; // someone waits: commit now
             }
-            return;
+            next = tokio::time::timeout_at(deadline, rx.recv())
+                .await
+                .ok()
+                .flatten();
+        }
+        let everything = resync.swap(false, Ordering::Relaxed);
+        let (s, m) = (store.clone(), memory.clone());
+        // redb commits wait for fsync: off the async workers.
+        let outcome = tokio::task::spawn_blocking(move || s.sync(&m, &subjects, everything))
+            .await
+            .unwrap_or_else(|e| Err(format!("ban store writer: {e}")));
+        match &outcome {
+            Ok(n) if *n > 0 || everything => {
+                tracing::debug!(changes = n, everything, "bans persisted")
+            }
+            Ok(_) => {}
+            Err(e) => {
+                // Nothing is lost from memory; the next commit writes it all again.
+                resync.store(true, Ordering::Relaxed);
+                tracing::error!("{e}; bans are enforced, and written again with the next change");
+            }
         }
         for ack in acks {
-            let _ = ack.send(());
+            let _ = ack.send(outcome.clone().map(|_| ()));
         }
+        if closing {
+            return;
+        }
+    }
+}
+
+fn open_error(path: &Path, e: DatabaseError) -> String {
+    match e {
+        DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch => format!(
+            "{}: the ban store is in use by another process (another gateway with the same [store] dir?); give each gateway its own dir",
+            path.display()
+        ),
+        DatabaseError::UpgradeRequired(v) => format!(
+            "{}: the ban store has file format {v}, which this redb cannot open without an upgrade",
+            path.display()
+        ),
+        DatabaseError::Storage(redb::StorageError::Io(io))
+            if io.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
+            format!(
+                "{}: permission denied: the gateway's user must be able to read and write it",
+                path.display()
+            )
+        }
+        other => unreadable(path, &other.to_string()),
     }
 }
 

@@ -24,14 +24,14 @@ pub struct Record {
 
 impl Record {
     pub fn of(ban: &Ban) -> Record {
-        let (kind, who) = subject_words(&ban.subject);
+        let (kind, who) = subject_words(&ban.subject.clone().canonical());
         Record {
             kind: kind.into(),
             who,
             by: source_word(ban.source).into(),
             reason: ban.reason.clone(),
-            at: rfc3339(ban.created),
-            until: ban.expires.map(rfc3339),
+            at: time_text(ban.created),
+            until: ban.expires.map(time_text),
         }
     }
 
@@ -108,25 +108,33 @@ fn source(by: &str) -> BanSource {
     }
 }
 
-fn rfc3339(t: SystemTime) -> String {
+/// RFC 3339 in UTC; a time RFC 3339 cannot hold (beyond year 9999) as epoch seconds, which
+/// reads back the same: never an empty field, which would not load.
+fn time_text(t: SystemTime) -> String {
     let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = i64::try_from(since.as_secs()).unwrap_or(i64::MAX);
-    chrono::DateTime::from_timestamp(secs, since.subsec_nanos())
-        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_default()
+    let rfc = i64::try_from(since.as_secs())
+        .ok()
+        .and_then(|secs| chrono::DateTime::from_timestamp(secs, since.subsec_nanos()))
+        .filter(|d| d.timestamp() < 253_402_300_800) // 10000-01-01
+        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+    rfc.unwrap_or_else(|| since.as_secs().to_string())
 }
 
 /// RFC 3339 (with any offset), or seconds since the epoch as EMQX also accepts.
 fn parse_time(text: &str) -> Result<SystemTime, String> {
     let text = text.trim();
+    let out_of_range = || format!("{text:?} is out of range");
     if let Ok(secs) = text.parse::<u64>() {
-        return Ok(UNIX_EPOCH + Duration::from_secs(secs));
+        return UNIX_EPOCH
+            .checked_add(Duration::from_secs(secs))
+            .ok_or_else(out_of_range);
     }
     let t = chrono::DateTime::parse_from_rfc3339(text)
         .map_err(|e| format!("{text:?} is not an RFC 3339 time ({e})"))?;
-    let nanos = t.timestamp_nanos_opt().ok_or("out of range")?;
-    let nanos = u64::try_from(nanos).map_err(|_| format!("{text:?} is before 1970"))?;
-    Ok(UNIX_EPOCH + Duration::from_nanos(nanos))
+    let secs = u64::try_from(t.timestamp()).map_err(|_| format!("{text:?} is before 1970"))?;
+    UNIX_EPOCH
+        .checked_add(Duration::new(secs, t.timestamp_subsec_nanos()))
+        .ok_or_else(out_of_range)
 }
 
 #[cfg(test)]
@@ -192,5 +200,39 @@ mod tests {
         let a = r("clientid", "a", ok).to_ban().unwrap().created;
         let b = r("clientid", "a", "1796184000").to_ban().unwrap().created;
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn far_times_neither_panic_nor_make_an_unloadable_record() {
+        let rec = |until: &str| Record {
+            kind: "clientid".into(),
+            who: "a".into(),
+            by: "admin".into(),
+            reason: String::new(),
+            at: "2026-12-02T05:00:00Z".into(),
+            until: Some(until.into()),
+        };
+        assert!(rec(&u64::MAX.to_string())
+            .to_ban()
+            .unwrap_err()
+            .contains("out of range"));
+        for far in [
+            "9999-12-31T23:59:59Z",
+            "2300-01-01T00:00:00Z",
+            "99999999999",
+        ] {
+            let ban = rec(far).to_ban().unwrap();
+            // Written back, it loads again to the same time.
+            assert_eq!(Record::of(&ban).to_ban().unwrap(), ban, "{far}");
+        }
+        // A mapped IPv6 address is written as the IPv4 address its key names.
+        let ban = Ban {
+            subject: Subject::Ip("::ffff:192.0.2.1".parse().unwrap()),
+            reason: String::new(),
+            source: BanSource::Admin,
+            created: UNIX_EPOCH,
+            expires: None,
+        };
+        assert_eq!(Record::of(&ban).who, "192.0.2.1");
     }
 }
