@@ -229,7 +229,11 @@ impl fmt::Debug for Error {
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} error: {}", self.side, self.detail)
+        match self.kind {
+            // Endings that are nobody's fault read as what happened, not as an error.
+            Kind::Shutdown | Kind::DeviceClosed | Kind::UpstreamClosed => f.write_str(&self.detail),
+            _ => write!(f, "{} error: {}", self.side, self.detail),
+        }
     }
 }
 
