@@ -21,6 +21,7 @@ pub mod gateway;
 #[cfg(feature = "gateway")]
 pub mod handshake;
 pub mod healthcheck;
+pub mod http1;
 #[cfg(feature = "gateway")]
 pub mod identify;
 #[cfg(feature = "gateway")]

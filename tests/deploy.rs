@@ -33,6 +33,14 @@ fn of_kind<'a>(docs: &'a [Yaml], kind: &str) -> &'a Yaml {
         .unwrap_or_else(|| panic!("no {kind} in the manifest"))
 }
 
+/// The gateway config a manifest carries in its ConfigMap.
+fn configmap_toml(docs: &[Yaml]) -> String {
+    of_kind(docs, "ConfigMap")["data"]["portcullis.toml"]
+        .as_str()
+        .expect("the TOML in the ConfigMap")
+        .to_string()
+}
+
 /// The port a listener binds, from its `bind = "host:port"`.
 fn bind_port(config: &Config, listener: usize) -> u16 {
     config.listeners[listener].bind.port()
@@ -70,8 +78,8 @@ fn pre_stop_sleep(container: &Yaml) -> u64 {
 }
 
 /// Start `toml` with every bind made ephemeral and upstreams pointed at a local broker, then
-/// GET `path` on listener `listener`: what a kubelet or Docker would see.
-async fn serves_200(toml: &str, listener: usize, path: &str, broker: &Broker) {
+/// GET each of `paths` on listener `listener`: what a kubelet or Docker would see.
+async fn serves_200(toml: &str, listener: usize, paths: &[&str], broker: &Broker) {
     let mut config = toml.to_string();
     for port in ["0.0.0.0:8080", "0.0.0.0:8443"] {
         config = config.replace(port, "127.0.0.1:0");
@@ -80,14 +88,16 @@ async fn serves_200(toml: &str, listener: usize, path: &str, broker: &Broker) {
         config = config.replace(upstream, &broker.addr.to_string());
     }
     let mut gw = TestGateway::start(&config).await;
-    let url = format!("http://{}{path}", gw.addrs[listener]);
-    // /readyz waits for the first health check of the broker.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        match portcullis::healthcheck::get(&url, Duration::from_secs(2)).await {
-            Ok(()) => break,
-            Err(e) if tokio::time::Instant::now() > deadline => panic!("{url}: {e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+    for path in paths {
+        let url = format!("http://{}{path}", gw.addrs[listener]);
+        // /readyz waits for the first health check of the broker.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            match portcullis::healthcheck::get(&url, Duration::from_secs(2)).await {
+                Ok(()) => break,
+                Err(e) if tokio::time::Instant::now() > deadline => panic!("{url}: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
         }
     }
     gw.shutdown().await;
@@ -110,10 +120,7 @@ fn every_yaml_parses() {
 #[tokio::test]
 async fn kubernetes_probes_ports_and_grace_match_the_gateway() {
     let docs = yaml("deploy/k8s/portcullis.yaml");
-    let toml = of_kind(&docs, "ConfigMap")["data"]["portcullis.toml"]
-        .as_str()
-        .expect("the TOML in the ConfigMap")
-        .to_string();
+    let toml = configmap_toml(&docs);
     let config = Config::parse(&toml, None).unwrap_or_else(|e| panic!("ConfigMap TOML: {e}"));
     let port = bind_port(&config, 0);
 
@@ -154,17 +161,13 @@ async fn kubernetes_probes_ports_and_grace_match_the_gateway() {
     assert_eq!(pdb["apiVersion"].as_str(), Some("policy/v1"));
 
     let broker = Broker::spawn().await;
-    serves_200(&toml, 0, "/readyz", &broker).await;
-    serves_200(&toml, 0, "/healthz", &broker).await;
+    serves_200(&toml, 0, &["/readyz", "/healthz"], &broker).await;
 }
 
 #[tokio::test]
 async fn the_nlb_variant_speaks_proxy_v2_and_probes_a_plain_listener() {
     let docs = yaml("deploy/k8s/portcullis-nlb.yaml");
-    let toml = of_kind(&docs, "ConfigMap")["data"]["portcullis.toml"]
-        .as_str()
-        .expect("the TOML in the ConfigMap")
-        .to_string();
+    let toml = configmap_toml(&docs);
     // The certificate comes from a Secret at run time; a real one stands in for it here.
     let dir = tempfile::tempdir().unwrap();
     let leaf = support::certs::Ca::new().leaf(dir.path(), "tls", &["gw.example.test"]);
@@ -211,8 +214,7 @@ async fn the_nlb_variant_speaks_proxy_v2_and_probes_a_plain_listener() {
     );
 
     let broker = Broker::spawn().await;
-    serves_200(&toml, probes, "/readyz", &broker).await;
-    serves_200(&toml, probes, "/healthz", &broker).await;
+    serves_200(&toml, probes, &["/readyz", "/healthz"], &broker).await;
 }
 
 #[tokio::test]
@@ -265,7 +267,7 @@ async fn compose_gateways_health_check_what_they_serve_behind_nginx() {
     assert!(nginx.contains("proxy_set_header Upgrade $http_upgrade"));
 
     let broker = Broker::spawn().await;
-    serves_200(&toml, 0, "/healthz", &broker).await;
+    serves_200(&toml, 0, &["/healthz"], &broker).await;
 }
 
 #[test]

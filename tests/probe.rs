@@ -420,3 +420,68 @@ fn the_probes_plain_requests_carry_no_websocket_handshake_headers() {
         "{h:?}"
     );
 }
+
+/// The first frame the gateway sends back after `frame` on a fresh `/probe` (the hello skipped).
+async fn after_raw_frame(gw: &TestGateway, frame: &[u8]) -> Vec<u8> {
+    let mut tcp = TcpStream::connect(gw.addr()).await.unwrap();
+    let head = "GET /probe HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(frame).await.unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut got)).await;
+    // After the 101's head: the hello (text, 0x81), then what answers our frame.
+    let body = got
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| i + 4)
+        .expect("101");
+    let frames = &got[body..];
+    assert_eq!(frames[0], 0x81, "the hello first: {frames:02x?}");
+    let hello_len = match frames[1] {
+        126 => 4 + usize::from(u16::from_be_bytes([frames[2], frames[3]])),
+        n => 2 + usize::from(n),
+    };
+    frames[hello_len..].to_vec()
+}
+
+#[tokio::test]
+async fn an_unmasked_frame_gets_close_1002() {
+    let gw = gateway("").await;
+    // RFC 6455 §5.1: a client frame must be masked; this one is not.
+    let back = after_raw_frame(&gw, &[0x82, 0x02, b'h', b'i']).await;
+    assert_eq!(back[0], 0x88, "a Close frame: {back:02x?}");
+    assert_eq!(u16::from_be_bytes([back[2], back[3]]), 1002);
+}
+
+#[tokio::test]
+async fn a_body_that_stalls_gets_400() {
+    let gw = gateway("").await;
+    let mut tcp = TcpStream::connect(gw.addr()).await.unwrap();
+    let head = "POST /probe HTTP/1.1\r\nHost: gw\r\nContent-Length: 100\r\n\r\nonly ten b";
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    // The gateway gives up after 10 s without a byte of the rest.
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), tcp.read_to_end(&mut answer))
+        .await
+        .expect("answered")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("stalled"), "{answer}");
+}
+
+#[tokio::test]
+async fn a_draining_gateway_closes_probe_sessions_with_1001() {
+    let mut gw = gateway("").await;
+    let mut ws = open(&gw, &[]).await.unwrap();
+    hello(&mut ws).await;
+    let closed = async {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Close(Some(c))))) => c.code,
+            other => panic!("expected a Close, got {other:?}"),
+        }
+    };
+    let (code, ()) = tokio::join!(closed, gw.shutdown());
+    assert_eq!(code, CloseCode::Away);
+}

@@ -118,3 +118,28 @@ fn duplicate_bind_is_refused() {
     let e = err(&text);
     assert!(e.starts_with("listener[1].bind"), "{e}");
 }
+
+#[test]
+fn probe_and_store_settings_are_checked_by_key() {
+    for (setting, key) in [
+        ("max_message_size = 0", "probe.max_message_size"),
+        ("max_body_size = 0", "probe.max_body_size"),
+        ("sessions_per_minute = 0", "probe.sessions_per_minute"),
+        ("max_sessions = 100000", "probe.max_sessions"),
+        ("max_session_secs = 0", "probe.max_session_secs"),
+    ] {
+        let e = err(&format!("{MINIMAL}\n[probe]\n{setting}\n"));
+        assert!(e.starts_with(key), "{setting}: {e}");
+    }
+    let e = err(&format!("{MINIMAL}\n[store]\ndirectory = \"/x\"\n"));
+    assert!(e.contains("directory"), "{e}");
+    // Relative store paths resolve against the config's folder, like every other file.
+    let text = format!("{MINIMAL}\n[store]\ndir = \"state\"\nbootstrap_file = \"bans.csv\"\n");
+    let c = Config::parse(&text, Some(std::path::Path::new("/etc/portcullis"))).unwrap();
+    let store = c.store.unwrap();
+    assert_eq!(store.dir, std::path::Path::new("/etc/portcullis/state"));
+    assert_eq!(
+        store.bootstrap_file.unwrap(),
+        std::path::Path::new("/etc/portcullis/bans.csv")
+    );
+}

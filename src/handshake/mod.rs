@@ -161,15 +161,7 @@ async fn count_body(count: request::BodyCount) -> Response<Full<Bytes>> {
     match outcome {
         Ok(()) => {
             let receipt = crate::probe::BodyReceipt { received, view };
-            let mut r = request::text(http::StatusCode::OK, "");
-            r.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("application/json"),
-            );
-            *r.body_mut() = Full::new(Bytes::from(
-                serde_json::to_string(&receipt).unwrap_or_default(),
-            ));
-            r
+            request::json(&receipt)
         }
         Err(http::StatusCode::PAYLOAD_TOO_LARGE) => request::text(
             http::StatusCode::PAYLOAD_TOO_LARGE,

@@ -305,13 +305,24 @@ fn probe_refused(refusal: ProbeRefusal) -> Response<Full<Bytes>> {
 }
 
 pub(super) fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    marked(
+        status,
+        "text/plain; charset=utf-8",
+        Bytes::from_static(body.as_bytes()),
+    )
+}
+
+/// 200 with `value` as JSON.
+pub(super) fn json(value: &impl serde::Serialize) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    marked(StatusCode::OK, "application/json", Bytes::from(body))
+}
+
+fn marked(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body));
     *r.status_mut() = status;
     let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     // Tells `portcullis probe` (and an admin with curl) that this answer is ours, not a hop's.
     h.insert(probe::MARKER_HEADER, HeaderValue::from_static("gateway"));
     r

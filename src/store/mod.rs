@@ -210,21 +210,20 @@ impl Writer {
 
     /// Commit everything sent so far, now, and say whether it was written.
     pub async fn flush(&self) -> Result<(), String> {
-        let (done, wait) = oneshot::channel();
-        self.tx
-            .send(Op::Flush(done))
-            .await
-            .map_err(|_| "the ban store is closed".to_string())?;
-        wait.await
-            .unwrap_or_else(|_| Err("the ban store writer stopped".into()))
+        self.ask(Op::Flush).await
     }
 
     /// Commit everything, then stop the writer and let go of the file (a clean shutdown).
     pub async fn close(&self) -> Result<(), String> {
+        self.ask(Op::Close).await
+    }
+
+    async fn ask(&self, op: fn(oneshot::Sender<Result<(), String>>) -> Op) -> Result<(), String> {
         let (done, wait) = oneshot::channel();
-        if self.tx.send(Op::Close(done)).await.is_err() {
-            return Ok(());
-        }
+        self.tx
+            .send(op(done))
+            .await
+            .map_err(|_| "the ban store is closed".to_string())?;
         wait.await
             .unwrap_or_else(|_| Err("the ban store writer stopped".into()))
     }

@@ -60,7 +60,15 @@ impl Edge {
         for attempt in 0..5 {
             let port = free_port();
             let marker = format!("{}-{port}-{attempt}", std::process::id());
-            let mut cmd = command(product, fault, port, leaf, gateway, dir.path(), &marker);
+            let site = Site {
+                fault,
+                port,
+                leaf,
+                gateway,
+                dir: dir.path(),
+                marker: &marker,
+            };
+            let mut cmd = command(product, &site);
             let mut child = cmd
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -139,30 +147,35 @@ fn swap(text: String, from: &str, to: &str) -> String {
     text.replace(from, to)
 }
 
-fn command(
-    product: Product,
+/// What every edge's config is made from.
+#[derive(Clone, Copy)]
+struct Site<'a> {
     fault: Fault,
     port: u16,
-    leaf: &Leaf,
+    leaf: &'a Leaf,
     gateway: SocketAddr,
-    dir: &Path,
-    marker: &str,
-) -> Command {
+    dir: &'a Path,
+    /// Put on every answer, so the test knows the edge on the port is this one.
+    marker: &'a str,
+}
+
+fn command(product: Product, site: &Site) -> Command {
     match product {
-        Product::Nginx => nginx(fault, port, leaf, gateway, dir, marker),
-        Product::Haproxy => haproxy(fault, port, leaf, gateway, dir, marker),
-        Product::Caddy => caddy(fault, port, leaf, gateway, dir, marker),
+        Product::Nginx => nginx(site),
+        Product::Haproxy => haproxy(site),
+        Product::Caddy => caddy(site),
     }
 }
 
-fn nginx(
-    fault: Fault,
-    port: u16,
-    leaf: &Leaf,
-    gateway: SocketAddr,
-    dir: &Path,
-    marker: &str,
-) -> Command {
+fn nginx(site: &Site) -> Command {
+    let Site {
+        fault,
+        port,
+        leaf,
+        gateway,
+        dir,
+        marker,
+    } = *site;
     let mut p = profile("nginx.conf");
     p = swap(
         p,
@@ -206,14 +219,15 @@ fn nginx(
     cmd
 }
 
-fn haproxy(
-    fault: Fault,
-    port: u16,
-    leaf: &Leaf,
-    gateway: SocketAddr,
-    dir: &Path,
-    marker: &str,
-) -> Command {
+fn haproxy(site: &Site) -> Command {
+    let Site {
+        fault,
+        port,
+        leaf,
+        gateway,
+        dir,
+        marker,
+    } = *site;
     // HAProxy takes the certificate and key in one file.
     let cert = std::fs::read_to_string(&leaf.cert).expect("leaf cert");
     let key = std::fs::read_to_string(&leaf.key).expect("leaf key");
@@ -254,14 +268,15 @@ fn haproxy(
     cmd
 }
 
-fn caddy(
-    fault: Fault,
-    port: u16,
-    leaf: &Leaf,
-    gateway: SocketAddr,
-    dir: &Path,
-    marker: &str,
-) -> Command {
+fn caddy(site: &Site) -> Command {
+    let Site {
+        fault,
+        port,
+        leaf,
+        gateway,
+        dir,
+        marker,
+    } = *site;
     let d = dir.display();
     let mut p = profile("Caddyfile");
     // Our own certificate instead of automatic HTTPS, and nothing on ports 80/443 or the admin

@@ -4,9 +4,10 @@
 use std::time::Duration;
 
 use super::session::{Session, Silence};
-use super::{advice, bytes, http1, Probe};
+use super::{advice, bytes, Probe};
 use crate::agent::dial::Trace;
 use crate::agent::hop;
+use crate::http1;
 use crate::probe::{Hello, MARKER_HEADER};
 
 /// Push batches are rarely above this: a path narrower than it breaks uploads; a wider one

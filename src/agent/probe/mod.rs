@@ -18,7 +18,6 @@
 mod advice;
 mod cert;
 mod exchange;
-mod http1;
 mod path;
 mod report;
 mod session;

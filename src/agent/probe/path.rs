@@ -6,9 +6,10 @@ use std::time::Instant;
 use http::HeaderMap;
 
 use super::session::Session;
-use super::{advice, cert, http1, ms, Probe};
+use super::{advice, cert, ms, Probe};
 use crate::agent::dial::{GatewayStream, Route, Trace};
 use crate::agent::hop;
+use crate::http1;
 use crate::probe::{BodyReceipt, Hello, MARKER_HEADER};
 
 /// Client-IP headers the gateway can be told to believe (`client_ip_header`).

@@ -97,20 +97,8 @@ impl Session {
     pub async fn ping(&mut self, timeout: Duration) -> Result<(), String> {
         let payload = Bytes::from_static(b"portcullis-probe");
         self.send(Message::Ping(payload.clone())).await?;
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, self.ws.next()).await {
-                Ok(Some(Ok(Message::Pong(p)))) if p == payload => return Ok(()),
-                Ok(Some(Ok(Message::Close(c)))) => {
-                    return Err(format!("closed instead of a pong: {c:?}"))
-                }
-                Ok(Some(Ok(_))) => continue,
-                Ok(Some(Err(e))) => return Err(e.to_string()),
-                Ok(None) => return Err("the connection closed instead of a pong".into()),
-                Err(_) => return Err(format!("no pong within {} s", timeout.as_secs())),
-            }
-        }
+        let pong = |m: &Message| matches!(m, Message::Pong(p) if *p == payload);
+        self.next_matching(timeout, pong).await.map(|_| ())
     }
 
     /// `n` (at least 1) one-byte echoes: (median, max) round trip in µs.
@@ -162,10 +150,7 @@ impl Session {
             let cut = match tokio::time::timeout_at(deadline, session.ws.next()).await {
                 Err(_) => break,
                 Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
-                Ok(Some(Ok(Message::Close(Some(c))))) => {
-                    format!("closed with {} {:?}", u16::from(c.code), c.reason.as_str())
-                }
-                Ok(Some(Ok(Message::Close(None)))) => "closed with an empty Close frame".into(),
+                Ok(Some(Ok(Message::Close(c)))) => closed(c),
                 Ok(Some(Ok(_))) => "a message arrived while silent".into(),
                 Ok(Some(Err(e))) => format!("connection broken: {e}"),
                 Ok(None) => "TCP closed, no Close frame".into(),
@@ -190,24 +175,35 @@ impl Session {
 
     /// The next text or binary message (pongs skipped), within `timeout`.
     async fn next_data(&mut self, timeout: Duration) -> Result<Message, String> {
+        let data = |m: &Message| matches!(m, Message::Text(_) | Message::Binary(_));
+        self.next_matching(timeout, data).await
+    }
+
+    /// The next message `wanted` accepts, skipping others, within `timeout`; a close is an error.
+    async fn next_matching(
+        &mut self,
+        timeout: Duration,
+        wanted: impl Fn(&Message) -> bool,
+    ) -> Result<Message, String> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match tokio::time::timeout(left, self.ws.next()).await {
-                Ok(Some(Ok(m @ (Message::Text(_) | Message::Binary(_))))) => return Ok(m),
-                Ok(Some(Ok(Message::Close(c)))) => {
-                    return Err(match c {
-                        Some(c) => {
-                            format!("closed with {} {:?}", u16::from(c.code), c.reason.as_str())
-                        }
-                        None => "closed".into(),
-                    })
-                }
+                Ok(Some(Ok(Message::Close(c)))) => return Err(closed(c)),
+                Ok(Some(Ok(m))) if wanted(&m) => return Ok(m),
                 Ok(Some(Ok(_))) => continue,
                 Ok(Some(Err(e))) => return Err(e.to_string()),
                 Ok(None) => return Err("the connection closed".into()),
                 Err(_) => return Err(format!("no answer within {} s", timeout.as_secs())),
             }
         }
+    }
+}
+
+/// A Close from the far end, in words.
+fn closed(frame: Option<tokio_tungstenite::tungstenite::protocol::CloseFrame>) -> String {
+    match frame {
+        Some(c) => format!("closed with {} {:?}", u16::from(c.code), c.reason.as_str()),
+        None => "closed with an empty Close frame".into(),
     }
 }

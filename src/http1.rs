@@ -1,13 +1,11 @@
-//! One plain HTTP/1.1 request over a stream the dialer opened (proxy and TLS done): what the
-//! probe needs to see the gateway's view when the WebSocket upgrade itself is what breaks, and
-//! to find the largest body the path passes for HTTP push.
+//! One plain HTTP/1.1 request and its answer, over any stream: the probe's POSTs on a stream the
+//! dialer opened (proxy and TLS done), and `portcullis healthcheck`'s GET. Bounded: a head of
+//! 16 KiB, a body of 64 KiB, all within one deadline.
 
 use std::time::Duration;
 
 use http::HeaderMap;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-use crate::agent::dial::GatewayStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// An answer: status, headers, and up to 64 KiB of body.
 pub struct Answer {
@@ -19,24 +17,59 @@ pub struct Answer {
 const MAX_HEAD: usize = 16 * 1024;
 const MAX_BODY: usize = 64 * 1024;
 
+/// `GET path`, then the answer.
+pub async fn get<S>(
+    stream: &mut S,
+    path: &str,
+    headers: &HeaderMap,
+    timeout: Duration,
+) -> Result<Answer, String>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let head = head("GET", path, headers, "");
+    exchange(stream, head, 0, timeout).await
+}
+
 /// `POST path` with `len` bytes of body and `headers`, then the answer. A proxy that refuses a
 /// large body early may answer before the body is sent: the answer is read all the same.
-pub async fn post(
-    stream: &mut GatewayStream,
+pub async fn post<S>(
+    stream: &mut S,
     path: &str,
     headers: &HeaderMap,
     len: usize,
     timeout: Duration,
-) -> Result<Answer, String> {
-    let mut head = format!("POST {path} HTTP/1.1\r\n");
+) -> Result<Answer, String>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let body = format!("Content-Type: application/octet-stream\r\nContent-Length: {len}\r\n");
+    let head = head("POST", path, headers, &body);
+    exchange(stream, head, len, timeout).await
+}
+
+fn head(method: &str, path: &str, headers: &HeaderMap, extra: &str) -> String {
+    let mut head = format!("{method} {path} HTTP/1.1\r\n");
     for (name, value) in headers {
         if let Ok(v) = value.to_str() {
             head.push_str(&format!("{name}: {v}\r\n"));
         }
     }
-    head.push_str(&format!(
-        "Content-Type: application/octet-stream\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
-    ));
+    head.push_str(extra);
+    head.push_str("Connection: close\r\n\r\n");
+    head
+}
+
+/// Send `head` and `len` filler bytes of body, then read the answer, within `timeout`.
+async fn exchange<S>(
+    stream: &mut S,
+    head: String,
+    len: usize,
+    timeout: Duration,
+) -> Result<Answer, String>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let work = async {
         stream
             .write_all(head.as_bytes())
@@ -60,7 +93,7 @@ pub async fn post(
         .map_err(|_| format!("no answer within {} s", timeout.as_secs()))?
 }
 
-async fn read_answer(stream: &mut GatewayStream) -> Result<Answer, String> {
+async fn read_answer<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Answer, String> {
     let mut buf = Vec::with_capacity(4096);
     let mut chunk = [0u8; 4096];
     loop {
@@ -116,7 +149,11 @@ async fn read_answer(stream: &mut GatewayStream) -> Result<Answer, String> {
 }
 
 /// Read until `buf` holds `want` bytes (or the stream ends), then cut it there.
-async fn read_at_least(stream: &mut GatewayStream, mut buf: Vec<u8>, want: usize) -> Vec<u8> {
+async fn read_at_least<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    mut buf: Vec<u8>,
+    want: usize,
+) -> Vec<u8> {
     let mut chunk = [0u8; 4096];
     while buf.len() < want {
         match stream.read(&mut chunk).await {
@@ -129,7 +166,7 @@ async fn read_at_least(stream: &mut GatewayStream, mut buf: Vec<u8>, want: usize
 }
 
 /// A chunked body, decoded, up to [`MAX_BODY`] (a hop may re-chunk the gateway's answer).
-async fn read_chunked(stream: &mut GatewayStream, mut raw: Vec<u8>) -> Vec<u8> {
+async fn read_chunked<S: AsyncRead + Unpin>(stream: &mut S, mut raw: Vec<u8>) -> Vec<u8> {
     let mut body = Vec::new();
     let mut chunk = [0u8; 4096];
     let mut at = 0;
