@@ -9,6 +9,8 @@
 
 // Builds: the default is everything; `--no-default-features --features agent` is the device
 // agent (and `probe`) alone, without the gateway's dependencies (pingora, governor, hyper server).
+#[cfg(feature = "gateway")]
+pub mod admin;
 #[cfg(feature = "agent")]
 pub mod agent;
 pub mod config;

@@ -27,6 +27,22 @@ enum Command {
     /// Validate a config file; exits non-zero with the key (and line) at fault.
     #[cfg(feature = "gateway")]
     CheckConfig { file: PathBuf },
+    /// Bans of a running gateway, through its admin API: list, add, rm.
+    #[cfg(feature = "gateway")]
+    Banned {
+        #[command(flatten)]
+        api: portcullis::admin::cli::ApiArgs,
+        #[command(subcommand)]
+        action: portcullis::admin::cli::BannedCommand,
+    },
+    /// Live connections of a running gateway, through its admin API: list, kick.
+    #[cfg(feature = "gateway")]
+    Clients {
+        #[command(flatten)]
+        api: portcullis::admin::cli::ApiArgs,
+        #[command(subcommand)]
+        action: portcullis::admin::cli::ClientsCommand,
+    },
     /// GET a plain-HTTP URL (e.g. http://127.0.0.1:8080/healthz); exit 0 iff it answers 200.
     /// For container health checks, where the image has no curl.
     Healthcheck {
@@ -90,6 +106,14 @@ fn main() -> ExitCode {
             };
             portcullis::telemetry::init("info");
             exit(runtime().block_on(portcullis::run(config, terminate())))
+        }
+        #[cfg(feature = "gateway")]
+        Command::Banned { api, action } => {
+            printed(current_thread().block_on(portcullis::admin::cli::banned(&api, action)))
+        }
+        #[cfg(feature = "gateway")]
+        Command::Clients { api, action } => {
+            printed(current_thread().block_on(portcullis::admin::cli::clients(&api, action)))
         }
         Command::Healthcheck { url, timeout_secs } => {
             let timeout = std::time::Duration::from_secs(timeout_secs);
@@ -166,6 +190,21 @@ fn build(mut builder: tokio::runtime::Builder) -> tokio::runtime::Runtime {
 fn exit(result: Result<(), String>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("portcullis: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A one-shot command's answer on stdout, or its error on stderr and exit 1.
+#[allow(dead_code)]
+fn printed(result: Result<String, String>) -> ExitCode {
+    match result {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("portcullis: {e}");
             ExitCode::FAILURE

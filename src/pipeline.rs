@@ -27,6 +27,7 @@ use tracing::{field, Instrument};
 use crate::config::ListenerKind;
 use crate::error::{Error, Kind};
 use crate::forward::{self, mqtt, Ending};
+use crate::gateway::clients::{Arrival, Registration, Transport};
 use crate::gateway::Shared;
 use crate::handshake::{self, DeviceWebSocket, Session};
 use crate::listener::{self, Conn, ListenerCtx};
@@ -72,6 +73,11 @@ async fn story(
     if conn.listener.kind == ListenerKind::Mqtt {
         return raw_mqtt(conn, &shared).await;
     }
+    let (id, listener_name) = (conn.id, Arc::<str>::from(conn.listener.name.as_str()));
+    let transport = match conn.listener.is_tls() {
+        true => Transport::Wss,
+        false => Transport::Ws,
+    };
 
     // 2. handshake: HTTP/1.1 until a WebSocket upgrade; health checks are answered in there.
     let negotiated = tokio::select! {
@@ -100,6 +106,15 @@ async fn story(
         return tracing::info!(?end, "probe session ended");
     }
 
+    // Listed among the live connections (the admin API's clients, the index bans kick through).
+    let registration = shared.clients.register(Arrival {
+        id,
+        listener: listener_name,
+        route: target.route().into(),
+        transport,
+        ip: client_ip,
+    });
+
     // 4 and 5. forward, with the policy judging MQTT routes packet by packet.
     let Some(pool) = shared.pool(target.route()) else {
         let e = Error::upstream(Kind::NoUpstream, "route removed by a reload");
@@ -108,7 +123,7 @@ async fn story(
     let settings = forward::RelaySettings::from(&*shared.websocket());
     if pool.mqtt {
         let (tx, rx) = futures_util::StreamExt::split(ws);
-        let ctx = mqtt_ctx(&shared, &pool, &settings, client_ip);
+        let ctx = mqtt_ctx(&shared, &pool, &settings, client_ip, &registration);
         let ending = forward::mqtt::relay(mqtt::WsRx(rx), mqtt::WsTx(tx), ctx).await;
         return log_ending(&ending);
     }
@@ -119,30 +134,24 @@ async fn story(
         Err(e) => return close_early(ws, &e).await,
     };
     tracing::debug!(upstream = %upstream_addr, "relaying");
-    let kick = banned_while_relaying(&shared, client_ip);
-    let ending = forward::relay_websocket(ws, upstream, &settings, &shared.drain, kick).await;
+    let kick = kicked(&shared, &registration, client_ip);
+    let traffic = &registration.client().traffic;
+    let ending =
+        forward::relay_websocket(ws, upstream, &settings, &shared.drain, kick, traffic).await;
     log_ending(&ending);
 }
 
-/// Resolves when a ban covering `ip` appears (an IP or CIDR ban, from any source): a raw
-/// tunnel names no client ID, so its address is what a ban can cover. Kicked with 1008.
-async fn banned_while_relaying(shared: &Shared, ip: std::net::IpAddr) -> Error {
+/// Resolves when a ban comes to cover this raw tunnel (it names no client ID: an IP or CIDR
+/// ban, from any source) or an admin kicks it. Closed with 1008.
+async fn kicked(shared: &Shared, registration: &Registration, ip: std::net::IpAddr) -> Error {
     use crate::policy::{BanList, Subject};
-    let mut bans = shared.bans.subscribe();
-    // A ban issued between the handshake's check and now is looked for at once.
-    bans.mark_changed();
-    loop {
-        if bans.changed().await.is_err() {
-            return std::future::pending().await;
-        }
-        if let Some(ban) = shared
-            .bans
-            .get(&Subject::Ip(ip), std::time::SystemTime::now())
-        {
-            let why = format!("banned while connected: {}", ban.reason);
-            return Error::device(Kind::Kicked, why);
-        }
+    // A ban issued between the handshake's check and the registration found nothing to kick.
+    let now = std::time::SystemTime::now();
+    if let Some(ban) = shared.bans.get(&Subject::Ip(ip), now) {
+        let why = format!("banned while connected: {}", ban.reason);
+        return Error::device(Kind::Kicked, why);
     }
+    Error::device(Kind::Kicked, registration.client().kicked().await)
 }
 
 fn mqtt_ctx<'a>(
@@ -150,6 +159,7 @@ fn mqtt_ctx<'a>(
     pool: &'a forward::Pool,
     relay: &'a forward::RelaySettings,
     client_ip: std::net::IpAddr,
+    client: &'a Registration,
 ) -> mqtt::MqttCtx<'a> {
     mqtt::MqttCtx {
         policy: &shared.policy,
@@ -157,7 +167,8 @@ fn mqtt_ctx<'a>(
         pool,
         settings: &shared.mqtt,
         relay,
-        bans: shared.bans.subscribe(),
+        client,
+        traffic: &client.client().traffic,
         drain: &shared.drain,
         client_ip,
     }
@@ -176,8 +187,15 @@ async fn raw_mqtt(conn: Conn, shared: &Shared) {
         ));
     };
     let settings = forward::RelaySettings::from(&*shared.websocket());
+    let registration = shared.clients.register(Arrival {
+        id: conn.id,
+        listener: conn.listener.name.as_str().into(),
+        route: conn.listener.mqtt_route.as_str().into(),
+        transport: Transport::Tcp,
+        ip: client_ip,
+    });
     let (rx, tx) = tokio::io::split(conn.stream);
-    let ctx = mqtt_ctx(shared, &pool, &settings, client_ip);
+    let ctx = mqtt_ctx(shared, &pool, &settings, client_ip, &registration);
     let ending = forward::mqtt::relay(mqtt::RawRx(rx), mqtt::RawTx(tx), ctx).await;
     log_ending(&ending);
 }

@@ -23,7 +23,7 @@ fn ip_ban(ip: &str) -> Ban {
     Ban {
         subject: Subject::Ip(ip.parse().unwrap()),
         reason: "test".into(),
-        source: BanSource::Admin,
+        source: BanSource::admin("ops"),
         created: now,
         expires: Some(now + Duration::from_secs(3600)),
     }

@@ -101,7 +101,7 @@ async fn v311_device_struck_out_is_closed_and_its_reconnect_gets_0x05() {
     );
 
     let ban = ban_on(&gw, &Subject::ClientId("meter-v3".into())).expect("client ID banned");
-    assert_eq!(ban.source, BanSource::Auto);
+    assert_eq!(ban.source, BanSource::Rhythm);
     let w = witness(&broker, "meter-v3", Version::V311).await;
     let mut again = RawClient::ws(&gw.ws_url("/mqtt"), Version::V311).await;
     assert_eq!(
@@ -201,7 +201,7 @@ async fn admin_ban_kicks_connected_devices_and_only_them() {
             .ban(Ban {
                 subject: Subject::ClientId(Arc::from(id)),
                 reason: "stolen credentials".into(),
-                source: BanSource::Admin,
+                source: BanSource::admin("ops"),
                 created: now,
                 expires: Some(now + Duration::from_secs(3600)),
             })

@@ -370,7 +370,7 @@ async fn a_banned_ip_behind_a_trusted_proxy_cannot_post_either() {
         .ban(Ban {
             subject: Subject::Ip("198.51.100.9".parse().unwrap()),
             reason: "test".into(),
-            source: BanSource::Admin,
+            source: BanSource::admin("ops"),
             created: now,
             expires: Some(now + Duration::from_secs(3600)),
         })

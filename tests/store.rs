@@ -37,7 +37,7 @@ fn admin_ban(id: &str, lasting: Duration) -> Ban {
     Ban {
         subject: Subject::ClientId(id.into()),
         reason: "stolen credentials".into(),
-        source: BanSource::Admin,
+        source: BanSource::admin("ops"),
         created: now,
         expires: Some(now + lasting),
     }

@@ -70,12 +70,14 @@ pub async fn carry(
 
     let started = Instant::now();
     // Nothing bans a local client: only the gateway and the drain end a tunnel.
+    let traffic = crate::forward::Traffic::default();
     let relay = relay_websocket(
         ws,
         local,
         &agent.relay,
         &agent.drain,
         std::future::pending(),
+        &traffic,
     );
     tokio::pin!(relay);
     let ending = tokio::select! {

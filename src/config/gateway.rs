@@ -33,6 +33,9 @@ pub struct Config {
     /// Where bans are kept across restarts. Absent: in memory only.
     #[serde(default)]
     pub store: Option<StoreSettings>,
+    /// The admin API (bans, clients, stats, metrics). Absent: none.
+    #[serde(default)]
+    pub admin: Option<super::AdminSettings>,
     /// The file this came from, for reload on SIGHUP.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -336,6 +339,9 @@ impl Config {
             if let Some(f) = &mut store.bootstrap_file {
                 fix(f);
             }
+        }
+        if let Some(admin) = &mut self.admin {
+            fix(&mut admin.tokens_file);
         }
     }
 

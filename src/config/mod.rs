@@ -5,11 +5,15 @@
 //! fault) is shared with the agent's config; the gateway's settings build only with the gateway.
 
 #[cfg(feature = "gateway")]
+mod admin;
+#[cfg(feature = "gateway")]
 mod gateway;
 mod locate;
 #[cfg(feature = "gateway")]
 pub mod policy;
 
+#[cfg(feature = "gateway")]
+pub use admin::AdminSettings;
 #[cfg(feature = "gateway")]
 pub use gateway::*;
 pub use locate::ConfigError;

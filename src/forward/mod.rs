@@ -14,4 +14,4 @@ pub(crate) mod relay;
 
 #[cfg(feature = "gateway")]
 pub use pool::Pool;
-pub use relay::{relay_websocket, Ending, RelaySettings};
+pub use relay::{relay_websocket, Ending, RelaySettings, Traffic};

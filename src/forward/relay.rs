@@ -9,7 +9,7 @@
 
 use std::io::{self, IoSlice};
 use std::pin::pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, Ordering::Relaxed};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -59,9 +59,30 @@ enum Stop {
     Draining,
 }
 
-struct Counters {
-    up: AtomicU64,
-    down: AtomicU64,
+/// Bytes through a connection, counted by its relay (device → upstream is `up`).
+#[derive(Debug, Default)]
+pub struct Traffic {
+    pub up: AtomicU64,
+    pub down: AtomicU64,
+}
+
+impl Traffic {
+    pub fn add_up(&self, n: usize) {
+        self.up.fetch_add(n as u64, Relaxed);
+    }
+    pub fn add_down(&self, n: usize) {
+        self.down.fetch_add(n as u64, Relaxed);
+    }
+    pub fn up(&self) -> u64 {
+        self.up.load(Relaxed)
+    }
+    pub fn down(&self) -> u64 {
+        self.down.load(Relaxed)
+    }
+}
+
+struct Counters<'a> {
+    bytes: &'a Traffic,
     missed_pongs: AtomicU32,
 }
 
@@ -73,14 +94,14 @@ pub async fn relay_websocket<S>(
     settings: &RelaySettings,
     drain: &Drain,
     kick: impl std::future::Future<Output = Error>,
+    traffic: &Traffic,
 ) -> Ending
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let (mut sink, mut stream) = ws.split();
     let counters = Counters {
-        up: AtomicU64::new(0),
-        down: AtomicU64::new(0),
+        bytes: traffic,
         missed_pongs: AtomicU32::new(0),
     };
     let up = &upstream;
@@ -152,8 +173,8 @@ where
         code,
         by,
         reason,
-        bytes_up: counters.up.load(Ordering::Relaxed),
-        bytes_down: counters.down.load(Ordering::Relaxed),
+        bytes_up: traffic.up(),
+        bytes_down: traffic.down(),
     }
 }
 
@@ -169,7 +190,7 @@ fn truncate_reason(reason: &str) -> String {
 async fn device_to_upstream<S>(
     stream: &mut SplitStream<WebSocketStream<S>>,
     up: &TcpStream,
-    counters: &Counters,
+    counters: &Counters<'_>,
 ) -> Stop
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -205,7 +226,7 @@ where
                     format!("writing to upstream: {e}"),
                 ));
             }
-            counters.up.fetch_add(total as u64, Ordering::Relaxed);
+            counters.bytes.add_up(total);
             batch.clear();
         }
         if let Some(stop) = stop {
@@ -224,7 +245,7 @@ enum Step {
     Stop(Stop),
 }
 
-fn classify(item: Option<Result<Message, WsError>>, counters: &Counters) -> Step {
+fn classify(item: Option<Result<Message, WsError>>, counters: &Counters<'_>) -> Step {
     match item {
         Some(Ok(Message::Binary(b))) => Step::Data(b),
         Some(Ok(Message::Pong(_))) => {
@@ -271,7 +292,7 @@ pub(crate) fn device_ws_failure(e: WsError) -> Option<Error> {
 async fn upstream_to_device<S>(
     sink: &mut SplitSink<WebSocketStream<S>, Message>,
     up: &TcpStream,
-    counters: &Counters,
+    counters: &Counters<'_>,
     settings: &RelaySettings,
 ) -> Stop
 where
@@ -298,7 +319,7 @@ where
                             // Blocked on a device that reads nothing: pings cannot run meanwhile.
                             Err(_) => return Stop::Failed(Error::device(Kind::Timeout, "device stopped reading")),
                         }
-                        counters.down.fetch_add(n as u64, Ordering::Relaxed);
+                        counters.bytes.add_down(n);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(e) => return Stop::Failed(Error::upstream(Kind::UpstreamIo, format!("reading from upstream: {e}"))),

@@ -1,46 +1,84 @@
-//! The gateway's ban list: the policy's store, plus a signal to every live connection.
+//! The gateway's ban list: the policy's store, plus a kick for the live connections it covers.
 //!
 //! Bans come from several places (a publish that struck out, a connect flood at accept, a
 //! flapping client at CONNECT, an admin). Wrapping the store is the one place that sees them
-//! all, so whichever path issues a ban, connected devices it covers are kicked, and, with a
+//! all, so whichever path issues a ban, connected devices it covers are kicked (found through
+//! the index of live connections, [`Clients`]: a ban wakes only them), and, with a
 //! `[store]`, it is written down: the gateway's own within a second, batched; an admin's before
 //! `Gateway::ban` returns (it waits for [`AnnouncedBans::flush`]).
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
-use tokio::sync::watch;
-
-use crate::policy::{Ban, BanError, BanList, MemoryBanList, Subject};
+use super::clients::Clients;
+use crate::policy::{Ban, BanError, BanList, BanSource, MemoryBanList, Subject};
 use crate::store::{BanStore, Writer};
 
 pub struct AnnouncedBans {
     store: Arc<MemoryBanList>,
-    /// Bumped on every insert; each connection re-checks its identity when it changes.
-    epoch: watch::Sender<u64>,
+    /// The live connections, to kick the ones a new ban covers.
+    clients: Arc<Clients>,
+    /// Bans issued since start, by [`BanSource::family`] (restored ones are not counted).
+    issued: [AtomicU64; 6],
     /// Taken out at shutdown, so that the store's file is closed when the gateway is.
     disk: RwLock<Option<Writer>>,
 }
 
 impl AnnouncedBans {
     /// Bans in memory only.
-    pub fn new() -> Self {
+    pub fn new(clients: Arc<Clients>) -> Self {
         AnnouncedBans {
             store: Arc::default(),
-            epoch: watch::channel(0).0,
+            clients,
+            issued: Default::default(),
             disk: RwLock::new(None),
         }
     }
 
     /// Bans in memory, written to `store` by its writer (started on the current runtime).
-    pub fn persistent(store: &BanStore) -> Self {
+    pub fn persistent(store: &BanStore, clients: Arc<Clients>) -> Self {
         let memory: Arc<MemoryBanList> = Arc::default();
         let writer = store.writer(memory.clone());
         AnnouncedBans {
             store: memory,
-            epoch: watch::channel(0).0,
+            clients,
+            issued: Default::default(),
             disk: RwLock::new(Some(writer)),
         }
+    }
+
+    /// Like [`BanList::insert`], unless a ban on exactly that subject is in force: then that
+    /// ban comes back and nothing changes (an admin's duplicate is a conflict, not a replace).
+    pub fn insert_new(&self, ban: Ban, now: SystemTime) -> Result<Result<(), Ban>, BanError> {
+        let announced = ban.clone();
+        match self.store.insert_new(ban, now)? {
+            Ok(()) => {
+                self.announce(&announced);
+                Ok(Ok(()))
+            }
+            Err(existing) => Ok(Err(existing)),
+        }
+    }
+
+    /// Bans issued since start, by issuer family (`portcullis:rate`, `admin`, …).
+    pub fn issued(&self) -> Vec<(&'static str, u64)> {
+        BanSource::FAMILIES
+            .iter()
+            .zip(&self.issued)
+            .map(|(name, n)| (*name, n.load(Relaxed)))
+            .collect()
+    }
+
+    /// A ban is in force: count it, kick whoever it covers, write it down.
+    fn announce(&self, ban: &Ban) {
+        if let Some(n) = self.issued.get(ban.source.family()) {
+            n.fetch_add(1, Relaxed);
+        }
+        let why = format!("banned while connected: {}", ban.reason);
+        self.clients
+            .kick_covered(&ban.subject.clone().canonical(), &why);
+        self.changed(&ban.subject);
     }
 
     /// Bans read back from the store (or just written there) at start: into memory only.
@@ -74,10 +112,6 @@ impl AnnouncedBans {
         }
     }
 
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.epoch.subscribe()
-    }
-
     /// The writer, cloned out of the lock: nothing waits under it.
     fn writer(&self) -> Option<Writer> {
         // Poisoned only by a panic elsewhere; the Option is always consistent.
@@ -97,10 +131,9 @@ impl BanList for AnnouncedBans {
     }
 
     fn insert(&self, ban: Ban, now: SystemTime) -> Result<(), BanError> {
-        let subject = ban.subject.clone();
+        let announced = ban.clone();
         self.store.insert(ban, now)?;
-        self.epoch.send_modify(|e| *e = e.wrapping_add(1));
-        self.changed(&subject);
+        self.announce(&announced);
         Ok(())
     }
 
@@ -153,9 +186,9 @@ mod tests {
     async fn a_flush_puts_every_change_on_disk() {
         let dir = tempfile::tempdir().unwrap();
         let store = BanStore::open(dir.path()).unwrap();
-        let bans = AnnouncedBans::persistent(&store);
+        let bans = AnnouncedBans::persistent(&store, Clients::new());
         let now = SystemTime::now();
-        bans.insert(ban("by-policy", BanSource::Auto, now, Some(600)), now)
+        bans.insert(ban("by-policy", BanSource::Rate, now, Some(600)), now)
             .unwrap();
         bans.flush().await.unwrap();
         assert!(on_disk(&store, "by-policy").is_some());
@@ -168,38 +201,38 @@ mod tests {
     async fn the_file_ends_as_memory_whatever_the_order_of_changes() {
         let dir = tempfile::tempdir().unwrap();
         let store = BanStore::open(dir.path()).unwrap();
-        let bans = AnnouncedBans::persistent(&store);
+        let bans = AnnouncedBans::persistent(&store, Clients::new());
         let now = SystemTime::now();
         // An automatic ban, then an admin lifting it, before the writer ran: stays lifted.
-        bans.insert(ban("a", BanSource::Auto, now, Some(600)), now)
+        bans.insert(ban("a", BanSource::Rate, now, Some(600)), now)
             .unwrap();
         bans.remove(&Subject::ClientId("a".into()));
         // An automatic ban, then an admin's permanent one on the same device: the admin's wins.
-        bans.insert(ban("b", BanSource::Auto, now, Some(600)), now)
+        bans.insert(ban("b", BanSource::Rate, now, Some(600)), now)
             .unwrap();
-        bans.insert(ban("b", BanSource::Admin, now, None), now)
+        bans.insert(ban("b", BanSource::admin("ops"), now, None), now)
             .unwrap();
         bans.flush().await.unwrap();
         assert!(on_disk(&store, "a").is_none());
         let b = on_disk(&store, "b").expect("b on disk");
-        assert_eq!((b.source, b.expires), (BanSource::Admin, None));
+        assert_eq!((b.source, b.expires), (BanSource::admin("ops"), None));
     }
 
     #[tokio::test]
     async fn the_sweeper_deletes_an_expired_record_but_not_a_newer_ban_on_the_subject() {
         let dir = tempfile::tempdir().unwrap();
         let store = BanStore::open(dir.path()).unwrap();
-        let bans = AnnouncedBans::persistent(&store);
+        let bans = AnnouncedBans::persistent(&store, Clients::new());
         let t0 = SystemTime::now() - Duration::from_secs(10);
-        bans.insert(ban("old", BanSource::Admin, t0, Some(600)), t0)
+        bans.insert(ban("old", BanSource::admin("ops"), t0, Some(600)), t0)
             .unwrap();
-        bans.insert(ban("dev", BanSource::Admin, t0, Some(600)), t0)
+        bans.insert(ban("dev", BanSource::admin("ops"), t0, Some(600)), t0)
             .unwrap();
         bans.flush().await.unwrap();
         // Both have expired by `later`; "dev" is banned anew before the writer runs.
         let later = t0 + Duration::from_secs(601);
         assert_eq!(bans.sweep(later), 2);
-        bans.insert(ban("dev", BanSource::Admin, later, Some(600)), later)
+        bans.insert(ban("dev", BanSource::admin("ops"), later, Some(600)), later)
             .unwrap();
         bans.flush().await.unwrap();
         assert!(on_disk(&store, "old").is_none());

@@ -1,6 +1,7 @@
 //! The running gateway: listeners, route pools, reload and graceful shutdown.
 
 mod bans;
+pub mod clients;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -36,6 +37,10 @@ pub struct Shared {
     pub bans: Arc<bans::AnnouncedBans>,
     /// `/probe`, unless `[probe] enabled = false`.
     pub probe: Option<ProbeGate>,
+    /// The live connections, by what a ban can name.
+    pub clients: Arc<clients::Clients>,
+    /// Admin API requests refused for a missing or unknown token.
+    pub admin_unauthorized: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -75,6 +80,17 @@ impl Shared {
         self.routes().get(name).cloned()
     }
 
+    /// Each route, and whether it has a healthy upstream.
+    pub fn route_health(&self) -> Vec<(String, bool)> {
+        let mut all: Vec<(String, bool)> = self
+            .routes()
+            .iter()
+            .map(|(name, pool)| (name.clone(), pool.any_healthy()))
+            .collect();
+        all.sort();
+        all
+    }
+
     pub fn any_upstream_healthy(&self) -> bool {
         self.routes().values().any(|p| p.any_healthy())
     }
@@ -107,6 +123,7 @@ pub struct Gateway {
     hard_stop: CancellationToken,
     tracker: TaskTracker,
     shutdown: ShutdownSettings,
+    admin: Option<crate::admin::AdminServer>,
 }
 
 impl Gateway {
@@ -115,7 +132,8 @@ impl Gateway {
         let routes = build_routes(&config)?;
         let (trigger, drain) =
             shutdown::channel(Duration::from_secs(config.shutdown.drain_window_secs));
-        let bans = Arc::new(open_bans(&config).await?);
+        let clients = clients::Clients::new();
+        let bans = Arc::new(open_bans(&config, clients.clone()).await?);
         let policy = Policy::new(&config.policy, bans.clone(), Default::default())
             .map_err(|e| format!("policy: {e}"))?;
         let shared = Arc::new(Shared {
@@ -127,13 +145,22 @@ impl Gateway {
             mqtt: config.mqtt.clone(),
             bans,
             probe: ProbeGate::new(&config.probe),
+            clients,
+            admin_unauthorized: Default::default(),
         });
         spawn_sweeper(Arc::downgrade(&shared));
         let mut bound = Vec::new();
         for l in &config.listeners {
             bound.push(listener::bind(l).await?);
         }
+        let admin = match &config.admin {
+            Some(settings) => {
+                Some(crate::admin::AdminServer::start(settings, shared.clone()).await?)
+            }
+            None => None,
+        };
         let gw = Gateway {
+            admin,
             listeners: bound.iter().map(|l| l.ctx.clone()).collect(),
             shared,
             trigger,
@@ -153,6 +180,11 @@ impl Gateway {
             ));
         }
         Ok(gw)
+    }
+
+    /// The admin API's address, if `[admin]` is configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|a| a.local_addr)
     }
 
     /// The bound addresses, in config order (useful with port 0).
@@ -178,6 +210,11 @@ impl Gateway {
             prepared.push(ListenerCtx::prepare_reload(cfg)?);
         }
         let routes = build_routes(config)?;
+        // Tokens last among the checks: a token file that does not parse keeps the old tokens.
+        if let Some(admin) = &self.admin {
+            let n = admin.tokens.reload()?;
+            tracing::info!(tokens = n, "admin tokens reloaded");
+        }
         for (ctx, p) in self.listeners.iter().zip(prepared) {
             ctx.apply(p);
         }
@@ -246,17 +283,23 @@ impl Gateway {
         self.tracker.wait().await;
         // The gateway's own bans of the last moments are written down, and the store closed.
         self.shared.bans.close().await;
+        if let Some(admin) = self.admin {
+            admin.stop().await;
+        }
     }
 }
 
 /// The ban list, with every unexpired ban of the store and the bootstrap file in force before
 /// a listener is bound (so no device slips in before its ban is known).
-async fn open_bans(config: &Config) -> Result<bans::AnnouncedBans, String> {
+async fn open_bans(
+    config: &Config,
+    clients: Arc<clients::Clients>,
+) -> Result<bans::AnnouncedBans, String> {
     let Some(settings) = config.store.clone() else {
         tracing::info!(
             "bans are kept in memory only: a restart forgets them (set [store] dir to keep them)"
         );
-        return Ok(bans::AnnouncedBans::new());
+        return Ok(bans::AnnouncedBans::new(clients));
     };
     let now = std::time::SystemTime::now();
     // Opening checks the file's integrity and the bootstrap file is committed: blocking work.
@@ -271,7 +314,7 @@ async fn open_bans(config: &Config) -> Result<bans::AnnouncedBans, String> {
     })
     .await
     .map_err(|e| format!("opening the ban store: {e}"))??;
-    let bans = bans::AnnouncedBans::persistent(&store);
+    let bans = bans::AnnouncedBans::persistent(&store, clients);
     let restored = bans.restore(stored, now);
     // A ban already on record on exactly that subject (an admin's, say) is not replaced.
     let merged: Vec<Ban> = file

@@ -60,17 +60,78 @@ impl fmt::Display for Subject {
     }
 }
 
-/// Who created a ban.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Who created a ban: its `by`, EMQX style (`portcullis:rate`, `admin:ops`, `file`, `peer:gw-2`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum BanSource {
-    /// The strike rules of this policy.
-    Auto,
-    /// The admin API.
-    Admin,
+    /// The policy: publishes out of rhythm struck the device out.
+    Rhythm,
+    /// The policy: over a message, byte or connect rate.
+    Rate,
+    /// The policy: reconnecting too fast.
+    Flapping,
+    /// The admin API, by the name of the caller's token.
+    Admin(Arc<str>),
     /// A seed file.
     File,
-    /// Another gateway instance.
-    Peer,
+    /// Another gateway, by its node name.
+    Peer(Arc<str>),
+}
+
+impl BanSource {
+    pub fn admin(name: &str) -> BanSource {
+        BanSource::Admin(name.into())
+    }
+
+    /// The issuers, for counting: `Admin` and `Peer` without their names.
+    pub const FAMILIES: [&'static str; 6] = [
+        "portcullis:rhythm",
+        "portcullis:rate",
+        "portcullis:flapping",
+        "admin",
+        "file",
+        "peer",
+    ];
+
+    /// Index into [`BanSource::FAMILIES`].
+    pub fn family(&self) -> usize {
+        match self {
+            BanSource::Rhythm => 0,
+            BanSource::Rate => 1,
+            BanSource::Flapping => 2,
+            BanSource::Admin(_) => 3,
+            BanSource::File => 4,
+            BanSource::Peer(_) => 5,
+        }
+    }
+
+    /// Issued by this gateway's policy (as opposed to a person, a file or a peer).
+    pub fn is_policy(&self) -> bool {
+        self.family() < 3
+    }
+
+    /// The `by` text.
+    pub fn by(&self) -> String {
+        match self {
+            BanSource::Admin(name) => format!("admin:{name}"),
+            BanSource::Peer(node) => format!("peer:{node}"),
+            other => Self::FAMILIES[other.family()].to_owned(),
+        }
+    }
+
+    /// From a `by` text. Anything unknown (EMQX's `mgmt_api`, a user name) is an admin of
+    /// that name; `portcullis:policy`, written by earlier releases, is a rate ban.
+    pub fn parse(by: &str) -> BanSource {
+        match by.split_once(':') {
+            Some(("portcullis", "rhythm")) => BanSource::Rhythm,
+            Some(("portcullis", "flapping")) => BanSource::Flapping,
+            Some(("portcullis", _)) => BanSource::Rate,
+            Some(("admin", name)) => BanSource::admin(name),
+            Some(("peer", node)) => BanSource::Peer(node.into()),
+            _ if by == "file" => BanSource::File,
+            _ if by == "peer" => BanSource::Peer("".into()),
+            _ => BanSource::admin(by),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -219,6 +280,25 @@ impl MemoryBanList {
         self.read()
             .active(&subject.clone().canonical(), now)
             .cloned()
+    }
+
+    /// Inserts `ban` unless a ban is in force on exactly its subject: then that one is returned
+    /// and nothing changes. Checked and inserted under one lock, so two admins adding the same
+    /// ban at once get one 201 and one 409.
+    pub fn insert_new(&self, mut ban: Ban, now: SystemTime) -> Result<Result<(), Ban>, BanError> {
+        ban.subject = ban.subject.canonical();
+        if !ban.active(now) {
+            return Err(BanError::AlreadyExpired(ban.subject));
+        }
+        let mut inner = self.write();
+        if let Some(existing) = inner.active(&ban.subject, now) {
+            return Ok(Err(existing.clone()));
+        }
+        let subject = ban.subject.clone();
+        if inner.bans.insert(subject.clone(), ban).is_none() {
+            inner.count(&subject, 1);
+        }
+        Ok(Ok(()))
     }
 
     /// Forgets expired bans; returns their subjects (a persistent store deletes them too).

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use governor::clock::Clock;
 use governor::RateLimiter;
 
-use super::bans::{Ban, Subject};
+use super::bans::{Ban, BanSource, Subject};
 use super::key::DeviceKey;
 use super::rates::DeviceRates;
 use super::session::Session;
@@ -79,7 +79,8 @@ impl<C: Clock + Clone> Policy<C> {
             inc(&self.stats.refused_connect_rate);
             if !self.storm_on(now) {
                 let key = DeviceKey::new(Arc::clone(&id.client_id), &self.hasher);
-                let _ = self.strike_client(id, &key, now, "reconnecting too fast");
+                let _ =
+                    self.strike_client(id, &key, now, BanSource::Flapping, "reconnecting too fast");
             }
             return Err(Refusal::ConnectRate);
         }

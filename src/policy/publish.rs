@@ -17,6 +17,7 @@
 
 use governor::clock::Clock;
 
+use super::bans::BanSource;
 use super::class::Rhythm;
 use super::session::Session;
 use super::stats::inc;
@@ -66,7 +67,13 @@ impl<C: Clock + Clone> Policy<C> {
         if timing == Timing::Early {
             inc(&s.device.early);
             inc(&self.stats.discarded_early);
-            let ban = self.strike_client(&s.id, &s.key, now, "publish early (out of rhythm)");
+            let ban = self.strike_client(
+                &s.id,
+                &s.key,
+                now,
+                BanSource::Rhythm,
+                "publish early (out of rhythm)",
+            );
             return Decision::discard(Reason::Early, ban);
         }
         if let Some(reason) = s.rates.over(now, p.len) {
@@ -76,7 +83,7 @@ impl<C: Clock + Clone> Policy<C> {
                 Reason::ByteRate => "over the byte rate",
                 _ => "over the message rate",
             };
-            let ban = self.strike_client(&s.id, &s.key, now, why);
+            let ban = self.strike_client(&s.id, &s.key, now, BanSource::Rate, why);
             return Decision::discard(reason, ban);
         }
         if timing != Timing::Skip {

@@ -121,6 +121,7 @@ impl<C: Clock + Clone> Policy<C> {
         id: &Identity,
         key: &DeviceKey,
         now: u64,
+        rule: BanSource,
         why: &str,
     ) -> Option<Ban> {
         inc(&self.stats.strikes);
@@ -142,6 +143,7 @@ impl<C: Clock + Clone> Policy<C> {
         let mut widest = self.issue_ban(
             Subject::ClientId(Arc::clone(&id.client_id)),
             now,
+            rule.clone(),
             format!(
                 "{} strikes within {}s, last: {why}",
                 r.threshold,
@@ -163,7 +165,12 @@ impl<C: Clock + Clone> Policy<C> {
                     r.window / 1_000_000_000
                 );
                 widest = self
-                    .issue_ban(Subject::Username(Arc::clone(user)), now, reason)
+                    .issue_ban(
+                        Subject::Username(Arc::clone(user)),
+                        now,
+                        rule.clone(),
+                        reason,
+                    )
                     .or(widest);
             }
         }
@@ -179,7 +186,9 @@ impl<C: Clock + Clone> Policy<C> {
                 r.ip_min,
                 r.window / 1_000_000_000
             );
-            widest = self.issue_ban(ip_subject(key), now, reason).or(widest);
+            widest = self
+                .issue_ban(ip_subject(key), now, rule, reason)
+                .or(widest);
         }
         widest
     }
@@ -201,14 +210,20 @@ impl<C: Clock + Clone> Policy<C> {
             r.threshold,
             r.window / 1_000_000_000
         );
-        self.issue_ban(ip_subject(key), now, reason)
+        self.issue_ban(ip_subject(key), now, BanSource::Rate, reason)
     }
 
     /// Bans `subject` for the escalated duration: `ban · 2^k` for the k-th ban in a row,
     /// capped at `max_ban`; the count is forgotten `max_ban` after the last ban ends. A ban
     /// already in force that lasts at least as long (an admin's permanent ban, a CIDR covering
     /// the address) is left alone and nothing is issued.
-    fn issue_ban(&self, subject: Subject, now: u64, reason: String) -> Option<Ban> {
+    fn issue_ban(
+        &self,
+        subject: Subject,
+        now: u64,
+        source: BanSource,
+        reason: String,
+    ) -> Option<Ban> {
         let r = &self.rules;
         let wall = self.wall.now();
         // Holding the escalation entry while reading the ban list is fine: the ban list never
@@ -228,7 +243,7 @@ impl<C: Clock + Clone> Policy<C> {
         let ban = Ban {
             subject,
             reason,
-            source: BanSource::Auto,
+            source,
             created: wall,
             expires: Some(expires),
         };

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::policy::{Ban, BanSource, Subject};
 
 /// A ban on disk and in the bootstrap file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Record {
     #[serde(rename = "as")]
     pub kind: String,
@@ -28,7 +28,7 @@ impl Record {
         Record {
             kind: kind.into(),
             who,
-            by: source_word(ban.source).into(),
+            by: ban.source.by(),
             reason: ban.reason.clone(),
             at: time_text(ban.created),
             until: ban.expires.map(time_text),
@@ -46,7 +46,7 @@ impl Record {
         Ok(Ban {
             subject,
             reason: self.reason.clone(),
-            source: source(&self.by),
+            source: BanSource::parse(&self.by),
             created,
             expires,
         })
@@ -86,26 +86,6 @@ fn subject(kind: &str, who: &str) -> Result<Subject, String> {
         }
     };
     Ok(s.canonical())
-}
-
-/// `by`, EMQX style: who issued the ban.
-fn source_word(s: BanSource) -> &'static str {
-    match s {
-        BanSource::Auto => "portcullis:policy",
-        BanSource::Admin => "admin",
-        BanSource::File => "file",
-        BanSource::Peer => "peer",
-    }
-}
-
-fn source(by: &str) -> BanSource {
-    match by.split(':').next().unwrap_or_default() {
-        "portcullis" => BanSource::Auto,
-        "file" => BanSource::File,
-        "peer" => BanSource::Peer,
-        // EMQX's own exports say `mgmt_api` or a user name: an administrator.
-        _ => BanSource::Admin,
-    }
 }
 
 /// RFC 3339 in UTC; a time RFC 3339 cannot hold (beyond year 9999) as epoch seconds, which
@@ -153,7 +133,7 @@ mod tests {
             let ban = Ban {
                 subject,
                 reason: "too fast".into(),
-                source: BanSource::Auto,
+                source: BanSource::Rate,
                 created: now,
                 expires: Some(now + Duration::from_secs(300)),
             };
@@ -229,7 +209,7 @@ mod tests {
         let ban = Ban {
             subject: Subject::Ip("::ffff:192.0.2.1".parse().unwrap()),
             reason: String::new(),
-            source: BanSource::Admin,
+            source: BanSource::admin("ops"),
             created: UNIX_EPOCH,
             expires: None,
         };

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod admin;
 pub mod agent;
 pub mod broker_restart;
 pub mod certs;

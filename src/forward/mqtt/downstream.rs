@@ -25,7 +25,7 @@ pub async fn run<T: DeviceTx>(
     version: Version,
     shared: &Guarded,
     notify: &Notify,
-    counters: &Counters,
+    counters: &Counters<'_>,
     relay: &RelaySettings,
 ) -> Error {
     let mut scanner = Scanner::default();

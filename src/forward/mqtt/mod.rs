@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::net::TcpStream;
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 pub use device::{DeviceRx, DeviceTx, RawRx, RawTx, WsRx, WsTx};
@@ -26,7 +26,8 @@ pub use device::{DeviceRx, DeviceTx, RawRx, RawTx, WsRx, WsTx};
 use crate::config::policy::{MqttSettings, PolicyConfig};
 use crate::error::{self, Error, Kind, Side};
 use crate::forward::relay::{shutdown_write, Ending, RelaySettings};
-use crate::forward::Pool;
+use crate::forward::{Pool, Traffic};
+use crate::gateway::clients::{MqttIdentity, Registration};
 use crate::mqtt::server::{self, DevicePacket, Framer, Version};
 use crate::policy::{Identity, Policy};
 use crate::shutdown::Drain;
@@ -40,8 +41,11 @@ pub struct MqttCtx<'a> {
     pub pool: &'a Pool,
     pub settings: &'a MqttSettings,
     pub relay: &'a RelaySettings,
-    /// Changes whenever a ban is added anywhere: time to check whether it covers us.
-    pub bans: watch::Receiver<u64>,
+    /// This connection in the registry of live connections: identified there once CONNECT is
+    /// admitted, so that a ban on its client ID or username (or an admin's kick) reaches it.
+    pub client: &'a Registration,
+    /// Its byte counters (the registry's, so the admin API sees them live).
+    pub traffic: &'a Traffic,
     pub drain: &'a Drain,
     pub client_ip: IpAddr,
 }
@@ -111,6 +115,21 @@ pub async fn relay<R: DeviceRx, T: DeviceTx>(mut rx: R, mut tx: T, ctx: MqttCtx<
         }
     };
 
+    // Listed under its client ID and username from now on; a ban issued between the check
+    // above and this moment would have found nothing to kick, so look once more.
+    ctx.client.identify(MqttIdentity {
+        client_id: identity.client_id.clone(),
+        username: identity.username.clone(),
+        proto_ver: if version == Version::V5 { 5 } else { 4 },
+        keepalive: keep_alive,
+    });
+    if let Some(ban) = ctx.policy.banned(&session) {
+        let refusal = crate::policy::Refusal::Banned(ban);
+        let code = error::connack_for_refusal(&refusal, version);
+        let e = Error::device(Kind::Refused, format!("CONNECT refused: {refusal}"));
+        return refuse(&mut tx, server::connack(code, version), e).await;
+    }
+
     // 3. forward: a broker chosen by client ID, so a device keeps its broker across reconnects.
     let upstream = match ctx.pool.connect(identity.client_id.as_bytes()).await {
         Ok((up, _)) => up,
@@ -136,7 +155,7 @@ pub async fn relay<R: DeviceRx, T: DeviceTx>(mut rx: R, mut tx: T, ctx: MqttCtx<
 
     let shared = Guarded::default();
     let notify = Notify::new();
-    let counters = upstream::Counters::default();
+    let counters = upstream::Counters::new(ctx.traffic);
     let ending = {
         let mut to_broker = std::pin::pin!(upstream::run(upstream::Up {
             rx: &mut rx,
@@ -207,7 +226,7 @@ async fn finish<T: DeviceTx>(
     version: Version,
     shared: &Guarded,
     e: Error,
-    counters: &upstream::Counters,
+    counters: &upstream::Counters<'_>,
 ) -> Ending {
     const LAST_WORDS: Duration = Duration::from_secs(2);
     let pending: Vec<Bytes> = lock(shared).to_device.drain(..).collect();

@@ -1,7 +1,7 @@
 //! Device → broker: read packets, judge publishes, forward or answer locally.
 
 use std::borrow::Cow;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,25 +15,30 @@ use super::{lock, Guarded, MqttCtx, Shared};
 use crate::config::policy::DiscardReasonCode;
 use crate::error::{Error, Kind, Side};
 use crate::forward::relay::write_all_vectored;
+use crate::forward::Traffic;
 use crate::mqtt::server::{self, reason, DevicePacket, Framer, Publish, Version};
 use crate::policy::{PublishFacts, Reason, Session, Verdict};
 
-#[derive(Default)]
-pub struct Counters {
-    up: AtomicU64,
-    down: AtomicU64,
+pub struct Counters<'a> {
+    bytes: &'a Traffic,
     pub missed_pongs: AtomicU32,
 }
 
-impl Counters {
+impl<'a> Counters<'a> {
+    pub fn new(bytes: &'a Traffic) -> Self {
+        Counters {
+            bytes,
+            missed_pongs: AtomicU32::new(0),
+        }
+    }
     pub fn up(&self) -> u64 {
-        self.up.load(Ordering::Relaxed)
+        self.bytes.up()
     }
     pub fn down(&self) -> u64 {
-        self.down.load(Ordering::Relaxed)
+        self.bytes.down()
     }
     pub fn add_down(&self, n: usize) {
-        self.down.fetch_add(n as u64, Ordering::Relaxed);
+        self.bytes.add_down(n);
     }
 }
 
@@ -46,7 +51,7 @@ pub struct Up<'a, R> {
     pub session: Session,
     pub shared: &'a Guarded,
     pub notify: &'a Notify,
-    pub counters: &'a Counters,
+    pub counters: &'a Counters<'a>,
     pub ctx: &'a MqttCtx<'a>,
 }
 
@@ -54,8 +59,6 @@ pub struct Up<'a, R> {
 pub async fn run<R: DeviceRx>(mut u: Up<'_, R>) -> Error {
     let mut aliases = Aliases::default();
     let mut out: Vec<Bytes> = Vec::new();
-    let mut bans = u.ctx.bans.clone();
-    let mut bans_open = true;
     // A device whose publishes are all discarded sends the broker nothing, and the broker drops
     // it after 1.5 × keep-alive; we send PINGREQ for it when nothing went up for half of that.
     let keep_alive = Duration::from_secs(u64::from(u.keep_alive));
@@ -90,7 +93,7 @@ pub async fn run<R: DeviceRx>(mut u: Up<'_, R>) -> Error {
             if let Err(e) = write_all_vectored(u.up, &mut out).await {
                 return Error::upstream(Kind::UpstreamIo, format!("writing to broker: {e}"));
             }
-            u.counters.up.fetch_add(n as u64, Ordering::Relaxed);
+            u.counters.bytes.add_up(n);
             out.clear();
             sent_up = true;
         }
@@ -109,14 +112,7 @@ pub async fn run<R: DeviceRx>(mut u: Up<'_, R>) -> Error {
                 RxEvent::Gone => return Error::new(Kind::Gone, Side::Device, "device went away without a close"),
                 RxEvent::Failed(e) => return e,
             },
-            changed = bans.changed(), if bans_open => match changed {
-                Ok(()) => {
-                    if let Some(ban) = u.ctx.policy.banned(&u.session) {
-                        return Error::device(Kind::Kicked, format!("banned while connected: {}", ban.reason));
-                    }
-                }
-                Err(_) => bans_open = false,
-            },
+            why = u.ctx.client.client().kicked() => return Error::device(Kind::Kicked, why),
             _ = tick.tick(), if u.keep_alive > 0 => {
                 if last_from_device.elapsed() > keep_alive + keep_alive / 2 {
                     return Error::device(Kind::Timeout, "nothing from the device within 1.5 × its keep-alive");

@@ -12,7 +12,7 @@ fn ban(subject: Subject, secs: Option<u64>) -> Ban {
     Ban {
         reason: format!("test {subject}"),
         subject,
-        source: BanSource::Admin,
+        source: BanSource::admin("ops"),
         created: t0(),
         expires: secs.map(|s| t0() + Duration::from_secs(s)),
     }

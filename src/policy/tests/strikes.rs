@@ -36,7 +36,7 @@ fn threshold_within_the_window_bans_for_exactly_d() {
     let d = h.publish(&mut s, "t");
     let ban = d.ban.expect("fifth strike bans");
     assert_eq!(ban.subject, client("d"));
-    assert_eq!(ban.source, BanSource::Auto);
+    assert_eq!(ban.source, BanSource::Rhythm);
     assert_eq!(expires_in(&h, &ban), Duration::from_secs(D));
     assert_eq!(h.ban_on(client("d")), Some(ban.clone()));
     assert_eq!(h.policy.banned(&s), Some(ban.clone()));
@@ -143,7 +143,7 @@ fn a_longer_ban_in_force_is_not_shortened() {
     let admin = Ban {
         subject: client("d"),
         reason: "admin".into(),
-        source: BanSource::Admin,
+        source: BanSource::admin("ops"),
         created: h.wall(),
         expires: None,
     };
@@ -247,7 +247,7 @@ fn ban_priority_is_client_then_username_then_ip() {
     let ban = |s: Subject| Ban {
         reason: s.to_string(),
         subject: s,
-        source: BanSource::Admin,
+        source: BanSource::admin("ops"),
         created: h.wall(),
         expires: None,
     };
@@ -274,7 +274,7 @@ fn a_ban_added_elsewhere_is_seen_on_a_live_session() {
     let ban = Ban {
         subject: Subject::Cidr("10.0.0.0/24".parse().expect("net")),
         reason: "peer".into(),
-        source: BanSource::Peer,
+        source: BanSource::Peer("gw-2".into()),
         created: h.wall(),
         expires: Some(h.wall() + Duration::from_secs(10)),
     };

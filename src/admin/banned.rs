@@ -1,0 +1,229 @@
+//! `/api/v1/banned`: list, add, remove. A ban is EMQX's record (`as`, `who`, `by`, `reason`,
+//! `at`, `until`), so its users' scripts carry over; unlike EMQX, an `until` in the past is an
+//! error, a duplicate is a 409, and every kind of ban kicks the connections it covers.
+
+use std::time::SystemTime;
+
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::{body, page_of, paging, query, AdminState, ApiError, Caller, PageMeta};
+use crate::policy::{BanList, BanSource};
+use crate::store::Record;
+
+/// The kinds of ban this release enforces.
+const KINDS: [&str; 4] = ["clientid", "username", "peerhost", "peerhost_net"];
+
+/// Filters of `GET /api/v1/banned`; all optional, combined with AND.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct BannedQuery {
+    /// `clientid`, `username`, `peerhost` or `peerhost_net`.
+    #[serde(rename = "as")]
+    #[param(rename = "as")]
+    kind: Option<String>,
+    /// Exactly this value.
+    who: Option<String>,
+    /// A substring of the value.
+    like_who: Option<String>,
+    /// Exactly this issuer (`admin:ops`), or a prefix ending in `:` (`portcullis:`).
+    by: Option<String>,
+    /// From 1.
+    page: Option<usize>,
+    /// 1 to 10000; default 100.
+    limit: Option<usize>,
+}
+
+/// A page of bans.
+#[derive(Serialize, ToSchema)]
+pub struct BannedPage {
+    data: Vec<Record>,
+    meta: PageMeta,
+}
+
+/// A ban to add. `by` is not given: it is `admin:` and the name of the caller's token.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewBan {
+    /// `clientid`, `username`, `peerhost` (an IP) or `peerhost_net` (a CIDR).
+    #[serde(rename = "as")]
+    #[schema(rename = "as")]
+    kind: String,
+    who: String,
+    #[serde(default)]
+    reason: Option<String>,
+    /// RFC 3339, in the future; absent: until removed.
+    #[serde(default)]
+    until: Option<String>,
+}
+
+/// A duplicate's answer: the error, and the ban already in force.
+#[derive(Serialize, ToSchema)]
+pub struct Conflict {
+    code: &'static str,
+    message: String,
+    ban: Record,
+}
+
+#[utoipa::path(
+    get, path = "/api/v1/banned", operation_id = "list_banned", params(BannedQuery),
+    responses(
+        (status = 200, description = "Bans in force, oldest first", body = BannedPage),
+        (status = 400, description = "A bad parameter, named", body = ApiError),
+        (status = 401, description = "No or an unknown token", body = ApiError),
+    )
+)]
+pub async fn list(
+    State(state): State<AdminState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<BannedPage>, ApiError> {
+    let q: BannedQuery = query(raw)?;
+    let (page, limit) = paging(q.page, q.limit)?;
+    if let Some(kind) = &q.kind {
+        check_kind(kind)?;
+    }
+    let matches = |r: &Record| {
+        q.kind.as_deref().is_none_or(|k| r.kind == k)
+            && q.who.as_deref().is_none_or(|w| r.who == w)
+            && q.like_who.as_deref().is_none_or(|w| r.who.contains(w))
+            && q.by.as_deref().is_none_or(|b| match b.strip_suffix(':') {
+                Some(prefix) => r.by.split(':').next() == Some(prefix),
+                None => r.by == b,
+            })
+    };
+    let all: Vec<Record> = state
+        .shared
+        .bans
+        .list(SystemTime::now())
+        .iter()
+        .map(Record::of)
+        .filter(matches)
+        .collect();
+    let (data, meta) = page_of(all, page, limit);
+    Ok(Json(BannedPage { data, meta }))
+}
+
+#[utoipa::path(
+    post, path = "/api/v1/banned", operation_id = "add_ban", request_body = NewBan,
+    responses(
+        (status = 201, description = "Banned, on disk (with a store), and every connection it covers kicked", body = Record),
+        (status = 400, description = "A bad field, named", body = ApiError),
+        (status = 401, description = "No or an unknown token", body = ApiError),
+        (status = 409, description = "A ban on that subject is in force already", body = Conflict),
+    )
+)]
+pub async fn add(
+    State(state): State<AdminState>,
+    Extension(Caller(caller)): Extension<Caller>,
+    bytes: Bytes,
+) -> Result<Response, ApiError> {
+    let new: NewBan = body(&bytes)?;
+    check_kind(&new.kind)?;
+    if new.who.is_empty() || new.who.len() > 1024 {
+        return Err(ApiError::bad_request("who: must be 1 to 1024 bytes"));
+    }
+    let reason = new.reason.unwrap_or_default();
+    if reason.len() > 1024 {
+        return Err(ApiError::bad_request("reason: at most 1024 bytes"));
+    }
+    let now = SystemTime::now();
+    let record = Record {
+        kind: new.kind,
+        who: new.who,
+        by: BanSource::Admin(caller.clone()).by(),
+        reason,
+        at: super::rfc3339(now),
+        until: new.until,
+    };
+    let ban = record.to_ban().map_err(ApiError::bad_request)?;
+    if !ban.active(now) {
+        return Err(ApiError::bad_request("until: is in the past"));
+    }
+    match state.shared.bans.insert_new(ban.clone(), now) {
+        Ok(Ok(())) => {}
+        Ok(Err(existing)) => {
+            let conflict = Conflict {
+                code: "ALREADY_EXISTS",
+                message: format!(
+                    "{} {} is banned already (remove it first to change it)",
+                    record.kind, record.who
+                ),
+                ban: Record::of(&existing),
+            };
+            return Ok((StatusCode::CONFLICT, Json(conflict)).into_response());
+        }
+        Err(e) => return Err(ApiError::bad_request(e.to_string())),
+    }
+    // Confirmed only once it is on disk: a restart, even kill -9, enforces it again.
+    state
+        .shared
+        .bans
+        .flush()
+        .await
+        .map_err(|e| ApiError::internal(format!("banned in memory, not on disk: {e}")))?;
+    tracing::info!(admin = %caller, subject = %ban.subject, "ban added");
+    Ok((StatusCode::CREATED, Json(Record::of(&ban))).into_response())
+}
+
+#[utoipa::path(
+    delete, path = "/api/v1/banned/{as}/{who}", operation_id = "remove_ban",
+    params(
+        ("as" = String, Path, description = "clientid, username, peerhost or peerhost_net"),
+        ("who" = String, Path, description = "The value, percent-encoded (a client ID may hold `/`: `%2F`)"),
+    ),
+    responses(
+        (status = 204, description = "Lifted, and on disk (with a store)"),
+        (status = 400, description = "A bad kind or value, named", body = ApiError),
+        (status = 401, description = "No or an unknown token", body = ApiError),
+        (status = 404, description = "No such ban", body = ApiError),
+    )
+)]
+pub async fn remove(
+    State(state): State<AdminState>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Path((kind, who)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    check_kind(&kind)?;
+    let probe = Record {
+        kind: kind.clone(),
+        who: who.clone(),
+        by: String::new(),
+        reason: String::new(),
+        at: super::rfc3339(SystemTime::now()),
+        until: None,
+    };
+    let subject = probe.to_ban().map_err(ApiError::bad_request)?.subject;
+    let removed = state.shared.bans.remove(&subject);
+    state
+        .shared
+        .bans
+        .flush()
+        .await
+        .map_err(|e| ApiError::internal(format!("lifted in memory, not on disk: {e}")))?;
+    match removed {
+        Some(b) if b.active(SystemTime::now()) => {
+            tracing::info!(admin = %caller, subject = %subject, "ban lifted");
+            Ok(StatusCode::NO_CONTENT)
+        }
+        _ => Err(ApiError::not_found(format!("no ban on {kind} {who}"))),
+    }
+}
+
+fn check_kind(kind: &str) -> Result<(), ApiError> {
+    match kind {
+        k if KINDS.contains(&k) => Ok(()),
+        "clientid_re" | "username_re" => Err(ApiError::bad_request(format!(
+            "as: {kind} bans are not supported by this release"
+        ))),
+        _ => Err(ApiError::bad_request(format!(
+            "as: {kind:?} is not one of {}",
+            KINDS.join(", ")
+        ))),
+    }
+}

@@ -1,0 +1,202 @@
+//! `GET /metrics`: OpenMetrics text through `prometheus-client`. The counters already live in
+//! the policy, the registry of clients and the ban list (atomics bumped on the hot path); a
+//! scrape reads them into a registry made for that scrape, so nothing is counted twice and no
+//! global state exists (tests run gateways side by side).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::SystemTime;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use super::{AdminState, ApiError};
+use crate::gateway::Shared;
+use crate::policy::BanList;
+use crate::store::Record;
+
+type Labels = Vec<(&'static str, String)>;
+
+fn counter(reg: &mut Registry, name: &str, help: &str, rows: Vec<(Labels, u64)>) {
+    let family = Family::<Labels, Counter>::default();
+    for (labels, v) in rows {
+        family.get_or_create(&labels).inc_by(v);
+    }
+    reg.register(name, help, family);
+}
+
+fn gauge(reg: &mut Registry, name: &str, help: &str, rows: Vec<(Labels, i64)>) {
+    let family = Family::<Labels, Gauge>::default();
+    for (labels, v) in rows {
+        family.get_or_create(&labels).set(v);
+    }
+    reg.register(name, help, family);
+}
+
+fn l(pairs: &[(&'static str, &str)]) -> Labels {
+    pairs.iter().map(|(k, v)| (*k, (*v).to_owned())).collect()
+}
+
+/// Every metric, as of now. The README's table lists them.
+pub fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
+    let mut reg = Registry::with_prefix("portcullis");
+    let s = shared.policy.stats().snapshot();
+
+    let mut active: BTreeMap<(String, String, &'static str), i64> = BTreeMap::new();
+    for c in shared.clients.list() {
+        let key = (
+            c.listener.to_string(),
+            c.route.to_string(),
+            c.transport.as_str(),
+        );
+        *active.entry(key).or_default() += 1;
+    }
+    let rows = active
+        .into_iter()
+        .map(|((listener, route, transport), n)| {
+            let labels = l(&[
+                ("listener", &listener),
+                ("route", &route),
+                ("transport", transport),
+            ]);
+            (labels, n)
+        })
+        .collect();
+    gauge(
+        &mut reg,
+        "connections_active",
+        "Connections relaying now",
+        rows,
+    );
+
+    let publish = |verdict, reason, v| (l(&[("verdict", verdict), ("reason", reason)]), v);
+    counter(
+        &mut reg,
+        "publishes",
+        "Device publishes by the policy's verdict and its reason",
+        vec![
+            publish(
+                "forwarded",
+                "in_rhythm",
+                s.forwarded.saturating_sub(s.late_forwarded),
+            ),
+            publish("forwarded", "late", s.late_forwarded),
+            publish("forwarded", "retransmit", s.retransmits),
+            publish("discarded", "early", s.discarded_early),
+            publish("discarded", "late", s.discarded_late),
+            publish("discarded", "rate_limited", s.rate_limited),
+        ],
+    );
+    let refused = |stage, reason, v| (l(&[("stage", stage), ("reason", reason)]), v);
+    counter(
+        &mut reg,
+        "refused",
+        "Connections refused, by stage (accept, connect) and reason",
+        vec![
+            refused("accept", "banned", s.accept_banned),
+            refused("accept", "rate_limited", s.accept_rate_limited),
+            refused("accept", "listener_rate_limited", s.listener_rate_limited),
+            refused("connect", "banned", s.refused_banned),
+            refused("connect", "unknown_device", s.refused_unknown),
+            refused("connect", "rate_limited", s.refused_connect_rate),
+            refused("connect", "too_many_connections", s.refused_too_many),
+        ],
+    );
+    let (bytes_in, bytes_out) = shared.clients.bytes();
+    counter(
+        &mut reg,
+        "bytes",
+        "Bytes relayed: in is device to upstream, out is upstream to device",
+        vec![
+            (l(&[("direction", "in")]), bytes_in),
+            (l(&[("direction", "out")]), bytes_out),
+        ],
+    );
+
+    let mut by_as: BTreeMap<String, i64> = BTreeMap::new();
+    for b in shared.bans.list(SystemTime::now()) {
+        *by_as.entry(Record::of(&b).kind).or_default() += 1;
+    }
+    let rows = by_as
+        .into_iter()
+        .map(|(k, n)| (l(&[("as", &k)]), n))
+        .collect();
+    gauge(&mut reg, "bans_active", "Bans in force, by kind", rows);
+    let rows = shared
+        .bans
+        .issued()
+        .into_iter()
+        .map(|(by, n)| (l(&[("by", by)]), n))
+        .collect();
+    counter(
+        &mut reg,
+        "bans_issued",
+        "Bans issued since start, by issuer",
+        rows,
+    );
+    counter(
+        &mut reg,
+        "kicks",
+        "Live connections closed by a ban covering them or an admin's kick",
+        vec![(vec![], shared.clients.kicks())],
+    );
+    counter(
+        &mut reg,
+        "strikes",
+        "Policy strikes",
+        vec![(vec![], s.strikes)],
+    );
+    counter(
+        &mut reg,
+        "storms",
+        "Reconnect storms detected",
+        vec![(vec![], s.storms)],
+    );
+    let rows = shared
+        .route_health()
+        .into_iter()
+        .map(|(route, healthy)| (l(&[("route", &route)]), i64::from(healthy)))
+        .collect();
+    gauge(
+        &mut reg,
+        "upstream_healthy",
+        "1 if a route has a healthy upstream",
+        rows,
+    );
+    counter(
+        &mut reg,
+        "admin_unauthorized",
+        "Admin API requests refused for a missing or unknown token",
+        vec![(vec![], shared.admin_unauthorized.load(Relaxed))],
+    );
+    gauge(
+        &mut reg,
+        "build_info",
+        "The running build",
+        vec![(l(&[("version", env!("CARGO_PKG_VERSION"))]), 1)],
+    );
+
+    let mut out = String::new();
+    encode(&mut out, &reg)?;
+    Ok(out)
+}
+
+pub async fn scrape(State(state): State<AdminState>) -> Response {
+    match render(&state.shared) {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(_) => ApiError::internal("metrics could not be encoded").into_response(),
+    }
+}

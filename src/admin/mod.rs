@@ -1,0 +1,274 @@
+//! The admin API: its own listener (loopback by default), JSON in and out, every request behind
+//! a bearer token. Bans, live clients, counters, Prometheus metrics and the OpenAPI document,
+//! which is generated from the handlers below so that it cannot drift from them.
+//!
+//! Errors are `{ "code": "…", "message": "…" }`, the message naming the field at fault.
+
+mod banned;
+pub mod cli;
+mod clients;
+mod metrics;
+mod stats;
+pub mod tokens;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use crate::config::AdminSettings;
+use crate::gateway::Shared;
+use tokens::Tokens;
+
+/// Everything the handlers see.
+#[derive(Clone)]
+pub struct AdminState {
+    pub shared: Arc<Shared>,
+    pub tokens: Arc<Tokens>,
+    pub monitor: Arc<stats::Monitor>,
+}
+
+/// The name of the token a request came with (`by = "admin:NAME"`).
+#[derive(Clone)]
+pub struct Caller(pub Arc<str>);
+
+/// An error answer: an HTTP status and `{ code, message }`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ApiError {
+    #[serde(skip)]
+    status: StatusCode,
+    /// Machine-readable: `BAD_REQUEST`, `UNAUTHORIZED`, `NOT_FOUND`, `ALREADY_EXISTS`, `INTERNAL`.
+    code: &'static str,
+    /// For a person; names the field at fault.
+    message: String,
+}
+
+impl ApiError {
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "BAD_REQUEST", message)
+    }
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", message)
+    }
+    pub fn internal(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", message)
+    }
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status;
+        let mut r = (status, Json(self)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer realm=\"portcullis\""),
+            );
+        }
+        r
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "portcullis admin API",
+        description = "Bans, live clients, counters. Every request needs `Authorization: Bearer <token>`."
+    ),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+    components(schemas(ApiError))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let scheme = HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build();
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme("bearer", SecurityScheme::Http(scheme));
+    }
+}
+
+/// The routes and the OpenAPI document describing them, built together.
+fn router(state: AdminState) -> Router {
+    let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(banned::list, banned::add))
+        .routes(routes!(banned::remove))
+        .routes(routes!(clients::list))
+        .routes(routes!(clients::kick))
+        .routes(routes!(stats::stats))
+        .routes(routes!(stats::monitor))
+        .split_for_parts();
+    let doc = api.to_pretty_json().unwrap_or_default();
+    router
+        .route(
+            "/api/v1/openapi.json",
+            axum::routing::get(move || {
+                let doc = doc.clone();
+                async move { ([(header::CONTENT_TYPE, "application/json")], doc) }
+            }),
+        )
+        .route("/metrics", axum::routing::get(metrics::scrape))
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authenticate,
+        ))
+        .with_state(state)
+}
+
+/// No token, a malformed header or an unknown token: 401, and the handler never runs.
+async fn authenticate(State(state): State<AdminState>, mut req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let name = presented.and_then(|t| state.tokens.check(t));
+    let Some(name) = name else {
+        let refused = &state.shared.admin_unauthorized;
+        refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return unauthorized(match presented {
+            None => "an Authorization: Bearer <token> header is required",
+            Some(_) => "the token is not one of admin.tokens_file",
+        });
+    };
+    req.extensions_mut().insert(Caller(name));
+    next.run(req).await
+}
+
+fn unauthorized(message: &str) -> Response {
+    ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", message).into_response()
+}
+
+/// The running admin listener.
+pub struct AdminServer {
+    pub local_addr: SocketAddr,
+    pub tokens: Arc<Tokens>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AdminServer {
+    /// Bind `settings.bind` and serve until [`AdminServer::stop`].
+    pub async fn start(settings: &AdminSettings, shared: Arc<Shared>) -> Result<Self, String> {
+        let tokens = Arc::new(Tokens::load(&settings.tokens_file)?);
+        let tcp = tokio::net::TcpListener::bind(settings.bind)
+            .await
+            .map_err(|e| format!("admin.bind {}: {e}", settings.bind))?;
+        let local_addr = tcp
+            .local_addr()
+            .map_err(|e| format!("admin.bind {}: {e}", settings.bind))?;
+        if !local_addr.ip().is_loopback() {
+            tracing::warn!(%local_addr, "the admin API listens beyond loopback: keep it behind a firewall");
+        }
+        let monitor = stats::Monitor::spawn(Arc::downgrade(&shared));
+        let app = router(AdminState {
+            shared,
+            tokens: tokens.clone(),
+            monitor,
+        });
+        let stop = CancellationToken::new();
+        let until = stop.clone();
+        let task = tokio::spawn(async move {
+            let serve = axum::serve(tcp, app).with_graceful_shutdown(until.cancelled_owned());
+            if let Err(e) = serve.await {
+                tracing::error!("admin API stopped: {e}");
+            }
+        });
+        tracing::info!(addr = %local_addr, "admin API listening");
+        Ok(AdminServer {
+            local_addr,
+            tokens,
+            stop,
+            task,
+        })
+    }
+
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// `page` and `limit` of a list, checked: page ≥ 1, limit 1–10000 (default 100).
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+pub struct PageMeta {
+    pub page: usize,
+    pub limit: usize,
+    /// Matching items, on every page.
+    pub count: usize,
+    pub hasnext: bool,
+}
+
+pub fn paging(page: Option<usize>, limit: Option<usize>) -> Result<(usize, usize), ApiError> {
+    let page = page.unwrap_or(1);
+    let limit = limit.unwrap_or(100);
+    if page == 0 {
+        return Err(ApiError::bad_request("page: must be 1 or more"));
+    }
+    if !(1..=10_000).contains(&limit) {
+        return Err(ApiError::bad_request("limit: must be between 1 and 10000"));
+    }
+    Ok((page, limit))
+}
+
+/// One page of `items`, and its meta.
+pub fn page_of<T>(items: Vec<T>, page: usize, limit: usize) -> (Vec<T>, PageMeta) {
+    let count = items.len();
+    let start = (page - 1).saturating_mul(limit);
+    let data: Vec<T> = items.into_iter().skip(start).take(limit).collect();
+    let hasnext = start.saturating_add(limit) < count;
+    (
+        data,
+        PageMeta {
+            page,
+            limit,
+            count,
+            hasnext,
+        },
+    )
+}
+
+/// A query string into `T`, unknown parameters refused by name.
+pub fn query<T: serde::de::DeserializeOwned>(raw: Option<String>) -> Result<T, ApiError> {
+    serde_urlencoded::from_str(raw.as_deref().unwrap_or(""))
+        .map_err(|e| ApiError::bad_request(format!("query: {e}")))
+}
+
+/// A JSON object into `T`; the error names the field. (serde would also take an array for a
+/// struct, field by position: refused, since nobody means that.)
+pub fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let bad = |e: serde_json::Error| ApiError::bad_request(format!("body: {e}"));
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(bad)?;
+    if !value.is_object() {
+        return Err(ApiError::bad_request("body: must be a JSON object"));
+    }
+    serde_json::from_value(value).map_err(bad)
+}
+
+/// RFC 3339, UTC, milliseconds.
+pub fn rfc3339(t: std::time::SystemTime) -> String {
+    chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}

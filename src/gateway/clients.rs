@@ -1,0 +1,367 @@
+//! The live connections, indexed by what a ban can name: client ID, username, IP.
+//!
+//! Each relaying connection registers here (and is gone when its [`Registration`] drops). A ban,
+//! whoever issues it, kicks exactly the connections it covers through this index: a ban on one
+//! client ID wakes one connection, not every connection of the gateway. An admin's kick uses
+//! the same path. The admin API lists connections from here.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::SystemTime;
+
+use tokio_util::sync::CancellationToken;
+
+pub use crate::forward::Traffic;
+use crate::policy::Subject;
+
+/// How a device reached us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// WebSocket over plain TCP (TLS, if any, ended at a proxy in front).
+    Ws,
+    /// WebSocket over TLS ended here.
+    Wss,
+    /// MQTT straight over TCP (a raw MQTT listener).
+    Tcp,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Ws => "ws",
+            Transport::Wss => "wss",
+            Transport::Tcp => "tcp",
+        }
+    }
+}
+
+/// What an MQTT connection said in its CONNECT.
+#[derive(Debug, Clone)]
+pub struct MqttIdentity {
+    pub client_id: Arc<str>,
+    pub username: Option<Arc<str>>,
+    /// 4 (3.1.1) or 5.
+    pub proto_ver: u8,
+    pub keepalive: u16,
+}
+
+/// One live connection.
+#[derive(Debug)]
+pub struct Client {
+    pub id: u64,
+    pub listener: Arc<str>,
+    pub route: Arc<str>,
+    pub transport: Transport,
+    pub ip: IpAddr,
+    pub connected_at: SystemTime,
+    pub traffic: Traffic,
+    /// Set once, after the policy admitted the CONNECT (MQTT routes only).
+    mqtt: OnceLock<MqttIdentity>,
+    kick: CancellationToken,
+    kick_reason: OnceLock<String>,
+}
+
+impl Client {
+    pub fn mqtt(&self) -> Option<&MqttIdentity> {
+        self.mqtt.get()
+    }
+
+    /// Resolves when this connection is to be closed (a ban covering it, an admin's kick), with
+    /// the reason. The first reason given wins.
+    pub async fn kicked(&self) -> String {
+        self.kick.cancelled().await;
+        self.kick_reason.get().cloned().unwrap_or_default()
+    }
+
+    /// False if it was kicked already.
+    fn kick(&self, reason: &str) -> bool {
+        let first = self.kick_reason.set(reason.to_owned()).is_ok();
+        self.kick.cancel();
+        first
+    }
+
+    fn covered_by(&self, subject: &Subject) -> bool {
+        match subject {
+            Subject::ClientId(id) => self.mqtt().is_some_and(|m| m.client_id == *id),
+            Subject::Username(u) => self
+                .mqtt()
+                .and_then(|m| m.username.as_ref())
+                .is_some_and(|n| n == u),
+            Subject::Ip(ip) => self.ip.to_canonical() == *ip,
+            Subject::Cidr(net) => net.contains(&self.ip.to_canonical()),
+        }
+    }
+}
+
+/// What is known of a connection when it starts relaying.
+pub struct Arrival {
+    pub id: u64,
+    pub listener: Arc<str>,
+    pub route: Arc<str>,
+    pub transport: Transport,
+    pub ip: IpAddr,
+}
+
+#[derive(Default)]
+struct Index {
+    all: HashMap<u64, Arc<Client>>,
+    by_client_id: HashMap<Arc<str>, Vec<u64>>,
+    by_username: HashMap<Arc<str>, Vec<u64>>,
+    by_ip: HashMap<IpAddr, Vec<u64>>,
+}
+
+fn add<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Vec<u64>>, key: K, id: u64) {
+    map.entry(key).or_default().push(id);
+}
+
+fn forget<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Vec<u64>>, key: &K, id: u64) {
+    if let Some(ids) = map.get_mut(key) {
+        ids.retain(|i| *i != id);
+        if ids.is_empty() {
+            map.remove(key);
+        }
+    }
+}
+
+/// The registry of live connections.
+#[derive(Default)]
+pub struct Clients {
+    index: RwLock<Index>,
+    /// Connections kicked since start.
+    kicks: AtomicU64,
+    /// Bytes of connections that have ended (live ones are added when asked).
+    ended: Traffic,
+}
+
+impl Clients {
+    pub fn new() -> Arc<Self> {
+        Arc::default()
+    }
+
+    // A poisoned lock means a panic elsewhere mid-operation; every operation here leaves the
+    // maps consistent, so keep serving.
+    fn read(&self) -> RwLockReadGuard<'_, Index> {
+        self.index.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Index> {
+        self.index.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A connection starts relaying; it is listed (and can be kicked) until the registration
+    /// drops.
+    pub fn register(self: &Arc<Self>, a: Arrival) -> Registration {
+        let ip = a.ip.to_canonical();
+        let client = Arc::new(Client {
+            id: a.id,
+            listener: a.listener,
+            route: a.route,
+            transport: a.transport,
+            ip,
+            connected_at: SystemTime::now(),
+            traffic: Traffic::default(),
+            mqtt: OnceLock::new(),
+            kick: CancellationToken::new(),
+            kick_reason: OnceLock::new(),
+        });
+        let mut index = self.write();
+        index.all.insert(a.id, client.clone());
+        add(&mut index.by_ip, ip, a.id);
+        Registration {
+            clients: self.clone(),
+            client,
+        }
+    }
+
+    /// Connections covered by `subject` are closed with `reason`; returns how many.
+    pub fn kick_covered(&self, subject: &Subject, reason: &str) -> usize {
+        let index = self.read();
+        let ids: Vec<u64> = match subject {
+            Subject::ClientId(id) => index.by_client_id.get(id).cloned().unwrap_or_default(),
+            Subject::Username(u) => index.by_username.get(u).cloned().unwrap_or_default(),
+            Subject::Ip(ip) => index.by_ip.get(ip).cloned().unwrap_or_default(),
+            // A CIDR names no key: look at each distinct address once (rare: admins and files).
+            Subject::Cidr(net) => index
+                .by_ip
+                .iter()
+                .filter(|(ip, _)| net.contains(*ip))
+                .flat_map(|(_, ids)| ids.iter().copied())
+                .collect(),
+        };
+        let mut kicked = 0;
+        for client in ids.iter().filter_map(|id| index.all.get(id)) {
+            if client.covered_by(subject) {
+                if client.kick(reason) {
+                    self.kicks.fetch_add(1, Relaxed);
+                }
+                kicked += 1;
+            }
+        }
+        kicked
+    }
+
+    /// Kick every connection of this client ID; returns how many.
+    pub fn kick_client_id(&self, client_id: &str, reason: &str) -> usize {
+        self.kick_covered(&Subject::ClientId(client_id.into()), reason)
+    }
+
+    /// Live connections, in the order they connected.
+    pub fn list(&self) -> Vec<Arc<Client>> {
+        let mut all: Vec<Arc<Client>> = self.read().all.values().cloned().collect();
+        all.sort_by_key(|c| c.id);
+        all
+    }
+
+    /// Connections kicked since start.
+    pub fn kicks(&self) -> u64 {
+        self.kicks.load(Relaxed)
+    }
+
+    /// Bytes relayed since start, `(up, down)`: ended connections and live ones.
+    pub fn bytes(&self) -> (u64, u64) {
+        let index = self.read();
+        let live = index.all.values().map(|c| &c.traffic);
+        let up = live.clone().map(Traffic::up).sum::<u64>() + self.ended.up();
+        let down = live.map(Traffic::down).sum::<u64>() + self.ended.down();
+        (up, down)
+    }
+
+    pub fn len(&self) -> usize {
+        self.read().all.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A connection's place in the registry; dropping it removes the connection.
+pub struct Registration {
+    clients: Arc<Clients>,
+    client: Arc<Client>,
+}
+
+impl Registration {
+    pub fn client(&self) -> &Arc<Client> {
+        &self.client
+    }
+
+    /// The CONNECT was admitted: index the connection by client ID and username too. The caller
+    /// checks for a ban once more after this, so that a ban issued meanwhile is not missed.
+    pub fn identify(&self, mqtt: MqttIdentity) {
+        let id = self.client.id;
+        let mut index = self.clients.write();
+        if self.client.mqtt.set(mqtt.clone()).is_err() {
+            return;
+        }
+        add(&mut index.by_client_id, mqtt.client_id, id);
+        if let Some(u) = mqtt.username {
+            add(&mut index.by_username, u, id);
+        }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let c = &self.client;
+        let mut index = self.clients.write();
+        index.all.remove(&c.id);
+        // Under the lock, so that a reader summing live and ended bytes never counts twice.
+        self.clients.ended.up.fetch_add(c.traffic.up(), Relaxed);
+        self.clients.ended.down.fetch_add(c.traffic.down(), Relaxed);
+        forget(&mut index.by_ip, &c.ip, c.id);
+        if let Some(m) = c.mqtt.get() {
+            forget(&mut index.by_client_id, &m.client_id, c.id);
+            if let Some(u) = &m.username {
+                forget(&mut index.by_username, u, c.id);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arrive(clients: &Arc<Clients>, id: u64, ip: &str) -> Registration {
+        clients.register(Arrival {
+            id,
+            listener: "main".into(),
+            route: "mqtt".into(),
+            transport: Transport::Ws,
+            ip: ip.parse().unwrap(),
+        })
+    }
+
+    fn mqtt(id: &str, user: Option<&str>) -> MqttIdentity {
+        MqttIdentity {
+            client_id: id.into(),
+            username: user.map(Into::into),
+            proto_ver: 4,
+            keepalive: 60,
+        }
+    }
+
+    fn is_kicked(r: &Registration) -> bool {
+        r.client().kick.is_cancelled()
+    }
+
+    #[test]
+    fn a_ban_kicks_exactly_the_connections_it_covers() {
+        let clients = Clients::new();
+        let a = arrive(&clients, 1, "10.0.0.1");
+        a.identify(mqtt("dev-a", Some("alice")));
+        let b = arrive(&clients, 2, "10.0.0.2");
+        b.identify(mqtt("dev-b", Some("bob")));
+        let tunnel = arrive(&clients, 3, "10.0.1.7");
+
+        assert_eq!(
+            clients.kick_covered(&Subject::ClientId("dev-a".into()), "x"),
+            1
+        );
+        assert!(is_kicked(&a) && !is_kicked(&b) && !is_kicked(&tunnel));
+
+        assert_eq!(
+            clients.kick_covered(&Subject::Username("bob".into()), "x"),
+            1
+        );
+        assert!(is_kicked(&b) && !is_kicked(&tunnel));
+
+        let net = Subject::Cidr("10.0.1.0/24".parse().unwrap());
+        assert_eq!(clients.kick_covered(&net, "banned: test"), 1);
+        assert!(is_kicked(&tunnel));
+    }
+
+    #[test]
+    fn an_ipv4_mapped_peer_is_covered_by_its_ipv4_ban() {
+        let clients = Clients::new();
+        let r = arrive(&clients, 1, "::ffff:192.0.2.9");
+        let ban = Subject::Ip("192.0.2.9".parse().unwrap());
+        assert_eq!(clients.kick_covered(&ban, "x"), 1);
+        assert!(is_kicked(&r));
+    }
+
+    #[test]
+    fn a_connection_leaves_every_index_when_it_ends() {
+        let clients = Clients::new();
+        let r = arrive(&clients, 1, "10.0.0.1");
+        r.identify(mqtt("dev", Some("user")));
+        drop(r);
+        assert!(clients.is_empty());
+        let index = clients.read();
+        assert!(index.by_client_id.is_empty() && index.by_username.is_empty());
+        assert!(index.by_ip.is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_first_reason_is_the_one_told() {
+        let clients = Clients::new();
+        let r = arrive(&clients, 1, "10.0.0.1");
+        r.identify(mqtt("dev", None));
+        clients.kick_client_id("dev", "kicked by admin ops");
+        clients.kick_covered(&Subject::Ip("10.0.0.1".parse().unwrap()), "later");
+        assert_eq!(r.client().kicked().await, "kicked by admin ops");
+    }
+}

@@ -1,0 +1,554 @@
+//! The admin API over real TCP against a gateway with real mosquitto behind it: tokens, bans of
+//! every kind kicking what they cover, clients and kicks, bad input named, stats, metrics, the
+//! OpenAPI document, token reload, and the CLI on top.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use portcullis::mqtt::wire::{self, Version};
+use portcullis::Config;
+use serde_json::{json, Value};
+use support::admin::{self, call, ops, AdminFiles, OTHER_TOKEN, TOKEN};
+use support::raw_mqtt::{End, RawClient, Recv};
+use support::{Broker, TestGateway};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Listener 0: WebSocket, behind a trusted proxy at 127.0.0.1 (tunnels say who they are with
+/// X-Forwarded-For); listener 1: raw MQTT. Routes `mqtt` (mosquitto) and `echo` (raw TCP).
+fn config(broker: SocketAddr, echo: SocketAddr, files: &AdminFiles) -> String {
+    format!(
+        r#"
+[[listener]]
+name = "devices"
+bind = "127.0.0.1:0"
+trusted_proxies = ["127.0.0.1/32"]
+
+[[listener]]
+name = "lan"
+bind = "127.0.0.1:0"
+kind = "mqtt"
+
+[routes.mqtt]
+upstreams = ["{broker}"]
+health_check_interval_secs = 1
+
+[routes.echo]
+upstreams = ["{echo}"]
+
+[shutdown]
+drain_window_secs = 1
+drain_timeout_secs = 5
+
+{}"#,
+        files.toml()
+    )
+}
+
+struct Setup {
+    _broker: Broker,
+    files: AdminFiles,
+    gw: TestGateway,
+    api: SocketAddr,
+    toml: String,
+}
+
+async fn setup() -> Setup {
+    let broker = Broker::spawn().await;
+    let echo = support::echo_server().await;
+    let files = AdminFiles::new();
+    let toml = config(broker.addr, echo, &files);
+    let gw = TestGateway::start(&toml).await;
+    let api = gw.gw().admin_addr().expect("[admin] configured");
+    Setup {
+        _broker: broker,
+        files,
+        gw,
+        api,
+        toml,
+    }
+}
+
+async fn mqtt_tcp(s: &Setup, id: &str, user: Option<&str>) -> RawClient {
+    let mut dev = RawClient::tcp(s.gw.addrs[1], Version::V311).await;
+    let connect = match user {
+        Some(u) => wire::connect_with_username(id, u, 30, Version::V311),
+        None => wire::connect(id, 30, Version::V311),
+    };
+    assert_eq!(dev.connect(&connect).await, 0, "{id} admitted");
+    dev
+}
+
+async fn mqtt_ws_v5(s: &Setup, id: &str) -> RawClient {
+    let mut dev = RawClient::ws(&s.gw.ws_url("/mqtt"), Version::V5).await;
+    assert_eq!(dev.connect(&wire::connect(id, 30, Version::V5)).await, 0);
+    dev
+}
+
+async fn tunnel_from(s: &Setup, xff: &str) -> tokio_tungstenite::WebSocketStream<TcpStream> {
+    let tcp = TcpStream::connect(s.gw.addr()).await.unwrap();
+    let url = s.gw.ws_url("/tunnel/echo");
+    let mut ws = support::ws::upgrade(tcp, &url, &[("x-forwarded-for", xff)]).await;
+    support::ws::assert_echo(&mut ws, b"hello").await;
+    ws
+}
+
+async fn close_code(ws: &mut tokio_tungstenite::WebSocketStream<TcpStream>) -> u16 {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+            Ok(Some(Ok(Message::Close(Some(c))))) => return u16::from(c.code),
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("expected a Close from the gateway, got {other:?}"),
+        }
+    }
+}
+
+async fn ban(s: &Setup, kind: &str, who: &str) -> admin::Answer {
+    let body = json!({ "as": kind, "who": who, "reason": "test" });
+    ops(s.api, "POST", "/api/v1/banned", Some(body)).await
+}
+
+async fn count(s: &Setup, query: &str) -> u64 {
+    let a = ops(s.api, "GET", &format!("/api/v1/banned{query}"), None).await;
+    assert_eq!(a.status, 200, "{:?}", a.json);
+    a.json["meta"]["count"].as_u64().unwrap()
+}
+
+#[tokio::test]
+async fn every_request_needs_a_known_token_and_a_refused_one_changes_nothing() {
+    let s = setup().await;
+    for path in [
+        "/api/v1/banned",
+        "/metrics",
+        "/api/v1/openapi.json",
+        "/nowhere",
+    ] {
+        let a = call(s.api, None, "GET", path, None).await;
+        assert_eq!(a.status, 401, "{path}");
+        assert_eq!(a.json["code"], "UNAUTHORIZED", "{path}");
+        let challenge = a.headers.get("www-authenticate").expect("a challenge");
+        assert!(challenge.to_str().unwrap().starts_with("Bearer"), "{path}");
+    }
+    let body = json!({ "as": "clientid", "who": "victim" });
+    for token in ["wrong-token-0123456789", "", TOKEN.get(1..).unwrap()] {
+        let a = call(
+            s.api,
+            Some(token),
+            "POST",
+            "/api/v1/banned",
+            Some(body.clone()),
+        )
+        .await;
+        assert_eq!(a.status, 401, "{token:?}");
+    }
+    assert_eq!(count(&s, "").await, 0, "nothing was banned");
+    let metrics = admin::text(s.api, "/metrics").await;
+    assert!(
+        metrics.contains("portcullis_admin_unauthorized_total 7"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn an_admin_ban_of_each_kind_kicks_what_it_covers_and_the_reconnect_is_refused() {
+    let s = setup().await;
+    let mut by_id = mqtt_ws_v5(&s, "meter-a").await;
+    let mut by_user = mqtt_tcp(&s, "meter-b", Some("bob")).await;
+    let mut by_ip = tunnel_from(&s, "198.51.100.20").await;
+    let mut by_net = tunnel_from(&s, "203.0.113.77").await;
+    let mut bystander = mqtt_tcp(&s, "meter-c", Some("carol")).await;
+    let mut bystander_tunnel = tunnel_from(&s, "192.0.2.5").await;
+
+    assert_eq!(ban(&s, "clientid", "meter-a").await.status, 201);
+    // MQTT 5 hears why (DISCONNECT 0x98, administrative action), then the close.
+    match by_id.recv().await {
+        Recv::Packet(p) => assert_eq!(p, [0xe0, 2, 0x98, 0]),
+        other => panic!("expected DISCONNECT, got {other:?}"),
+    }
+    assert_eq!(ban(&s, "username", "bob").await.status, 201);
+    assert!(matches!(by_user.until_end().await.1, End::Eof));
+    assert_eq!(ban(&s, "peerhost", "198.51.100.20").await.status, 201);
+    assert_eq!(close_code(&mut by_ip).await, 1008);
+    assert_eq!(ban(&s, "peerhost_net", "203.0.113.0/24").await.status, 201);
+    assert_eq!(close_code(&mut by_net).await, 1008);
+
+    // Nobody else is touched.
+    bystander.ping().await;
+    support::ws::assert_echo(&mut bystander_tunnel, b"still here").await;
+
+    // The reconnects get the exact refusals.
+    let mut again = RawClient::ws(&s.gw.ws_url("/mqtt"), Version::V5).await;
+    let code = again
+        .connect(&wire::connect("meter-a", 30, Version::V5))
+        .await;
+    assert_eq!(code, 0x8a);
+    let mut again = RawClient::tcp(s.gw.addrs[1], Version::V311).await;
+    let connect = wire::connect_with_username("meter-b2", "bob", 30, Version::V311);
+    assert_eq!(again.connect(&connect).await, 0x05);
+    let stats = ops(s.api, "GET", "/api/v1/stats", None).await.json;
+    assert_eq!(stats["bans"]["active_by_by"]["admin:ops"], 4, "{stats}");
+    assert_eq!(stats["bans"]["kicks"], 4, "{stats}");
+}
+
+#[tokio::test]
+async fn bad_input_is_a_400_naming_the_field_and_changes_nothing() {
+    let s = setup().await;
+    let bodies = [
+        (json!({ "as": "serial", "who": "x" }), "as:"),
+        (
+            json!({ "as": "clientid_re", "who": "^x" }),
+            "as: clientid_re",
+        ),
+        (json!({ "as": "clientid", "who": "" }), "who:"),
+        (json!({ "as": "peerhost", "who": "300.1.1.1" }), "who:"),
+        (
+            json!({ "as": "peerhost_net", "who": "10.0.0.0/33" }),
+            "who:",
+        ),
+        (
+            json!({ "as": "clientid", "who": "x", "until": "2001-01-01T00:00:00Z" }),
+            "until:",
+        ),
+        (
+            json!({ "as": "clientid", "who": "x", "until": "tomorrow" }),
+            "until:",
+        ),
+        (json!({ "as": "clientid", "who": "x", "by": "me" }), "`by`"),
+        (json!({ "as": "clientid" }), "`who`"),
+        (json!(["clientid", "x"]), "body:"),
+    ];
+    for (body, names) in bodies {
+        let a = ops(s.api, "POST", "/api/v1/banned", Some(body.clone())).await;
+        assert_eq!(a.status, 400, "{body}");
+        assert_eq!(a.json["code"], "BAD_REQUEST", "{body}");
+        let message = a.json["message"].as_str().unwrap();
+        assert!(message.contains(names), "{body}: {message}");
+    }
+    for (query, names) in [
+        ("?limit=0", "limit:"),
+        ("?limit=10001", "limit:"),
+        ("?page=0", "page:"),
+        ("?as=ip", "as:"),
+        ("?foo=1", "`foo`"),
+        ("?limit=ten", "query:"),
+    ] {
+        let a = ops(s.api, "GET", &format!("/api/v1/banned{query}"), None).await;
+        assert_eq!(a.status, 400, "{query}");
+        assert!(
+            a.json["message"].as_str().unwrap().contains(names),
+            "{query}: {:?}",
+            a.json
+        );
+    }
+    let a = ops(s.api, "GET", "/api/v1/monitor?latest=5", None).await;
+    assert_eq!(
+        (a.status, a.json["message"].as_str()),
+        (400, Some("latest: must be between 10 and 3600"))
+    );
+    assert_eq!(count(&s, "").await, 0);
+}
+
+#[tokio::test]
+async fn a_duplicate_is_a_409_and_a_client_id_with_a_slash_is_lifted_by_its_encoded_path() {
+    let s = setup().await;
+    let created = ban(&s, "clientid", "fleet/meter-1").await;
+    assert_eq!(created.status, 201);
+    assert_eq!(created.json["by"], "admin:ops");
+    assert_eq!(created.json["who"], "fleet/meter-1");
+    assert!(
+        created.json.get("until").is_none(),
+        "permanent: {:?}",
+        created.json
+    );
+
+    // Another admin adding the same: a conflict showing the ban in force, not a replace.
+    let body = json!({ "as": "clientid", "who": "fleet/meter-1", "until": "2999-01-01T00:00:00Z" });
+    let dup = call(
+        s.api,
+        Some(OTHER_TOKEN),
+        "POST",
+        "/api/v1/banned",
+        Some(body),
+    )
+    .await;
+    assert_eq!(dup.status, 409);
+    assert_eq!(dup.json["code"], "ALREADY_EXISTS");
+    assert_eq!(dup.json["ban"]["by"], "admin:ops");
+
+    let body = json!({ "as": "peerhost", "who": "192.0.2.9", "until": "2999-01-01T00:00:00Z" });
+    let by_ci = call(
+        s.api,
+        Some(OTHER_TOKEN),
+        "POST",
+        "/api/v1/banned",
+        Some(body),
+    )
+    .await;
+    assert_eq!((by_ci.status, &by_ci.json["by"]), (201, &json!("admin:ci")));
+    assert_eq!(by_ci.json["until"], "2999-01-01T00:00:00.000Z");
+    for id in ["a", "b", "c"] {
+        assert_eq!(ban(&s, "username", id).await.status, 201);
+    }
+
+    // Filters and paging.
+    assert_eq!(count(&s, "?as=clientid&like_who=meter").await, 1);
+    assert_eq!(count(&s, "?by=admin:ci").await, 1);
+    assert_eq!(count(&s, "?by=admin:").await, 5);
+    let page = ops(
+        s.api,
+        "GET",
+        "/api/v1/banned?as=username&limit=2&page=2",
+        None,
+    )
+    .await;
+    assert_eq!(page.json["data"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        page.json["meta"],
+        json!({ "page": 2, "limit": 2, "count": 3, "hasnext": false })
+    );
+
+    let path = "/api/v1/banned/clientid/fleet%2Fmeter-1";
+    let lifted = ops(s.api, "DELETE", path, None).await;
+    assert_eq!((lifted.status, &lifted.json), (204, &Value::Null));
+    assert_eq!(ops(s.api, "DELETE", path, None).await.status, 404);
+    let bad = ops(s.api, "DELETE", "/api/v1/banned/peerhost/not-an-ip", None).await;
+    assert_eq!(bad.status, 400);
+    assert_eq!(count(&s, "").await, 4);
+}
+
+#[tokio::test]
+async fn live_clients_are_listed_and_a_kick_closes_them_without_banning() {
+    let s = setup().await;
+    let mut dev = mqtt_tcp(&s, "meter-7", Some("u7")).await;
+    let _v5 = mqtt_ws_v5(&s, "meter-8").await;
+    let _tunnel = tunnel_from(&s, "192.0.2.44").await;
+
+    let list = ops(s.api, "GET", "/api/v1/clients?clientid=meter-7", None).await;
+    assert_eq!(list.json["meta"]["count"], 1, "{:?}", list.json);
+    let c = &list.json["data"][0];
+    assert_eq!(
+        (
+            &c["username"],
+            &c["transport"],
+            &c["proto_ver"],
+            &c["keepalive"]
+        ),
+        (&json!("u7"), &json!("tcp"), &json!(4), &json!(30))
+    );
+    assert_eq!(
+        (&c["route"], &c["ip_address"]),
+        (&json!("mqtt"), &json!("127.0.0.1"))
+    );
+    let v5 = ops(s.api, "GET", "/api/v1/clients?like_clientid=meter-8", None).await;
+    assert_eq!(
+        (
+            &v5.json["data"][0]["transport"],
+            &v5.json["data"][0]["proto_ver"]
+        ),
+        (&json!("ws"), &json!(5))
+    );
+    let tunnels = ops(s.api, "GET", "/api/v1/clients?route=echo", None).await;
+    let t = &tunnels.json["data"][0];
+    assert_eq!(
+        (&t["ip_address"], &t["clientid"]),
+        (&json!("192.0.2.44"), &Value::Null)
+    );
+    assert!(t["bytes_in"].as_u64().unwrap() >= 5, "{t}");
+    assert_eq!(
+        ops(s.api, "GET", "/api/v1/clients", None).await.json["meta"]["count"],
+        3
+    );
+
+    let kick = ops(s.api, "DELETE", "/api/v1/clients/meter-7", None).await;
+    assert_eq!(kick.status, 200);
+    assert_eq!(kick.json["kicked"], 1);
+    assert!(kick.json["note"].as_str().unwrap().contains("reconnect"));
+    assert!(matches!(dev.until_end().await.1, End::Eof));
+    // A kick is not a ban: the device comes straight back.
+    let _back = mqtt_tcp(&s, "meter-7", Some("u7")).await;
+    let nobody = ops(s.api, "DELETE", "/api/v1/clients/nobody", None).await;
+    assert_eq!(
+        (nobody.status, &nobody.json["code"]),
+        (404, &json!("NOT_FOUND"))
+    );
+}
+
+#[tokio::test]
+async fn stats_monitor_and_metrics_count_what_happened() {
+    let s = setup().await;
+    let mut dev = mqtt_tcp(&s, "meter-9", None).await;
+    assert_eq!(ban(&s, "clientid", "meter-9").await.status, 201);
+    assert!(matches!(dev.until_end().await.1, End::Eof));
+    let _other = mqtt_tcp(&s, "meter-10", None).await;
+
+    let stats = ops(s.api, "GET", "/api/v1/stats", None).await.json;
+    assert_eq!(stats["connections"]["total"], 1, "{stats}");
+    assert_eq!(stats["connections"]["by_transport"]["tcp"], 1, "{stats}");
+    assert_eq!(stats["bans"]["active_by_as"]["clientid"], 1, "{stats}");
+    let monitor = ops(s.api, "GET", "/api/v1/monitor?latest=60", None).await;
+    assert_eq!(monitor.status, 200);
+    assert!(
+        !monitor.json.as_array().unwrap().is_empty(),
+        "a sample at start"
+    );
+
+    let metrics = admin::text(s.api, "/metrics").await;
+    for line in [
+        "portcullis_bans_issued_total{by=\"admin\"} 1",
+        "portcullis_bans_active{as=\"clientid\"} 1",
+        "portcullis_kicks_total 1",
+        "portcullis_connections_active{listener=\"lan\",route=\"mqtt\",transport=\"tcp\"} 1",
+        "portcullis_upstream_healthy{route=\"mqtt\"} 1",
+        "portcullis_build_info{version=\"",
+    ] {
+        assert!(metrics.contains(line), "{line} in:\n{metrics}");
+    }
+    assert!(
+        metrics.trim_end().ends_with("# EOF"),
+        "OpenMetrics ends with # EOF"
+    );
+}
+
+#[tokio::test]
+async fn the_openapi_document_describes_every_route_with_unique_operation_ids() {
+    let s = setup().await;
+    let doc = ops(s.api, "GET", "/api/v1/openapi.json", None).await.json;
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let mut ids = Vec::new();
+    for (path, methods) in [
+        ("/api/v1/banned", &["get", "post"][..]),
+        ("/api/v1/banned/{as}/{who}", &["delete"]),
+        ("/api/v1/clients", &["get"]),
+        ("/api/v1/clients/{clientid}", &["delete"]),
+        ("/api/v1/stats", &["get"]),
+        ("/api/v1/monitor", &["get"]),
+    ] {
+        for m in methods {
+            let op = &doc["paths"][path][m];
+            assert!(op.is_object(), "{m} {path} documented");
+            assert!(
+                op["responses"]["401"].is_object(),
+                "{m} {path}: 401 documented"
+            );
+            ids.push(op["operationId"].as_str().unwrap().to_owned());
+        }
+    }
+    let n = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), n, "operation ids are unique: {ids:?}");
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    for schema in [
+        "Record",
+        "ApiError",
+        "BannedPage",
+        "ClientsPage",
+        "Stats",
+        "Sample",
+    ] {
+        assert!(doc["components"]["schemas"][schema].is_object(), "{schema}");
+    }
+}
+
+#[tokio::test]
+async fn tokens_are_reloaded_and_a_file_that_no_longer_parses_keeps_them() {
+    let s = setup().await;
+    let config = Config::parse(&s.toml, None).unwrap();
+    std::fs::write(&s.files.tokens, "rotated:rotated-token-0123456789\n").unwrap();
+    s.gw.gw().reload(&config).expect("reload");
+    let list = |t: &'static str| call(s.api, Some(t), "GET", "/api/v1/banned", None);
+    assert_eq!(list(TOKEN).await.status, 401, "the old token is gone");
+    assert_eq!(list("rotated-token-0123456789").await.status, 200);
+
+    std::fs::write(&s.files.tokens, "rotated:short\n").unwrap();
+    let e =
+        s.gw.gw()
+            .reload(&config)
+            .expect_err("a bad tokens file is refused");
+    assert!(e.contains("admin.tokens_file") && e.contains(":1:"), "{e}");
+    assert_eq!(list("rotated-token-0123456789").await.status, 200);
+}
+
+/// `portcullis <args>` against the running gateway: (success, stdout, stderr).
+async fn cli(s: &Setup, args: &[&str]) -> (bool, String, String) {
+    let api = format!("http://{}", s.api);
+    let token = s.files.token_file();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    // Off the runtime's workers: the gateway answering it runs on them.
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(&args)
+            .args(["--api", &api, "--token-file"])
+            .arg(&token)
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("the CLI runs");
+    let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
+    (out.status.success(), text(out.stdout), text(out.stderr))
+}
+
+#[tokio::test]
+async fn the_cli_adds_lists_and_removes_bans_and_lists_and_kicks_clients() {
+    let s = setup().await;
+    let add = [
+        "banned", "add", "--as", "clientid", "--who", "cli/dev", "--reason", "by hand",
+    ];
+    let (ok, out, err) = cli(&s, &add).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("cli/dev") && out.contains("admin:ops"),
+        "{out}"
+    );
+    let (ok, out, _) = cli(&s, &add).await;
+    assert!(!ok, "a duplicate fails: {out}");
+
+    let (ok, out, _) = cli(&s, &["banned", "list"]).await;
+    assert!(ok);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("AS") && lines[0].contains("WHO"),
+        "{out}"
+    );
+    assert!(
+        lines[1].starts_with("clientid") && lines[1].contains("by hand"),
+        "{out}"
+    );
+    assert!(out.contains("page 1 of 1 item(s)"), "{out}");
+    let (ok, out, _) = cli(&s, &["banned", "list", "--json"]).await;
+    assert!(ok);
+    let v: Value = serde_json::from_str(&out).expect("--json prints JSON");
+    assert_eq!(v["data"][0]["who"], "cli/dev");
+
+    let (ok, _, err) = cli(
+        &s,
+        &["banned", "rm", "--as", "clientid", "--who", "cli/dev"],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let (ok, _, err) = cli(
+        &s,
+        &["banned", "rm", "--as", "clientid", "--who", "cli/dev"],
+    )
+    .await;
+    assert!(!ok && err.contains("404"), "{err}");
+
+    let mut dev = mqtt_tcp(&s, "cli-meter", None).await;
+    let (ok, out, _) = cli(&s, &["clients", "list"]).await;
+    assert!(
+        ok && out.contains("cli-meter") && out.contains("tcp"),
+        "{out}"
+    );
+    let (ok, out, err) = cli(&s, &["clients", "kick", "cli-meter"]).await;
+    assert!(ok && out.contains("kicked 1"), "{out}{err}");
+    assert!(matches!(dev.until_end().await.1, End::Eof));
+    let (ok, _, err) = cli(&s, &["banned", "list", "--as", "nonsense"]).await;
+    assert!(!ok && err.contains("as:"), "{err}");
+}
