@@ -13,6 +13,8 @@
 pub mod admin;
 #[cfg(feature = "agent")]
 pub mod agent;
+#[cfg(feature = "gateway")]
+pub mod cluster;
 pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;

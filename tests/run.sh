@@ -21,6 +21,8 @@ have mosquitto_sub || need+=(mosquitto-clients)
 have squid || need+=(squid)
 have openssl || need+=(openssl)
 have stdbuf || need+=(coreutils)
+# The cluster's meeting point: bans shared between gateways.
+have redis-server || need+=(redis-server)
 # The edges the profiles are for, run from profiles/ in front of the gateway.
 have nginx || need+=(nginx)
 have haproxy || need+=(haproxy)

@@ -175,6 +175,24 @@ pub fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
         "Admin API requests refused for a missing or unknown token",
         vec![(vec![], shared.admin_unauthorized.load(Relaxed))],
     );
+    if let Some(c) = shared.bans.cluster() {
+        let up = vec![(vec![], i64::from(c.connected()))];
+        gauge(
+            &mut reg,
+            "redis_connected",
+            "1 while the cluster's Redis is reachable",
+            up,
+        );
+        let n = vec![(vec![], c.resyncs())];
+        counter(&mut reg, "redis_resyncs", "Full ban resyncs with Redis", n);
+        let n = vec![(vec![], c.outages())];
+        counter(
+            &mut reg,
+            "redis_outages",
+            "Times Redis was lost or unreachable",
+            n,
+        );
+    }
     gauge(
         &mut reg,
         "build_info",

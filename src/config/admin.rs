@@ -19,3 +19,74 @@ pub struct AdminSettings {
 fn default_bind() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9090))
 }
+
+/// `[cluster]`: bans shared with the other gateways through Redis. Absent: this node alone.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// `redis://[:password@]host:port[/db]`.
+    pub redis: String,
+    /// This gateway's name in the cluster (`by = "peer:<node>"` on the others). Unique.
+    pub node: String,
+    /// A full resync this often, besides every (re)connect: pub/sub loses what is sent while
+    /// a subscriber is away.
+    #[serde(default = "default_resync_secs")]
+    pub resync_secs: u64,
+    /// Every key and the channel start with this, so clusters can share a Redis.
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
+}
+
+fn default_resync_secs() -> u64 {
+    30
+}
+
+fn default_key_prefix() -> String {
+    "portcullis".into()
+}
+
+impl ClusterSettings {
+    /// The error is `(key, message)`.
+    pub fn check(&self) -> Result<(), (String, String)> {
+        let bad = |k: &str, m: &str| Err((format!("cluster.{k}"), m.to_owned()));
+        if !self.redis.starts_with("redis://") {
+            return bad(
+                "redis",
+                "must be a redis:// URL (rediss:// is not built in)",
+            );
+        }
+        let name_ok = |s: &str| {
+            (1..=64).contains(&s.len())
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        };
+        if !name_ok(&self.node) {
+            return bad("node", "must be 1-64 of A-Z a-z 0-9 - _ .");
+        }
+        if !name_ok(&self.key_prefix) {
+            return bad("key_prefix", "must be 1-64 of A-Z a-z 0-9 - _ .");
+        }
+        if !(1..=3600).contains(&self.resync_secs) {
+            return bad("resync_secs", "must be between 1 and 3600");
+        }
+        Ok(())
+    }
+}
+
+/// The URL's password never reaches a log.
+impl std::fmt::Debug for ClusterSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = match (self.redis.find("://"), self.redis.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                format!("{}***{}", &self.redis[..scheme + 3], &self.redis[at..])
+            }
+            _ => self.redis.clone(),
+        };
+        f.debug_struct("ClusterSettings")
+            .field("redis", &redacted)
+            .field("node", &self.node)
+            .field("resync_secs", &self.resync_secs)
+            .field("key_prefix", &self.key_prefix)
+            .finish()
+    }
+}

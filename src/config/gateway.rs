@@ -36,6 +36,9 @@ pub struct Config {
     /// The admin API (bans, clients, stats, metrics). Absent: none.
     #[serde(default)]
     pub admin: Option<super::AdminSettings>,
+    /// Bans shared with other gateways through Redis. Absent: this node alone.
+    #[serde(default)]
+    pub cluster: Option<super::ClusterSettings>,
     /// The file this came from, for reload on SIGHUP.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -493,6 +496,9 @@ impl Config {
             if !(1..=max).contains(&v) {
                 return Err((format!("probe.{k}"), format!("must be between 1 and {max}")));
             }
+        }
+        if let Some(c) = &self.cluster {
+            c.check()?;
         }
         if self.shutdown.drain_timeout_secs < self.shutdown.drain_window_secs {
             return Err((

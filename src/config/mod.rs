@@ -13,7 +13,7 @@ mod locate;
 pub mod policy;
 
 #[cfg(feature = "gateway")]
-pub use admin::AdminSettings;
+pub use admin::{AdminSettings, ClusterSettings};
 #[cfg(feature = "gateway")]
 pub use gateway::*;
 pub use locate::ConfigError;

@@ -23,6 +23,8 @@ pub struct AnnouncedBans {
     issued: [AtomicU64; 6],
     /// Taken out at shutdown, so that the store's file is closed when the gateway is.
     disk: RwLock<Option<Writer>>,
+    /// With `[cluster]`: where this node's own changes go out to the others.
+    cluster: RwLock<Option<crate::cluster::Handle>>,
 }
 
 impl AnnouncedBans {
@@ -33,6 +35,7 @@ impl AnnouncedBans {
             clients,
             issued: Default::default(),
             disk: RwLock::new(None),
+            cluster: RwLock::new(None),
         }
     }
 
@@ -45,6 +48,7 @@ impl AnnouncedBans {
             clients,
             issued: Default::default(),
             disk: RwLock::new(Some(writer)),
+            cluster: RwLock::new(None),
         }
     }
 
@@ -61,6 +65,34 @@ impl AnnouncedBans {
         }
     }
 
+    /// From now on this node's own changes are shared with the cluster.
+    pub fn join_cluster(&self, handle: crate::cluster::Handle) {
+        *self.cluster.write().unwrap_or_else(|e| e.into_inner()) = Some(handle);
+    }
+
+    pub fn cluster(&self) -> Option<crate::cluster::Handle> {
+        self.cluster
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Another node's ban: enforced and kicked here, written to the store, not sent back out.
+    pub fn apply_peer(&self, ban: Ban, now: SystemTime) {
+        let announced = ban.clone();
+        if self.store.insert(ban, now).is_ok() {
+            self.kick_and_count(&announced);
+            self.written(&announced.subject);
+        }
+    }
+
+    /// Another node lifted a ban (or a resync found it gone): lifted here, not sent back out.
+    pub fn remove_peer(&self, subject: &Subject) -> Option<Ban> {
+        let removed = self.store.remove(subject);
+        self.written(subject);
+        removed
+    }
+
     /// Bans issued since start, by issuer family (`portcullis:rate`, `admin`, …).
     pub fn issued(&self) -> Vec<(&'static str, u64)> {
         BanSource::FAMILIES
@@ -70,15 +102,19 @@ impl AnnouncedBans {
             .collect()
     }
 
-    /// A ban is in force: count it, kick whoever it covers, write it down.
+    /// A ban is in force: count it, kick whoever it covers, write it down, tell the cluster.
     fn announce(&self, ban: &Ban) {
+        self.kick_and_count(ban);
+        self.changed(&ban.subject);
+    }
+
+    fn kick_and_count(&self, ban: &Ban) {
         if let Some(n) = self.issued.get(ban.source.family()) {
             n.fetch_add(1, Relaxed);
         }
         let why = format!("banned while connected: {}", ban.reason);
         self.clients
             .kick_covered(&ban.subject.clone().canonical(), &why);
-        self.changed(&ban.subject);
     }
 
     /// Bans read back from the store (or just written there) at start: into memory only.
@@ -118,7 +154,16 @@ impl AnnouncedBans {
         self.disk.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// This node changed the ban on `subject`: the store and the cluster follow memory.
     fn changed(&self, subject: &Subject) {
+        self.written(subject);
+        if let Some(c) = self.cluster() {
+            c.changed(subject.clone().canonical());
+        }
+    }
+
+    /// The store follows memory for `subject`.
+    fn written(&self, subject: &Subject) {
         if let Some(w) = self.writer() {
             w.changed(subject.clone().canonical());
         }
@@ -150,8 +195,9 @@ impl BanList for AnnouncedBans {
     fn sweep(&self, now: SystemTime) -> usize {
         let expired = self.store.sweep_expired(now);
         // The writer writes what memory holds for them: nothing, unless a newer ban came.
+        // Redis expires its copy by itself: an expiry is nothing to announce.
         for subject in &expired {
-            self.changed(subject);
+            self.written(subject);
         }
         expired.len()
     }

@@ -1,6 +1,6 @@
 //! The running gateway: listeners, route pools, reload and graceful shutdown.
 
-mod bans;
+pub mod bans;
 pub mod clients;
 
 use std::collections::HashMap;
@@ -134,6 +134,9 @@ impl Gateway {
             shutdown::channel(Duration::from_secs(config.shutdown.drain_window_secs));
         let clients = clients::Clients::new();
         let bans = Arc::new(open_bans(&config, clients.clone()).await?);
+        if let Some(settings) = &config.cluster {
+            bans.join_cluster(crate::cluster::join(settings, &bans).await?);
+        }
         let policy = Policy::new(&config.policy, bans.clone(), Default::default())
             .map_err(|e| format!("policy: {e}"))?;
         let shared = Arc::new(Shared {
@@ -283,6 +286,9 @@ impl Gateway {
         self.tracker.wait().await;
         // The gateway's own bans of the last moments are written down, and the store closed.
         self.shared.bans.close().await;
+        if let Some(cluster) = self.shared.bans.cluster() {
+            cluster.stop();
+        }
         if let Some(admin) = self.admin {
             admin.stop().await;
         }

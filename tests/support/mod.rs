@@ -15,6 +15,7 @@ pub mod nginx;
 pub mod policy_gw;
 pub mod raw_mqtt;
 pub mod raw_peers;
+pub mod redis;
 pub mod squid;
 pub mod tls_client;
 pub mod ws;
