@@ -1,14 +1,14 @@
 //! One plain HTTP/1.1 request and its answer, over any stream: the probe's POSTs on a stream the
 //! dialer opened (proxy and TLS done), `portcullis healthcheck`'s GET, and the admin CLI's
-//! JSON requests. Bounded: a head of 16 KiB, a body of 8 MiB (a page of 10,000 bans is about
-//! 2 MiB), all within one deadline.
+//! JSON requests. Bounded: a head of 16 KiB, a body of 64 KiB (8 MiB for the admin CLI: a page
+//! of 10,000 bans is about 2 MiB), all within one deadline.
 
 use std::time::Duration;
 
 use http::HeaderMap;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// An answer: status, headers, and up to 8 MiB of body.
+/// An answer: status, headers, and a bounded body.
 pub struct Answer {
     pub status: u16,
     pub headers: HeaderMap,
@@ -16,7 +16,9 @@ pub struct Answer {
 }
 
 const MAX_HEAD: usize = 16 * 1024;
-const MAX_BODY: usize = 8 << 20;
+const MAX_BODY: usize = 64 * 1024;
+/// The admin CLI's answers: its own gateway's admin API.
+const MAX_ADMIN_BODY: usize = 8 << 20;
 
 /// `GET path`, then the answer.
 pub async fn get<S>(
@@ -77,7 +79,7 @@ where
             .await
             .map_err(|e| format!("cannot send the request: {e}"))?;
         let _ = stream.flush().await;
-        read_answer(stream).await
+        read_answer(stream, MAX_ADMIN_BODY).await
     };
     tokio::time::timeout(timeout, work)
         .await
@@ -122,14 +124,14 @@ where
             sent += n;
         }
         let _ = stream.flush().await;
-        read_answer(stream).await
+        read_answer(stream, MAX_BODY).await
     };
     tokio::time::timeout(timeout, work)
         .await
         .map_err(|_| format!("no answer within {} s", timeout.as_secs()))?
 }
 
-async fn read_answer<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Answer, String> {
+async fn read_answer<S: AsyncRead + Unpin>(stream: &mut S, max: usize) -> Result<Answer, String> {
     let mut buf = Vec::with_capacity(4096);
     let mut chunk = [0u8; 4096];
     loop {
@@ -161,14 +163,14 @@ async fn read_answer<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Answer, Str
                     .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
                 let rest = buf[at..].to_vec();
                 let body = if chunked {
-                    read_chunked(stream, rest).await
+                    read_chunked(stream, rest, max).await
                 } else {
                     let want = headers
                         .get(http::header::CONTENT_LENGTH)
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.parse::<usize>().ok())
-                        .unwrap_or(MAX_BODY)
-                        .min(MAX_BODY);
+                        .unwrap_or(max)
+                        .min(max);
                     read_at_least(stream, rest, want).await
                 };
                 return Ok(Answer {
@@ -201,8 +203,12 @@ async fn read_at_least<S: AsyncRead + Unpin>(
     buf
 }
 
-/// A chunked body, decoded, up to [`MAX_BODY`] (a hop may re-chunk the gateway's answer).
-async fn read_chunked<S: AsyncRead + Unpin>(stream: &mut S, mut raw: Vec<u8>) -> Vec<u8> {
+/// A chunked body, decoded, up to `max` (a hop may re-chunk the gateway's answer).
+async fn read_chunked<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    mut raw: Vec<u8>,
+    max: usize,
+) -> Vec<u8> {
     let mut body = Vec::new();
     let mut chunk = [0u8; 4096];
     let mut at = 0;
@@ -210,17 +216,17 @@ async fn read_chunked<S: AsyncRead + Unpin>(stream: &mut S, mut raw: Vec<u8>) ->
         match httparse::parse_chunk_size(&raw[at..]) {
             Ok(httparse::Status::Complete((header, size))) => {
                 let size = usize::try_from(size).unwrap_or(usize::MAX);
-                if size == 0 || body.len() >= MAX_BODY {
+                if size == 0 || body.len() >= max {
                     return body;
                 }
                 let start = at + header;
                 // The chunk's data and its CRLF.
                 let end = start.saturating_add(size).saturating_add(2);
-                while raw.len() < end.min(start + MAX_BODY + 2) {
+                while raw.len() < end.min(start + max + 2) {
                     match stream.read(&mut chunk).await {
                         Ok(0) | Err(_) => {
                             body.extend_from_slice(raw.get(start..).unwrap_or_default());
-                            body.truncate(MAX_BODY);
+                            body.truncate(max);
                             return body;
                         }
                         Ok(n) => raw.extend_from_slice(&chunk[..n]),
@@ -228,7 +234,7 @@ async fn read_chunked<S: AsyncRead + Unpin>(stream: &mut S, mut raw: Vec<u8>) ->
                 }
                 let data_end = (start + size).min(raw.len());
                 body.extend_from_slice(&raw[start..data_end]);
-                body.truncate(MAX_BODY);
+                body.truncate(max);
                 at = end.min(raw.len());
             }
             Ok(httparse::Status::Partial) if raw.len() - at < 1024 => {

@@ -153,6 +153,38 @@ async fn every_request_needs_a_known_token_and_a_refused_one_changes_nothing() {
 }
 
 #[tokio::test]
+async fn connections_beyond_the_cap_are_closed_at_accept_and_the_api_stays_usable() {
+    use tokio::io::AsyncReadExt;
+    let s = setup().await;
+    // Silent connections fill every slot (no token needed to open one)...
+    let mut idle = Vec::new();
+    for _ in 0..portcullis::admin::MAX_CONNECTIONS {
+        idle.push(TcpStream::connect(s.api).await.unwrap());
+    }
+    // ...then the next one is closed at once, without a byte read from it.
+    let mut extra = TcpStream::connect(s.api).await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), extra.read(&mut buf)).await;
+    assert!(
+        matches!(n, Ok(Ok(0)) | Ok(Err(_))),
+        "closed at accept: {n:?}"
+    );
+    drop(idle);
+    // Slots come back as those close.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let tcp = TcpStream::connect(s.api).await.unwrap();
+        let mut peek = [0u8; 1];
+        let open = tokio::time::timeout(Duration::from_millis(200), tcp.peek(&mut peek)).await;
+        if open.is_err() {
+            break; // still open after 200 ms: it got a slot
+        }
+        assert!(tokio::time::Instant::now() < deadline, "slots freed");
+    }
+    assert_eq!(count(&s, "").await, 0);
+}
+
+#[tokio::test]
 async fn an_admin_ban_of_each_kind_kicks_what_it_covers_and_the_reconnect_is_refused() {
     let s = setup().await;
     let mut by_id = mqtt_ws_v5(&s, "meter-a").await;
@@ -233,7 +265,7 @@ async fn bad_input_is_a_400_naming_the_field_and_changes_nothing() {
         ("?page=0", "page:"),
         ("?as=ip", "as:"),
         ("?foo=1", "`foo`"),
-        ("?limit=ten", "query:"),
+        ("?limit=ten", "limit: invalid digit"),
     ] {
         let a = ops(s.api, "GET", &format!("/api/v1/banned{query}"), None).await;
         assert_eq!(a.status, 400, "{query}");
@@ -243,6 +275,38 @@ async fn bad_input_is_a_400_naming_the_field_and_changes_nothing() {
             a.json
         );
     }
+    // A value of the wrong type is named by its key too.
+    let a = ops(
+        s.api,
+        "POST",
+        "/api/v1/banned",
+        Some(json!({ "as": "clientid", "who": 5 })),
+    )
+    .await;
+    assert!(
+        a.json["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("who: invalid type"),
+        "{:?}",
+        a.json
+    );
+    let a = ops(s.api, "GET", "/api/v1/banned?page=x", None).await;
+    assert!(
+        a.json["message"].as_str().unwrap().starts_with("page: "),
+        "{:?}",
+        a.json
+    );
+    // Refusals axum makes before a handler runs are JSON as well.
+    let a = ops(s.api, "PUT", "/api/v1/banned", None).await;
+    assert_eq!(
+        (a.status, &a.json["code"]),
+        (405, &json!("METHOD_NOT_ALLOWED"))
+    );
+    let a = ops(s.api, "DELETE", "/api/v1/clients/%FF", None).await;
+    assert_eq!((a.status, &a.json["code"]), (400, &json!("BAD_REQUEST")));
+    let a = ops(s.api, "GET", "/api/v1/clients?transport=udp", None).await;
+    assert_eq!(a.json["message"], "transport: must be ws, wss or tcp");
     let a = ops(s.api, "GET", "/api/v1/monitor?latest=5", None).await;
     assert_eq!(
         (a.status, a.json["message"].as_str()),

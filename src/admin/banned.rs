@@ -5,6 +5,7 @@
 use std::time::SystemTime;
 
 use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -116,14 +117,16 @@ pub async fn list(
         (status = 400, description = "A bad field, named", body = ApiError),
         (status = 401, description = "No or an unknown token", body = ApiError),
         (status = 409, description = "A ban on that subject is in force already", body = Conflict),
+        (status = 413, description = "A body over 2 MB", body = ApiError),
+        (status = 500, description = "Enforced, but the store could not write it down", body = ApiError),
     )
 )]
 pub async fn add(
     State(state): State<AdminState>,
     Extension(Caller(caller)): Extension<Caller>,
-    bytes: Bytes,
+    raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let new: NewBan = body(&bytes)?;
+    let new: NewBan = body(&super::bytes(raw)?)?;
     check_kind(&new.kind)?;
     if new.who.is_empty() || new.who.len() > 1024 {
         return Err(ApiError::bad_request("who: must be 1 to 1024 bytes"));
@@ -182,13 +185,15 @@ pub async fn add(
         (status = 400, description = "A bad kind or value, named", body = ApiError),
         (status = 401, description = "No or an unknown token", body = ApiError),
         (status = 404, description = "No such ban", body = ApiError),
+        (status = 500, description = "Lifted, but the store could not write it down", body = ApiError),
     )
 )]
 pub async fn remove(
     State(state): State<AdminState>,
     Extension(Caller(caller)): Extension<Caller>,
-    Path((kind, who)): Path<(String, String)>,
+    params: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
+    let (kind, who) = super::path(params)?;
     check_kind(&kind)?;
     let probe = Record {
         kind: kind.clone(),

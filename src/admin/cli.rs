@@ -127,7 +127,13 @@ pub async fn banned(api: &ApiArgs, cmd: BannedCommand) -> Result<String, String>
             Ok(if api.json {
                 v.to_string()
             } else {
-                format!("banned {} {} (by {})", v["as"], v["who"], v["by"])
+                let field = |k: &str| printable(v[k].as_str().unwrap_or_default());
+                format!(
+                    "banned {} {} (by {})",
+                    field("as"),
+                    field("who"),
+                    field("by")
+                )
             })
         }
         BannedCommand::Rm { kind, who } => {
@@ -182,6 +188,21 @@ pub async fn clients(api: &ApiArgs, cmd: ClientsCommand) -> Result<String, Strin
             })
         }
     }
+}
+
+/// Client IDs, usernames and reasons are chosen by devices (and the policy bans them on its
+/// own): control characters are shown escaped, never sent to the operator's terminal.
+fn printable(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
 }
 
 fn encode(s: &str) -> String {
@@ -260,17 +281,15 @@ async fn call(
     let value: Value = if answer.body.is_empty() {
         Value::Null
     } else {
-        serde_json::from_slice(&answer.body).map_err(|e| format!("the answer is not JSON ({e})"))?
+        serde_json::from_slice(&answer.body)
+            .map_err(|e| format!("{}: the answer is not JSON ({e})", answer.status))?
     };
     if (200..300).contains(&answer.status) {
         Ok(value)
     } else {
-        let message = value["message"].as_str().unwrap_or("no message");
-        Err(format!(
-            "{} {}: {message}",
-            answer.status,
-            value["code"].as_str().unwrap_or("")
-        ))
+        let message = printable(value["message"].as_str().unwrap_or("no message"));
+        let code = printable(value["code"].as_str().unwrap_or(""));
+        Err(format!("{} {code}: {message}", answer.status))
     }
 }
 
@@ -284,7 +303,7 @@ fn table(v: &Value, cols: &[&str]) -> String {
                     cols.iter()
                         .map(|c| match &item[*c] {
                             Value::Null => "-".to_owned(),
-                            Value::String(s) => s.clone(),
+                            Value::String(s) => printable(s),
                             other => other.to_string(),
                         })
                         .collect()

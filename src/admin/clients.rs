@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
@@ -53,6 +54,7 @@ pub struct ClientView {
 }
 
 #[derive(Serialize, ToSchema)]
+#[schema(as = PublishCounts)]
 pub struct Messages {
     forwarded: u64,
     discarded_early: u64,
@@ -88,6 +90,11 @@ pub async fn list(
 ) -> Result<Json<ClientsPage>, ApiError> {
     let q: ClientsQuery = query(raw)?;
     let (page, limit) = paging(q.page, q.limit)?;
+    if let Some(t) = q.transport.as_deref() {
+        if !["ws", "wss", "tcp"].contains(&t) {
+            return Err(ApiError::bad_request("transport: must be ws, wss or tcp"));
+        }
+    }
     let is =
         |want: &Option<String>, have: Option<&str>| want.as_deref().is_none_or(|w| have == Some(w));
     let like = |want: &Option<String>, have: Option<&str>| {
@@ -149,6 +156,7 @@ pub async fn list(
     params(("clientid" = String, Path, description = "Percent-encoded (`/` is `%2F`)")),
     responses(
         (status = 200, description = "Every connection of that client ID closed", body = Kicked),
+        (status = 400, description = "The path is not valid UTF-8 once decoded", body = ApiError),
         (status = 401, description = "No or an unknown token", body = ApiError),
         (status = 404, description = "No live connection with that client ID", body = ApiError),
     )
@@ -156,8 +164,9 @@ pub async fn list(
 pub async fn kick(
     State(state): State<AdminState>,
     Extension(Caller(caller)): Extension<Caller>,
-    Path(clientid): Path<String>,
+    param: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Kicked>, ApiError> {
+    let clientid = super::path(param)?;
     let reason = format!("kicked by admin {caller}");
     let kicked = state.shared.clients.kick_client_id(&clientid, &reason);
     if kicked == 0 {

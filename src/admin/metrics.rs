@@ -18,8 +18,6 @@ use prometheus_client::registry::Registry;
 
 use super::{AdminState, ApiError};
 use crate::gateway::Shared;
-use crate::policy::BanList;
-use crate::store::Record;
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -119,13 +117,11 @@ pub fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
         ],
     );
 
-    let mut by_as: BTreeMap<String, i64> = BTreeMap::new();
-    for b in shared.bans.list(SystemTime::now()) {
-        *by_as.entry(Record::of(&b).kind).or_default() += 1;
-    }
-    let rows = by_as
+    let tally = shared.bans.tally(SystemTime::now());
+    let rows = tally
+        .by_kind
         .into_iter()
-        .map(|(k, n)| (l(&[("as", &k)]), n))
+        .map(|(k, n)| (l(&[("as", k)]), n as i64))
         .collect();
     gauge(&mut reg, "bans_active", "Bans in force, by kind", rows);
     let rows = shared

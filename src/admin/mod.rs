@@ -8,6 +8,8 @@ mod banned;
 pub mod cli;
 mod clients;
 mod metrics;
+mod server;
+pub use server::MAX_CONNECTIONS;
 mod stats;
 pub mod tokens;
 
@@ -130,6 +132,13 @@ fn router(state: AdminState) -> Router {
         )
         .route("/metrics", axum::routing::get(metrics::scrape))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "METHOD_NOT_ALLOWED",
+                "this endpoint does not take that method",
+            )
+        })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authenticate,
@@ -165,6 +174,8 @@ fn unauthorized(message: &str) -> Response {
 /// The running admin listener.
 pub struct AdminServer {
     pub local_addr: SocketAddr,
+    /// As configured (port 0 stays 0 here; `local_addr` has the port bound).
+    pub bind: SocketAddr,
     pub tokens: Arc<Tokens>,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
@@ -191,15 +202,11 @@ impl AdminServer {
         });
         let stop = CancellationToken::new();
         let until = stop.clone();
-        let task = tokio::spawn(async move {
-            let serve = axum::serve(tcp, app).with_graceful_shutdown(until.cancelled_owned());
-            if let Err(e) = serve.await {
-                tracing::error!("admin API stopped: {e}");
-            }
-        });
+        let task = tokio::spawn(server::serve(tcp, app, until));
         tracing::info!(addr = %local_addr, "admin API listening");
         Ok(AdminServer {
             local_addr,
+            bind: settings.bind,
             tokens,
             stop,
             task,
@@ -251,21 +258,54 @@ pub fn page_of<T>(items: Vec<T>, page: usize, limit: usize) -> (Vec<T>, PageMeta
     )
 }
 
-/// A query string into `T`, unknown parameters refused by name.
+/// A query string into `T`: unknown parameters refused by name, a bad value named by its key.
 pub fn query<T: serde::de::DeserializeOwned>(raw: Option<String>) -> Result<T, ApiError> {
-    serde_urlencoded::from_str(raw.as_deref().unwrap_or(""))
-        .map_err(|e| ApiError::bad_request(format!("query: {e}")))
+    let pairs = form_urlencoded::parse(raw.as_deref().unwrap_or("").as_bytes());
+    let de = serde_urlencoded::Deserializer::new(pairs);
+    serde_path_to_error::deserialize(de).map_err(|e| named("query", e.path(), e.inner()))
+}
+
+/// `where: key: what` (the key left out when serde does not know it).
+fn named(place: &str, path: &serde_path_to_error::Path, e: &dyn std::fmt::Display) -> ApiError {
+    let key = path.to_string();
+    if key.is_empty() || key == "." {
+        ApiError::bad_request(format!("{place}: {e}"))
+    } else {
+        ApiError::bad_request(format!("{key}: {e}"))
+    }
 }
 
 /// A JSON object into `T`; the error names the field. (serde would also take an array for a
 /// struct, field by position: refused, since nobody means that.)
 pub fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let bad = |e: serde_json::Error| ApiError::bad_request(format!("body: {e}"));
-    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(bad)?;
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request(format!("body: {e}")))?;
     if !value.is_object() {
         return Err(ApiError::bad_request("body: must be a JSON object"));
     }
-    serde_json::from_value(value).map_err(bad)
+    serde_path_to_error::deserialize(value).map_err(|e| named("body", e.path(), e.inner()))
+}
+
+/// Path parameters, or a JSON 400 saying which part of the path is wrong.
+pub fn path<T>(
+    p: Result<axum::extract::Path<T>, axum::extract::rejection::PathRejection>,
+) -> Result<T, ApiError> {
+    p.map(|axum::extract::Path(t)| t)
+        .map_err(|e| ApiError::bad_request(format!("path: {}", e.body_text())))
+}
+
+/// A request body, or a JSON error (413 when over the limit).
+pub fn bytes(
+    b: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<axum::body::Bytes, ApiError> {
+    b.map_err(|e| {
+        let status = e.status();
+        let code = match status {
+            StatusCode::PAYLOAD_TOO_LARGE => "TOO_LARGE",
+            _ => "BAD_REQUEST",
+        };
+        ApiError::new(status, code, format!("body: {}", e.body_text()))
+    })
 }
 
 /// RFC 3339, UTC, milliseconds.

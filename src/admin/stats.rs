@@ -11,8 +11,6 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::{query, rfc3339, AdminState, ApiError};
 use crate::gateway::Shared;
-use crate::policy::BanList;
-use crate::store::Record;
 
 #[derive(Serialize, ToSchema)]
 pub struct Stats {
@@ -34,6 +32,7 @@ pub struct Connections {
 }
 
 #[derive(Serialize, ToSchema)]
+#[schema(as = Verdicts)]
 pub struct Messages {
     forwarded: u64,
     retransmits: u64,
@@ -90,18 +89,12 @@ fn collect(shared: &Shared) -> Stats {
             .or_default() += 1;
         *by_route.entry(c.route.to_string()).or_default() += 1;
     }
-    let bans: Vec<Record> = shared
-        .bans
-        .list(SystemTime::now())
+    let tally = shared.bans.tally(SystemTime::now());
+    let active_by_as = tally
+        .by_kind
         .iter()
-        .map(Record::of)
+        .map(|(k, n)| (k.to_string(), *n))
         .collect();
-    let mut active_by_as = BTreeMap::new();
-    let mut active_by_by = BTreeMap::new();
-    for b in &bans {
-        *active_by_as.entry(b.kind.clone()).or_default() += 1;
-        *active_by_by.entry(b.by.clone()).or_default() += 1;
-    }
     Stats {
         connections: Connections {
             total: live.len(),
@@ -126,9 +119,9 @@ fn collect(shared: &Shared) -> Stats {
             connect_too_many: s.refused_too_many,
         },
         bans: Bans {
-            active: bans.len(),
+            active: tally.active,
             active_by_as,
-            active_by_by,
+            active_by_by: tally.by_source,
             issued_by_policy: s.bans_issued,
             strikes: s.strikes,
             kicks: shared.clients.kicks(),
@@ -189,7 +182,7 @@ impl Monitor {
             messages_discarded: s.discarded_early + s.discarded_late + s.rate_limited,
             bytes_in,
             bytes_out,
-            bans_active: shared.bans.list(now).len(),
+            bans_active: shared.bans.tally(now).active,
         };
         let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
         if samples.len() == KEEP {

@@ -21,7 +21,7 @@ struct Entry {
 
 /// The tokens in force, and the file they came from.
 pub struct Tokens {
-    file: PathBuf,
+    file: RwLock<PathBuf>,
     entries: RwLock<Arc<Vec<Entry>>>,
 }
 
@@ -30,16 +30,23 @@ impl Tokens {
     pub fn load(file: &Path) -> Result<Tokens, String> {
         let entries = read(file)?;
         Ok(Tokens {
-            file: file.to_owned(),
+            file: RwLock::new(file.to_owned()),
             entries: RwLock::new(Arc::new(entries)),
         })
     }
 
     /// Re-read the file; on error the tokens in force stay.
     pub fn reload(&self) -> Result<usize, String> {
-        let entries = read(&self.file)?;
+        let file = self.file.read().unwrap_or_else(|e| e.into_inner()).clone();
+        self.reload_from(&file)
+    }
+
+    /// Read `file` (the config may name another one now); on error the tokens in force stay.
+    pub fn reload_from(&self, file: &Path) -> Result<usize, String> {
+        let entries = read(file)?;
         let n = entries.len();
         *self.entries.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(entries);
+        *self.file.write().unwrap_or_else(|e| e.into_inner()) = file.to_owned();
         Ok(n)
     }
 

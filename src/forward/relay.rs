@@ -178,7 +178,7 @@ where
     }
 }
 
-fn truncate_reason(reason: &str) -> String {
+pub(crate) fn truncate_reason(reason: &str) -> String {
     // A close frame's payload is at most 125 bytes, 2 of them the code.
     let mut end = reason.len().min(120);
     while !reason.is_char_boundary(end) {

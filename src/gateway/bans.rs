@@ -124,6 +124,11 @@ impl AnnouncedBans {
             .count()
     }
 
+    /// Bans in force, counted by kind and issuer (no copy of the list).
+    pub fn tally(&self, now: SystemTime) -> crate::policy::Tally {
+        self.store.tally(now)
+    }
+
     /// The ban on exactly `subject`, if one is in force.
     pub fn get_exact(&self, subject: &Subject, now: SystemTime) -> Option<Ban> {
         self.store.get_exact(subject, now)

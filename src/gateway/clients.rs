@@ -5,7 +5,7 @@
 //! client ID wakes one connection, not every connection of the gateway. An admin's kick uses
 //! the same path. The admin API lists connections from here.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -109,18 +109,50 @@ struct Index {
     all: HashMap<u64, Arc<Client>>,
     by_client_id: HashMap<Arc<str>, Vec<u64>>,
     by_username: HashMap<Arc<str>, Vec<u64>>,
-    by_ip: HashMap<IpAddr, Vec<u64>>,
+    /// Ordered, so that a CIDR ban finds its addresses as a range.
+    by_ip: BTreeMap<IpAddr, Vec<u64>>,
 }
 
-fn add<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Vec<u64>>, key: K, id: u64) {
-    map.entry(key).or_default().push(id);
+/// `HashMap` and `BTreeMap` alike, for the index's add and forget.
+trait IdMap<K> {
+    fn ids(&mut self, key: K) -> &mut Vec<u64>;
+    fn existing(&mut self, key: &K) -> Option<&mut Vec<u64>>;
+    fn drop_key(&mut self, key: &K);
 }
 
-fn forget<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Vec<u64>>, key: &K, id: u64) {
-    if let Some(ids) = map.get_mut(key) {
+impl<K: std::hash::Hash + Eq> IdMap<K> for HashMap<K, Vec<u64>> {
+    fn ids(&mut self, key: K) -> &mut Vec<u64> {
+        self.entry(key).or_default()
+    }
+    fn existing(&mut self, key: &K) -> Option<&mut Vec<u64>> {
+        self.get_mut(key)
+    }
+    fn drop_key(&mut self, key: &K) {
+        self.remove(key);
+    }
+}
+
+impl<K: Ord> IdMap<K> for BTreeMap<K, Vec<u64>> {
+    fn ids(&mut self, key: K) -> &mut Vec<u64> {
+        self.entry(key).or_default()
+    }
+    fn existing(&mut self, key: &K) -> Option<&mut Vec<u64>> {
+        self.get_mut(key)
+    }
+    fn drop_key(&mut self, key: &K) {
+        self.remove(key);
+    }
+}
+
+fn add<K>(map: &mut impl IdMap<K>, key: K, id: u64) {
+    map.ids(key).push(id);
+}
+
+fn forget<K>(map: &mut impl IdMap<K>, key: &K, id: u64) {
+    if let Some(ids) = map.existing(key) {
         ids.retain(|i| *i != id);
         if ids.is_empty() {
-            map.remove(key);
+            map.drop_key(key);
         }
     }
 }
@@ -182,11 +214,10 @@ impl Clients {
             Subject::ClientId(id) => index.by_client_id.get(id).cloned().unwrap_or_default(),
             Subject::Username(u) => index.by_username.get(u).cloned().unwrap_or_default(),
             Subject::Ip(ip) => index.by_ip.get(ip).cloned().unwrap_or_default(),
-            // A CIDR names no key: look at each distinct address once (rare: admins and files).
+            // A CIDR is a range of the ordered index: only its own addresses are visited.
             Subject::Cidr(net) => index
                 .by_ip
-                .iter()
-                .filter(|(ip, _)| net.contains(*ip))
+                .range(net.network()..=net.broadcast())
                 .flat_map(|(_, ids)| ids.iter().copied())
                 .collect(),
         };
@@ -332,6 +363,21 @@ mod tests {
         let net = Subject::Cidr("10.0.1.0/24".parse().unwrap());
         assert_eq!(clients.kick_covered(&net, "banned: test"), 1);
         assert!(is_kicked(&tunnel));
+    }
+
+    #[test]
+    fn a_cidr_ban_visits_only_its_own_range() {
+        let clients = Clients::new();
+        let inside = arrive(&clients, 1, "2001:db8:1:2::7");
+        let outside = arrive(&clients, 2, "2001:db8:1:3::7");
+        let v4 = arrive(&clients, 3, "10.1.2.3");
+        let net = Subject::Cidr("2001:db8:1:2::/64".parse().unwrap());
+        assert_eq!(clients.kick_covered(&net, "x"), 1);
+        assert!(is_kicked(&inside) && !is_kicked(&outside) && !is_kicked(&v4));
+        assert_eq!(clients.kicks(), 1);
+        // A second ban covering the same connection does not count it again.
+        clients.kick_covered(&Subject::Ip("2001:db8:1:2::7".parse().unwrap()), "y");
+        assert_eq!(clients.kicks(), 1);
     }
 
     #[test]

@@ -214,8 +214,11 @@ impl Gateway {
         }
         let routes = build_routes(config)?;
         // Tokens last among the checks: a token file that does not parse keeps the old tokens.
-        if let Some(admin) = &self.admin {
-            let n = admin.tokens.reload()?;
+        if let (Some(admin), Some(settings)) = (&self.admin, &config.admin) {
+            if settings.bind != admin.bind {
+                tracing::warn!(running = %admin.bind, wanted = %settings.bind, "admin.bind changed: restart to apply");
+            }
+            let n = admin.tokens.reload_from(&settings.tokens_file)?;
             tracing::info!(tokens = n, "admin tokens reloaded");
         }
         for (ctx, p) in self.listeners.iter().zip(prepared) {
@@ -284,13 +287,14 @@ impl Gateway {
         }
         self.hard_stop.cancel();
         self.tracker.wait().await;
-        // The gateway's own bans of the last moments are written down, and the store closed.
+        // No admin change after this (it could not be written down), then the gateway's own bans
+        // of the last moments are written down and the store closed.
+        if let Some(admin) = self.admin {
+            admin.stop().await;
+        }
         self.shared.bans.close().await;
         if let Some(cluster) = self.shared.bans.cluster() {
             cluster.stop();
-        }
-        if let Some(admin) = self.admin {
-            admin.stop().await;
         }
     }
 }

@@ -49,6 +49,18 @@ fn canonical_net(net: IpNet) -> IpNet {
     }
 }
 
+impl Subject {
+    /// EMQX's word for the kind (`as`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Subject::ClientId(_) => "clientid",
+            Subject::Username(_) => "username",
+            Subject::Ip(_) => "peerhost",
+            Subject::Cidr(_) => "peerhost_net",
+        }
+    }
+}
+
 impl fmt::Display for Subject {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -112,6 +124,7 @@ impl BanSource {
     /// The `by` text.
     pub fn by(&self) -> String {
         match self {
+            BanSource::Admin(name) if name.is_empty() => "admin".into(),
             BanSource::Admin(name) => format!("admin:{name}"),
             BanSource::Peer(node) => format!("peer:{node}"),
             other => Self::FAMILIES[other.family()].to_owned(),
@@ -126,6 +139,8 @@ impl BanSource {
             Some(("portcullis", "flapping")) => BanSource::Flapping,
             Some(("portcullis", _)) => BanSource::Rate,
             Some(("admin", name)) => BanSource::admin(name),
+            // Earlier releases wrote a bare `admin`.
+            None if by == "admin" => BanSource::admin(""),
             Some(("peer", node)) => BanSource::Peer(node.into()),
             _ if by == "file" => BanSource::File,
             _ if by == "peer" => BanSource::Peer("".into()),
@@ -149,6 +164,14 @@ impl Ban {
     pub fn active(&self, now: SystemTime) -> bool {
         self.expires.is_none_or(|t| now < t)
     }
+}
+
+/// How many bans are in force, by kind (`as`) and by issuer (`by`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub active: usize,
+    pub by_kind: std::collections::BTreeMap<&'static str, usize>,
+    pub by_source: std::collections::BTreeMap<String, usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -299,6 +322,19 @@ impl MemoryBanList {
             inner.count(&subject, 1);
         }
         Ok(Ok(()))
+    }
+
+    /// Bans in force, counted by kind and by issuer, without copying them: the metrics and the
+    /// stats ask for this, and a copy of 100,000 bans under the lock would hold up inserts.
+    pub fn tally(&self, now: SystemTime) -> Tally {
+        let inner = self.read();
+        let mut t = Tally::default();
+        for b in inner.bans.values().filter(|b| b.active(now)) {
+            t.active += 1;
+            *t.by_kind.entry(b.subject.kind()).or_default() += 1;
+            *t.by_source.entry(b.source.by()).or_default() += 1;
+        }
+        t
     }
 
     /// Forgets expired bans; returns their subjects (a persistent store deletes them too).

@@ -47,7 +47,7 @@ use governor::state::keyed::DashMapStateStore;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::RateLimiter;
 
-pub use bans::{Ban, BanError, BanList, BanSource, MemoryBanList, Subject};
+pub use bans::{Ban, BanError, BanList, BanSource, MemoryBanList, Subject, Tally};
 pub use clock::{FakeWallClock, SystemWallClock, WallClock};
 pub use session::Session;
 pub use stats::{DeviceSnapshot, Stats, StatsSnapshot};

@@ -81,7 +81,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> DeviceTx for WsTx<S> {
     async fn close(&mut self, code: CloseCode, reason: &str) {
         let frame = CloseFrame {
             code,
-            reason: reason.chars().take(120).collect::<String>().into(),
+            reason: crate::forward::relay::truncate_reason(reason).into(),
         };
         let _ = self.0.send(Message::Close(Some(frame))).await;
         let _ = self.0.close().await;

@@ -154,3 +154,54 @@ fn subjects_display_for_logs() {
     assert_eq!(cidr("10.0.0.0/8").to_string(), "cidr:10.0.0.0/8");
     assert_eq!(Subject::Ip(ip("::1")).to_string(), "ip:::1");
 }
+
+#[test]
+fn by_reads_back_as_written_and_old_records_still_load() {
+    for source in [
+        BanSource::Rhythm,
+        BanSource::Rate,
+        BanSource::Flapping,
+        BanSource::admin("ops"),
+        BanSource::File,
+        BanSource::Peer("gw-2".into()),
+    ] {
+        assert_eq!(BanSource::parse(&source.by()), source, "{}", source.by());
+    }
+    // Earlier releases and EMQX exports.
+    assert_eq!(BanSource::parse("portcullis:policy"), BanSource::Rate);
+    assert_eq!(BanSource::parse("admin").by(), "admin");
+    assert_eq!(BanSource::parse("mgmt_api"), BanSource::admin("mgmt_api"));
+}
+
+#[test]
+fn a_tally_counts_bans_in_force_by_kind_and_issuer() {
+    let list = MemoryBanList::new();
+    list.insert(ban(client("a"), None), t0()).unwrap();
+    list.insert(ban(client("b"), Some(10)), t0()).unwrap();
+    let mut by_policy = ban(cidr("10.0.0.0/8"), None);
+    by_policy.source = BanSource::Rate;
+    list.insert(by_policy, t0()).unwrap();
+    let t = list.tally(t0() + Duration::from_secs(10));
+    assert_eq!(t.active, 2, "b has expired");
+    assert_eq!(t.by_kind.get("clientid"), Some(&1));
+    assert_eq!(t.by_kind.get("peerhost_net"), Some(&1));
+    assert_eq!(t.by_source.get("admin:ops"), Some(&1));
+    assert_eq!(t.by_source.get("portcullis:rate"), Some(&1));
+}
+
+#[test]
+fn insert_new_refuses_to_replace_a_ban_in_force() {
+    let list = MemoryBanList::new();
+    assert_eq!(
+        list.insert_new(ban(client("a"), Some(10)), t0()),
+        Ok(Ok(()))
+    );
+    let mut other = ban(client("a"), None);
+    other.reason = "other".into();
+    let existing = list.insert_new(other.clone(), t0()).unwrap().unwrap_err();
+    assert_eq!(existing.expires, Some(t0() + Duration::from_secs(10)));
+    // Once that one has expired, the new one goes in.
+    let later = t0() + Duration::from_secs(10);
+    other.created = later;
+    assert_eq!(list.insert_new(other, later), Ok(Ok(())));
+}
