@@ -17,15 +17,22 @@ use super::{body, page_of, paging, query, AdminState, ApiError, Caller, PageMeta
 use crate::policy::{BanList, BanSource};
 use crate::store::Record;
 
-/// The kinds of ban this release enforces.
-const KINDS: [&str; 4] = ["clientid", "username", "peerhost", "peerhost_net"];
+/// The kinds of ban.
+const KINDS: [&str; 6] = [
+    "clientid",
+    "username",
+    "peerhost",
+    "peerhost_net",
+    "clientid_re",
+    "username_re",
+];
 
 /// Filters of `GET /api/v1/banned`; all optional, combined with AND.
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct BannedQuery {
-    /// `clientid`, `username`, `peerhost` or `peerhost_net`.
+    /// `clientid`, `username`, `peerhost`, `peerhost_net`, `clientid_re` or `username_re`.
     #[serde(rename = "as")]
     #[param(rename = "as")]
     kind: Option<String>,
@@ -52,7 +59,8 @@ pub struct BannedPage {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewBan {
-    /// `clientid`, `username`, `peerhost` (an IP) or `peerhost_net` (a CIDR).
+    /// `clientid`, `username`, `peerhost` (an IP), `peerhost_net` (a CIDR), `clientid_re` or
+    /// `username_re` (a regex matched anywhere in the value: anchor it for the whole value).
     #[serde(rename = "as")]
     #[schema(rename = "as")]
     kind: String,
@@ -177,7 +185,7 @@ pub async fn add(
 #[utoipa::path(
     delete, path = "/api/v1/banned/{as}/{who}", operation_id = "remove_ban",
     params(
-        ("as" = String, Path, description = "clientid, username, peerhost or peerhost_net"),
+        ("as" = String, Path, description = "clientid, username, peerhost, peerhost_net, clientid_re or username_re"),
         ("who" = String, Path, description = "The value, percent-encoded (a client ID may hold `/`: `%2F`)"),
     ),
     responses(
@@ -223,9 +231,6 @@ pub async fn remove(
 fn check_kind(kind: &str) -> Result<(), ApiError> {
     match kind {
         k if KINDS.contains(&k) => Ok(()),
-        "clientid_re" | "username_re" => Err(ApiError::bad_request(format!(
-            "as: {kind} bans are not supported by this release"
-        ))),
         _ => Err(ApiError::bad_request(format!(
             "as: {kind:?} is not one of {}",
             KINDS.join(", ")

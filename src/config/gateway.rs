@@ -497,6 +497,12 @@ impl Config {
                 return Err((format!("probe.{k}"), format!("must be between 1 and {max}")));
             }
         }
+        if self.policy.max_regex_bans > 10_000 {
+            return Err((
+                "policy.max_regex_bans".into(),
+                "must be at most 10000".into(),
+            ));
+        }
         if let Some(c) = &self.cluster {
             c.check()?;
         }

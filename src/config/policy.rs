@@ -36,6 +36,10 @@ pub struct PolicyConfig {
     pub strikes: StrikeRules,
     #[serde(default)]
     pub storm: StormRules,
+    /// Regex bans (`clientid_re`, `username_re`) that may exist at once: each is matched on
+    /// every CONNECT (in one set), so their number is kept small.
+    #[serde(default = "defaults::max_regex_bans")]
+    pub max_regex_bans: usize,
 }
 
 impl Default for PolicyConfig {
@@ -51,6 +55,7 @@ impl Default for PolicyConfig {
             connects: ConnectLimits::default(),
             strikes: StrikeRules::default(),
             storm: StormRules::default(),
+            max_regex_bans: defaults::max_regex_bans(),
         }
     }
 }
@@ -238,6 +243,10 @@ impl Default for MqttSettings {
 mod defaults {
     use super::DeviceClass;
     use std::collections::BTreeMap;
+
+    pub fn max_regex_bans() -> usize {
+        100
+    }
 
     pub fn default_class() -> String {
         "default".into()

@@ -29,9 +29,9 @@ pub struct AnnouncedBans {
 
 impl AnnouncedBans {
     /// Bans in memory only.
-    pub fn new(clients: Arc<Clients>) -> Self {
+    pub fn new(clients: Arc<Clients>, max_patterns: usize) -> Self {
         AnnouncedBans {
-            store: Arc::default(),
+            store: Arc::new(MemoryBanList::with_max_patterns(max_patterns)),
             clients,
             issued: Default::default(),
             disk: RwLock::new(None),
@@ -40,8 +40,8 @@ impl AnnouncedBans {
     }
 
     /// Bans in memory, written to `store` by its writer (started on the current runtime).
-    pub fn persistent(store: &BanStore, clients: Arc<Clients>) -> Self {
-        let memory: Arc<MemoryBanList> = Arc::default();
+    pub fn persistent(store: &BanStore, clients: Arc<Clients>, max_patterns: usize) -> Self {
+        let memory = Arc::new(MemoryBanList::with_max_patterns(max_patterns));
         let writer = store.writer(memory.clone());
         AnnouncedBans {
             store: memory,
@@ -237,7 +237,7 @@ mod tests {
     async fn a_flush_puts_every_change_on_disk() {
         let dir = tempfile::tempdir().unwrap();
         let store = BanStore::open(dir.path()).unwrap();
-        let bans = AnnouncedBans::persistent(&store, Clients::new());
+        let bans = AnnouncedBans::persistent(&store, Clients::new(), 100);
         let now = SystemTime::now();
         bans.insert(ban("by-policy", BanSource::Rate, now, Some(600)), now)
             .unwrap();
@@ -252,7 +252,7 @@ mod tests {
     async fn the_file_ends_as_memory_whatever_the_order_of_changes() {
         let dir = tempfile::tempdir().unwrap();
         let store = BanStore::open(dir.path()).unwrap();
-        let bans = AnnouncedBans::persistent(&store, Clients::new());
+        let bans = AnnouncedBans::persistent(&store, Clients::new(), 100);
         let now = SystemTime::now();
         // An automatic ban, then an admin lifting it, before the writer ran: stays lifted.
         bans.insert(ban("a", BanSource::Rate, now, Some(600)), now)
@@ -273,7 +273,7 @@ mod tests {
     async fn the_sweeper_deletes_an_expired_record_but_not_a_newer_ban_on_the_subject() {
         let dir = tempfile::tempdir().unwrap();
         let store = BanStore::open(dir.path()).unwrap();
-        let bans = AnnouncedBans::persistent(&store, Clients::new());
+        let bans = AnnouncedBans::persistent(&store, Clients::new(), 100);
         let t0 = SystemTime::now() - Duration::from_secs(10);
         bans.insert(ban("old", BanSource::admin("ops"), t0, Some(600)), t0)
             .unwrap();

@@ -82,7 +82,9 @@ impl Client {
         first
     }
 
-    fn covered_by(&self, subject: &Subject) -> bool {
+    /// `pattern`: the regex of a regex ban, compiled once by the caller.
+    fn covered_by(&self, subject: &Subject, pattern: Option<&regex::Regex>) -> bool {
+        let matches = |v: &str| pattern.is_some_and(|re| re.is_match(v));
         match subject {
             Subject::ClientId(id) => self.mqtt().is_some_and(|m| m.client_id == *id),
             Subject::Username(u) => self
@@ -91,6 +93,11 @@ impl Client {
                 .is_some_and(|n| n == u),
             Subject::Ip(ip) => self.ip.to_canonical() == *ip,
             Subject::Cidr(net) => net.contains(&self.ip.to_canonical()),
+            Subject::ClientIdRe(_) => self.mqtt().is_some_and(|m| matches(&m.client_id)),
+            Subject::UsernameRe(_) => self
+                .mqtt()
+                .and_then(|m| m.username.as_deref())
+                .is_some_and(matches),
         }
     }
 }
@@ -220,10 +227,22 @@ impl Clients {
                 .range(net.network()..=net.broadcast())
                 .flat_map(|(_, ids)| ids.iter().copied())
                 .collect(),
+            Subject::ClientIdRe(_) | Subject::UsernameRe(_) => Vec::new(),
         };
+        let ids: Vec<u64> = match subject {
+            // A pattern names no key: every identified connection is a candidate (regex bans
+            // are few, capped, and made by people).
+            Subject::ClientIdRe(_) => index.by_client_id.values().flatten().copied().collect(),
+            Subject::UsernameRe(_) => index.by_username.values().flatten().copied().collect(),
+            _ => ids,
+        };
+        // A pattern that does not compile matches nothing (the ban list refuses those anyway).
+        let pattern = subject
+            .pattern()
+            .and_then(|p| crate::policy::patterns::compile(p).ok());
         let mut kicked = 0;
         for client in ids.iter().filter_map(|id| index.all.get(id)) {
-            if client.covered_by(subject) {
+            if client.covered_by(subject, pattern.as_ref()) {
                 if client.kick(reason) {
                     self.kicks.fetch_add(1, Relaxed);
                 }

@@ -309,7 +309,10 @@ async fn open_bans(
         tracing::info!(
             "bans are kept in memory only: a restart forgets them (set [store] dir to keep them)"
         );
-        return Ok(bans::AnnouncedBans::new(clients));
+        return Ok(bans::AnnouncedBans::new(
+            clients,
+            config.policy.max_regex_bans,
+        ));
     };
     let now = std::time::SystemTime::now();
     // Opening checks the file's integrity and the bootstrap file is committed: blocking work.
@@ -324,7 +327,7 @@ async fn open_bans(
     })
     .await
     .map_err(|e| format!("opening the ban store: {e}"))??;
-    let bans = bans::AnnouncedBans::persistent(&store, clients);
+    let bans = bans::AnnouncedBans::persistent(&store, clients, config.policy.max_regex_bans);
     let restored = bans.restore(stored, now);
     // A ban already on record on exactly that subject (an admin's, say) is not replaced.
     let merged: Vec<Ban> = file

@@ -16,6 +16,8 @@ use std::time::SystemTime;
 
 use ipnet::IpNet;
 
+use super::patterns::Patterns;
+
 /// What a ban applies to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Subject {
@@ -23,6 +25,10 @@ pub enum Subject {
     Username(Arc<str>),
     Ip(IpAddr),
     Cidr(IpNet),
+    /// A regex over client IDs (see `patterns`).
+    ClientIdRe(Arc<str>),
+    /// A regex over usernames.
+    UsernameRe(Arc<str>),
 }
 
 impl Subject {
@@ -57,6 +63,16 @@ impl Subject {
             Subject::Username(_) => "username",
             Subject::Ip(_) => "peerhost",
             Subject::Cidr(_) => "peerhost_net",
+            Subject::ClientIdRe(_) => "clientid_re",
+            Subject::UsernameRe(_) => "username_re",
+        }
+    }
+
+    /// A regex ban's pattern.
+    pub fn pattern(&self) -> Option<&str> {
+        match self {
+            Subject::ClientIdRe(p) | Subject::UsernameRe(p) => Some(p),
+            _ => None,
         }
     }
 }
@@ -68,6 +84,8 @@ impl fmt::Display for Subject {
             Subject::Username(u) => write!(f, "username:{u}"),
             Subject::Ip(ip) => write!(f, "ip:{ip}"),
             Subject::Cidr(net) => write!(f, "cidr:{net}"),
+            Subject::ClientIdRe(p) => write!(f, "client_id_re:{p}"),
+            Subject::UsernameRe(p) => write!(f, "username_re:{p}"),
         }
     }
 }
@@ -178,6 +196,11 @@ pub struct Tally {
 pub enum BanError {
     #[error("ban on {0} expired before it was inserted (expires is in the past)")]
     AlreadyExpired(Subject),
+    /// `[policy] max_regex_bans` regex bans exist already.
+    #[error("at most {0} regex bans may exist (policy.max_regex_bans)")]
+    TooManyPatterns(usize),
+    #[error("{0}")]
+    BadPattern(String),
     /// In force in memory, but not written down: it will not survive a restart.
     #[error("ban on {0} is enforced but not persisted: {1}")]
     NotPersisted(Subject, String),
@@ -223,6 +246,9 @@ struct Inner {
     /// Number of CIDR bans per prefix length, IPv4 and IPv6.
     v4_lens: [u32; 33],
     v6_lens: [u32; 129],
+    client_re: Patterns,
+    user_re: Patterns,
+    max_patterns: usize,
 }
 
 impl Default for Inner {
@@ -231,6 +257,9 @@ impl Default for Inner {
             bans: HashMap::new(),
             v4_lens: [0; 33],
             v6_lens: [0; 129],
+            client_re: Patterns::default(),
+            user_re: Patterns::default(),
+            max_patterns: super::patterns::DEFAULT_MAX,
         }
     }
 }
@@ -256,6 +285,62 @@ impl Inner {
         self.bans.get(subject).filter(|b| b.active(now))
     }
 
+    /// An exact ban on the value, else the first regex ban in force that matches it.
+    fn value(&self, exact: &Subject, value: &str, now: SystemTime) -> Option<&Ban> {
+        let patterns = match exact {
+            Subject::ClientId(_) => &self.client_re,
+            _ => &self.user_re,
+        };
+        self.active(exact, now)
+            .or_else(|| patterns.matching(value).find_map(|s| self.active(s, now)))
+    }
+
+    /// Adds or replaces a ban (canonical, in force). Regex bans are checked against the cap
+    /// and compiled into their kind's set; a ban that cannot be is refused and nothing changes.
+    fn put(&mut self, ban: Ban) -> Result<(), BanError> {
+        let subject = ban.subject.clone();
+        let new = !self.bans.contains_key(&subject);
+        if let Some(p) = subject.pattern() {
+            super::patterns::compile(p).map_err(|e| BanError::BadPattern(format!("who: {e}")))?;
+            if new && self.client_re.len() + self.user_re.len() >= self.max_patterns {
+                return Err(BanError::TooManyPatterns(self.max_patterns));
+            }
+        }
+        let old = self.bans.insert(subject.clone(), ban);
+        if old.is_none() {
+            self.count(&subject, 1);
+        }
+        if let Err(e) = self.repattern(&subject) {
+            match old {
+                Some(b) => self.bans.insert(subject.clone(), b),
+                None => self.bans.remove(&subject),
+            };
+            let _ = self.repattern(&subject);
+            return Err(BanError::BadPattern(e));
+        }
+        Ok(())
+    }
+
+    fn take(&mut self, subject: &Subject) -> Option<Ban> {
+        let removed = self.bans.remove(subject);
+        if removed.is_some() {
+            self.count(subject, -1);
+            let _ = self.repattern(subject);
+        }
+        removed
+    }
+
+    /// After a regex ban of `subject`'s kind came or went: rebuild that kind's set.
+    fn repattern(&mut self, subject: &Subject) -> Result<(), String> {
+        let of_kind = |k: &Subject| std::mem::discriminant(k) == std::mem::discriminant(subject);
+        let subjects: Vec<Subject> = self.bans.keys().filter(|k| of_kind(k)).cloned().collect();
+        match subject {
+            Subject::ClientIdRe(_) => self.client_re.rebuild(subjects),
+            Subject::UsernameRe(_) => self.user_re.rebuild(subjects),
+            _ => Ok(()),
+        }
+    }
+
     fn ip(&self, ip: IpAddr, now: SystemTime) -> Option<&Ban> {
         if let Some(b) = self.active(&Subject::Ip(ip), now) {
             return Some(b);
@@ -277,6 +362,13 @@ impl Inner {
 impl MemoryBanList {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// With room for at most `max` regex bans (`[policy] max_regex_bans`).
+    pub fn with_max_patterns(max: usize) -> Self {
+        let list = Self::default();
+        list.write().max_patterns = max;
+        list
     }
 
     // A poisoned lock only means another thread panicked mid-operation; every operation here
@@ -317,10 +409,7 @@ impl MemoryBanList {
         if let Some(existing) = inner.active(&ban.subject, now) {
             return Ok(Err(existing.clone()));
         }
-        let subject = ban.subject.clone();
-        if inner.bans.insert(subject.clone(), ban).is_none() {
-            inner.count(&subject, 1);
-        }
+        inner.put(ban)?;
         Ok(Ok(()))
     }
 
@@ -347,8 +436,7 @@ impl MemoryBanList {
             .map(|b| b.subject.clone())
             .collect();
         for s in &expired {
-            inner.bans.remove(s);
-            inner.count(s, -1);
+            inner.take(s);
         }
         inner.bans.shrink_to_fit();
         expired
@@ -360,6 +448,13 @@ impl BanList for MemoryBanList {
         let inner = self.read();
         match subject.clone().canonical() {
             Subject::Ip(ip) => inner.ip(ip, now).cloned(),
+            s @ Subject::ClientId(_) | s @ Subject::Username(_) => {
+                let value = match &s {
+                    Subject::ClientId(v) | Subject::Username(v) => Arc::clone(v),
+                    _ => return None,
+                };
+                inner.value(&s, &value, now).cloned()
+            }
             s => inner.active(&s, now).cloned(),
         }
     }
@@ -369,22 +464,12 @@ impl BanList for MemoryBanList {
         if !ban.active(now) {
             return Err(BanError::AlreadyExpired(ban.subject));
         }
-        let mut inner = self.write();
-        let subject = ban.subject.clone();
-        if inner.bans.insert(subject.clone(), ban).is_none() {
-            inner.count(&subject, 1);
-        }
-        Ok(())
+        self.write().put(ban)
     }
 
     fn remove(&self, subject: &Subject) -> Option<Ban> {
         let subject = subject.clone().canonical();
-        let mut inner = self.write();
-        let removed = inner.bans.remove(&subject);
-        if removed.is_some() {
-            inner.count(&subject, -1);
-        }
-        removed
+        self.write().take(&subject)
     }
 
     fn list(&self, now: SystemTime) -> Vec<Ban> {

@@ -21,6 +21,7 @@ mod class;
 mod clock;
 mod connect;
 mod key;
+pub mod patterns;
 mod publish;
 mod rates;
 mod rules;

@@ -1,7 +1,7 @@
 //! `[store] bootstrap_file`: bans to merge at every start, as CSV with EMQX's columns
 //! (`as,who,by,reason,at,until`; only `as` and `who` required), so an EMQX export works as is.
-//! Its bans are the file's (`by = file`); one that has already expired is skipped, not refused,
-//! and so are regex bans (`clientid_re`, `username_re`), which this release cannot enforce.
+//! Its bans are the file's (`by = file`), regex bans (`clientid_re`, `username_re`) included;
+//! one that has already expired is skipped, not refused.
 
 use std::path::Path;
 use std::time::SystemTime;
@@ -42,20 +42,6 @@ pub fn read_bootstrap(path: &Path, now: SystemTime) -> Result<Vec<Ban>, String> 
                 .unwrap_or_else(|| "0".into()),
             until: Some(field(until)).filter(|t| !t.is_empty()),
         };
-        // EMQX exports may hold regex bans, which this release cannot enforce: say so, go on.
-        if matches!(record.kind.as_str(), "clientid_re" | "username_re") {
-            tracing::warn!(
-                "{}",
-                at(
-                    line,
-                    &format!(
-                        "skipped: {} bans are not supported by this release",
-                        record.kind
-                    )
-                )
-            );
-            continue;
-        }
         let mut ban = record.to_ban().map_err(|e| at(line, &e))?;
         ban.source = BanSource::File;
         if ban.created == SystemTime::UNIX_EPOCH {

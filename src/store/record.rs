@@ -65,6 +65,8 @@ fn subject_words(s: &Subject) -> (&'static str, String) {
         Subject::Username(u) => ("username", u.to_string()),
         Subject::Ip(ip) => ("peerhost", ip.to_string()),
         Subject::Cidr(net) => ("peerhost_net", net.to_string()),
+        Subject::ClientIdRe(p) => ("clientid_re", p.to_string()),
+        Subject::UsernameRe(p) => ("username_re", p.to_string()),
     }
 }
 
@@ -77,11 +79,16 @@ fn subject(kind: &str, who: &str) -> Result<Subject, String> {
         "peerhost" => Subject::Ip(who.trim().parse().map_err(|_| bad("an IP address"))?),
         "peerhost_net" => Subject::Cidr(who.trim().parse().map_err(|_| bad("a CIDR"))?),
         "clientid_re" | "username_re" => {
-            return Err(format!("as: {kind} bans are not supported by this release"))
+            crate::policy::patterns::compile(who).map_err(|e| format!("who: {e}"))?;
+            match kind {
+                "clientid_re" => Subject::ClientIdRe(who.into()),
+                _ => Subject::UsernameRe(who.into()),
+            }
         }
         other => {
             return Err(format!(
-                "as: {other:?} is not one of clientid, username, peerhost, peerhost_net"
+                "as: {other:?} is not one of clientid, username, peerhost, peerhost_net, \
+                 clientid_re, username_re"
             ))
         }
     };
@@ -164,10 +171,13 @@ mod tests {
             .unwrap_err()
             .starts_with("who:"));
         assert!(r("mac", "x", ok).to_ban().unwrap_err().starts_with("as:"));
-        assert!(r("clientid_re", "^x", ok)
+        assert!(r("clientid_re", "(^x", ok)
             .to_ban()
             .unwrap_err()
-            .contains("not supported"));
+            .starts_with("who: not a usable regex"));
+        let re = r("username_re", "^fleet-\\d+$", ok).to_ban().unwrap();
+        assert_eq!(re.subject, Subject::UsernameRe("^fleet-\\d+$".into()));
+        assert_eq!(Record::of(&re).who, "^fleet-\\d+$");
         assert!(r("clientid", "a", "yesterday")
             .to_ban()
             .unwrap_err()

@@ -205,3 +205,50 @@ fn insert_new_refuses_to_replace_a_ban_in_force() {
     other.created = later;
     assert_eq!(list.insert_new(other, later), Ok(Ok(())));
 }
+
+#[test]
+fn regex_bans_match_values_and_are_capped() {
+    let list = MemoryBanList::with_max_patterns(2);
+    let re = |p: &str| Subject::ClientIdRe(p.into());
+    list.insert(ban(re("^rogue-\\d+$"), Some(10)), t0())
+        .unwrap();
+    list.insert(ban(Subject::UsernameRe("evil".into()), None), t0())
+        .unwrap();
+    assert_eq!(
+        list.get(&client("rogue-17"), t0()).map(|b| b.subject),
+        Some(re("^rogue-\\d+$"))
+    );
+    assert!(list.get(&client("rogue-x"), t0()).is_none());
+    assert!(
+        list.get(&client("meter-rogue-1"), t0()).is_none(),
+        "anchored"
+    );
+    assert!(list
+        .get(&Subject::Username("the-evil-one".into()), t0())
+        .is_some());
+    // An exact ban is found first (its reason is the one a device is told).
+    list.insert(ban(client("rogue-17"), None), t0()).unwrap();
+    assert_eq!(
+        list.get(&client("rogue-17"), t0()).map(|b| b.subject),
+        Some(client("rogue-17"))
+    );
+
+    // The cap counts regex bans only; replacing one is not a new one.
+    assert_eq!(
+        list.insert(ban(re("third"), None), t0()),
+        Err(BanError::TooManyPatterns(2))
+    );
+    list.insert(ban(re("^rogue-\\d+$"), None), t0()).unwrap();
+    let bad = list.insert(ban(Subject::UsernameRe("(".into()), None), t0());
+    assert!(matches!(bad, Err(BanError::BadPattern(_))), "{bad:?}");
+
+    // Expired, then swept, then removed: the set follows.
+    assert!(list
+        .get(&client("rogue-1"), t0() + Duration::from_secs(20))
+        .is_some());
+    assert!(list.remove(&re("^rogue-\\d+$")).is_some());
+    assert!(list.get(&client("rogue-1"), t0()).is_none());
+    list.insert(ban(re("^x"), Some(10)), t0()).unwrap();
+    list.sweep(t0() + Duration::from_secs(10));
+    assert!(list.get(&client("xyz"), t0()).is_none(), "swept");
+}
