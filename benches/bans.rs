@@ -4,7 +4,10 @@
 //! holds a CIDR ban. Then the store: importing the same 100,000 bans from an EMQX-style CSV
 //! bootstrap file into `[store]` (time and bytes on disk), and loading them back at start.
 //!
-//! Run: `cargo bench --bench bans`. Regex bans do not exist yet, so they are not measured.
+//! Then the same with the cap's worth of regex bans added (100 `clientid_re` patterns, all in
+//! one `RegexSet`): what a CONNECT costs when the exact lookup misses and the set runs.
+//!
+//! Run: `cargo bench --bench bans`.
 
 use std::hint::black_box;
 use std::io::Write;
@@ -78,6 +81,25 @@ fn lookups(c: &mut Criterion) {
     });
     g.bench_function("ip_not_banned_all_cidr_lengths", |b| {
         b.iter(|| bans.get(black_box(&ip_miss), now))
+    });
+    g.finish();
+
+    for i in 0..100 {
+        let pattern = format!("^rogue-{i:03}-[0-9a-f]{{8}}$");
+        let mut b = ban("clientid", "x", now);
+        b.subject = Subject::ClientIdRe(pattern.into());
+        bans.insert(b, now).expect("regex ban");
+    }
+    let mut g = c.benchmark_group("ban_check_100k_and_100_regex");
+    let by_regex = Subject::ClientId("rogue-042-deadbeef".into());
+    g.bench_function("client_id_banned_exact", |b| {
+        b.iter(|| bans.get(black_box(&hit), now))
+    });
+    g.bench_function("client_id_banned_by_regex", |b| {
+        b.iter(|| bans.get(black_box(&by_regex), now))
+    });
+    g.bench_function("client_id_not_banned_set_runs", |b| {
+        b.iter(|| bans.get(black_box(&miss), now))
     });
     g.finish();
 }

@@ -446,16 +446,11 @@ impl MemoryBanList {
 impl BanList for MemoryBanList {
     fn get(&self, subject: &Subject, now: SystemTime) -> Option<Ban> {
         let inner = self.read();
-        match subject.clone().canonical() {
-            Subject::Ip(ip) => inner.ip(ip, now).cloned(),
-            s @ Subject::ClientId(_) | s @ Subject::Username(_) => {
-                let value = match &s {
-                    Subject::ClientId(v) | Subject::Username(v) => Arc::clone(v),
-                    _ => return None,
-                };
-                inner.value(&s, &value, now).cloned()
-            }
-            s => inner.active(&s, now).cloned(),
+        // No clone of the subject on the CONNECT path: IDs and names are canonical as they are.
+        match subject {
+            Subject::Ip(ip) => inner.ip(ip.to_canonical(), now).cloned(),
+            Subject::ClientId(v) | Subject::Username(v) => inner.value(subject, v, now).cloned(),
+            s => inner.active(&s.clone().canonical(), now).cloned(),
         }
     }
 
