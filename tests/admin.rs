@@ -43,6 +43,12 @@ upstreams = ["{echo}"]
 drain_window_secs = 1
 drain_timeout_secs = 5
 
+[policy.classes.default]
+
+[policy.classes.tight]
+messages_per_sec = 1
+message_burst = 1
+
 {}"#,
         files.toml()
     )
@@ -524,6 +530,7 @@ async fn the_openapi_document_describes_every_route_with_unique_operation_ids() 
         ("/api/v1/clients/{clientid}", &["delete"]),
         ("/api/v1/stats", &["get"]),
         ("/api/v1/monitor", &["get"]),
+        ("/api/v1/devices/{clientid}", &["get", "put", "delete"]),
     ] {
         for m in methods {
             let op = &doc["paths"][path][m];
@@ -572,6 +579,75 @@ async fn tokens_are_reloaded_and_a_file_that_no_longer_parses_keeps_them() {
             .expect_err("a bad tokens file is refused");
     assert!(e.contains("admin.tokens_file") && e.contains(":1:"), "{e}");
     assert_eq!(list("rotated-token-0123456789").await.status, 200);
+}
+
+#[tokio::test]
+async fn a_class_override_applies_to_the_next_publish_and_a_reload_brings_new_device_rules() {
+    let s = setup().await;
+    let mut dev = mqtt_tcp(&s, "meter-d", None).await;
+    let get = ops(s.api, "GET", "/api/v1/devices/meter-d", None).await;
+    assert_eq!((get.status, &get.json["class"]), (200, &json!("default")));
+    assert_eq!(get.json["overridden"], false);
+
+    let put = ops(
+        s.api,
+        "PUT",
+        "/api/v1/devices/meter-d",
+        Some(json!({ "class": "tight" })),
+    )
+    .await;
+    assert_eq!((put.status, &put.json["class"]), (200, &json!("tight")));
+    assert_eq!(put.json["settings"]["messages_per_sec"], 1);
+    // The live session's next publishes are judged as "tight": one per second, burst 1.
+    for id in 1..=2u16 {
+        dev.send_ok(&wire::publish("t/d", 1, id, b"x", Version::V311))
+            .await;
+        assert_eq!(support::raw_mqtt::ack(&dev.packet().await), (id, 0));
+    }
+    let c = ops(s.api, "GET", "/api/v1/clients?clientid=meter-d", None).await;
+    let m = &c.json["data"][0]["messages"];
+    assert_eq!(
+        (&m["forwarded"], &m["discarded_rate_limited"]),
+        (&json!(1), &json!(1)),
+        "{m}"
+    );
+
+    let bad = ops(
+        s.api,
+        "PUT",
+        "/api/v1/devices/meter-d",
+        Some(json!({ "class": "nonesuch" })),
+    )
+    .await;
+    assert_eq!(bad.status, 400);
+    assert!(bad.json["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("class: no class"));
+    assert_eq!(
+        ops(s.api, "DELETE", "/api/v1/devices/meter-d", None)
+            .await
+            .status,
+        204
+    );
+    assert_eq!(
+        ops(s.api, "DELETE", "/api/v1/devices/meter-d", None)
+            .await
+            .status,
+        404
+    );
+
+    // SIGHUP's reload: [policy.devices] now names meter-e; no restart, nobody dropped.
+    let toml = s.toml.replace(
+        "[policy.classes.default]",
+        "[policy.devices]\n\"meter-e\" = \"tight\"\n\n[policy.classes.default]",
+    );
+    s.gw.gw()
+        .reload(&Config::parse(&toml, None).unwrap())
+        .expect("reload");
+    let e = ops(s.api, "GET", "/api/v1/devices/meter-e", None).await;
+    assert_eq!(e.json["class"], "tight");
+    dev.ping().await;
 }
 
 /// `portcullis <args>` against the running gateway: (success, stdout, stderr).

@@ -1,5 +1,6 @@
 //! The admin API: its own listener (loopback by default), JSON in and out, every request behind
-//! a bearer token. Bans, live clients, counters, Prometheus metrics and the OpenAPI document,
+//! a bearer token. Bans, live clients, device class overrides, counters, Prometheus metrics and
+//! the OpenAPI document,
 //! which is generated from the handlers below so that it cannot drift from them.
 //!
 //! Errors are `{ "code": "…", "message": "…" }`, the message naming the field at fault.
@@ -7,6 +8,7 @@
 mod banned;
 pub mod cli;
 mod clients;
+mod devices;
 mod metrics;
 mod server;
 pub use server::MAX_CONNECTIONS;
@@ -118,6 +120,7 @@ fn router(state: AdminState) -> Router {
         .routes(routes!(banned::remove))
         .routes(routes!(clients::list))
         .routes(routes!(clients::kick))
+        .routes(routes!(devices::get, devices::put, devices::delete))
         .routes(routes!(stats::stats))
         .routes(routes!(stats::monitor))
         .split_for_parts();

@@ -93,7 +93,7 @@ pub struct PrefixRule {
 }
 
 /// How a kind of device is expected to behave.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceClass {
     /// T: the push interval. Absent: no rhythm check for this class.

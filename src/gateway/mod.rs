@@ -195,7 +195,8 @@ impl Gateway {
         self.listeners.iter().map(|l| l.local_addr).collect()
     }
 
-    /// Swap certificates, trusted proxies, routes and WebSocket settings. Listener addresses
+    /// Swap certificates, trusted proxies, routes, WebSocket settings, `[policy]` classes and
+    /// devices (at each session's next publish) and admin tokens. Listener addresses
     /// and kinds need a restart. Live tunnels are untouched.
     pub fn reload(&self, config: &Config) -> Result<(), String> {
         // Everything that can fail happens before anything is swapped: all or nothing.
@@ -213,6 +214,8 @@ impl Gateway {
             prepared.push(ListenerCtx::prepare_reload(cfg)?);
         }
         let routes = build_routes(config)?;
+        // [policy] classes and devices: compiled now, in force from each session's next publish.
+        let classes = self.shared.policy.prepare_classes(&config.policy)?;
         // Tokens last among the checks: a token file that does not parse keeps the old tokens.
         if let (Some(admin), Some(settings)) = (&self.admin, &config.admin) {
             if settings.bind != admin.bind {
@@ -223,6 +226,9 @@ impl Gateway {
         }
         for (ctx, p) in self.listeners.iter().zip(prepared) {
             ctx.apply(p);
+        }
+        for id in self.shared.policy.apply_classes(classes) {
+            tracing::warn!(clientid = %id, "class override dropped: its class is gone");
         }
         if let Ok(mut g) = self.shared.routes.write() {
             *g = Arc::new(routes);

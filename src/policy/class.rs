@@ -61,6 +61,11 @@ impl Resolver {
         })?;
         self.classes.get(index)
     }
+
+    /// A class by its name (an admin's override names one).
+    pub(crate) fn by_name(&self, name: &str) -> Option<&Arc<ClassRules>> {
+        self.classes.iter().find(|c| &*c.name == name)
+    }
 }
 
 /// Compiles and validates the class part of the config. Errors name the key.

@@ -9,7 +9,7 @@ use governor::RateLimiter;
 
 use super::bans::{Ban, BanSource, Subject};
 use super::key::DeviceKey;
-use super::rates::DeviceRates;
+use super::rates::{ClassQuotas, DeviceRates};
 use super::session::Session;
 use super::stats::{inc, DeviceCounters};
 use super::strikes::ip_key;
@@ -67,7 +67,7 @@ impl<C: Clock + Clone> Policy<C> {
             inc(&self.stats.refused_banned);
             return Err(Refusal::Banned(ban));
         }
-        let Some(class) = self.resolver.resolve(&id.client_id) else {
+        let Some(resolved) = self.live.resolve(&id.client_id) else {
             inc(&self.stats.refused_unknown);
             return Err(Refusal::UnknownDevice);
         };
@@ -84,6 +84,7 @@ impl<C: Clock + Clone> Policy<C> {
             }
             return Err(Refusal::ConnectRate);
         }
+        let class = &resolved.class;
         let (interned, device) = self.stats.device_entry(&id.client_id);
         if device.connections.fetch_add(1, Relaxed) >= class.max_connections {
             device.connections.fetch_sub(1, Relaxed);
@@ -91,7 +92,7 @@ impl<C: Clock + Clone> Policy<C> {
             return Err(Refusal::TooManyConnections);
         }
         device.touch(now);
-        let rates = self.device_rates(&device, class.index, now);
+        let rates = self.device_rates(&device, class.index, &resolved.quotas, now);
         let key = DeviceKey::new(interned, &self.hasher);
         let r = &self.rules;
         if self
@@ -103,6 +104,7 @@ impl<C: Clock + Clone> Policy<C> {
         }
         Ok(Session {
             id: id.clone(),
+            generation: resolved.generation,
             class: Arc::clone(class),
             key,
             device,
@@ -111,20 +113,20 @@ impl<C: Clock + Clone> Policy<C> {
         })
     }
 
-    /// The device's rate limiters for a connection of class `class`: the entry's own, created
-    /// now if it has none yet, or recreated (full) if they were made for another class (the
-    /// current connection's class wins; see `rates`).
+    /// The device's rate limiters for a connection of class `class` with quotas `q`: the
+    /// entry's own, created now if it has none yet, or recreated (full) if they were made for
+    /// another class or other quotas (the current connection's class wins; see `rates`).
     pub(super) fn device_rates(
         &self,
         device: &DeviceCounters,
         class: usize,
+        q: &ClassQuotas,
         now: u64,
     ) -> Arc<DeviceRates> {
         let mut slot = device.rates();
         match &*slot {
-            Some(r) if r.class() == class => Arc::clone(r),
+            Some(r) if r.enforces(class, q) => Arc::clone(r),
             _ => {
-                let q = &self.quotas[class];
                 let r = Arc::new(DeviceRates::new(class, q, self.clock.device_clock(), now));
                 *slot = Some(Arc::clone(&r));
                 r

@@ -21,6 +21,7 @@ mod class;
 mod clock;
 mod connect;
 mod key;
+pub mod live;
 pub mod patterns;
 mod publish;
 mod rates;
@@ -50,15 +51,14 @@ use governor::RateLimiter;
 
 pub use bans::{Ban, BanError, BanList, BanSource, MemoryBanList, Subject, Tally};
 pub use clock::{FakeWallClock, SystemWallClock, WallClock};
+pub use live::DeviceClassView;
 pub use session::Session;
 pub use stats::{DeviceSnapshot, Stats, StatsSnapshot};
 pub use types::{Admit, Decision, Identity, PublishFacts, Reason, Refusal, Verdict};
 
 use crate::config::policy::PolicyConfig;
 
-use class::Resolver;
 use key::{DeviceKey, PassThrough};
-use rates::ClassQuotas;
 use rules::Rules;
 use storm::Storm;
 use strikes::{Escalation, IdSet, StrikeWindow};
@@ -75,10 +75,8 @@ pub struct Policy<C: Clock = MonotonicClock> {
     wall: Arc<dyn WallClock>,
     bans: Arc<dyn BanList>,
     rules: Rules,
-    resolver: Resolver,
-    /// Per class (by `ClassRules::index`): the quotas of its devices' rate limiters, which
-    /// live in the per-device entries (see `rates`).
-    quotas: Vec<ClassQuotas>,
+    /// The classes, their quotas and the admin's per-device overrides; swappable (see `live`).
+    live: live::Live,
     /// Connect attempts per address (see `strikes::ip_key`).
     per_ip: Keyed<IpAddr, C>,
     /// CONNECTs per client ID.
@@ -117,14 +115,13 @@ impl<C: Clock + Clone> Policy<C> {
     /// Validates `cfg` (errors name the key) and builds the policy. Ban timestamps use the
     /// system wall clock; see [`Policy::with_wall_clock`].
     pub fn new(cfg: &PolicyConfig, bans: Arc<dyn BanList>, clock: C) -> Result<Self, String> {
-        let (resolver, rates) = class::compile(cfg)?;
+        let classes = live::Classes::compile(cfg)?;
         let rules = rules::compile(cfg)?;
         let clock = Ticks::new(clock);
-        let quotas = rates.iter().map(ClassQuotas::new).collect();
         Ok(Policy {
             wall: Arc::new(SystemWallClock),
             bans,
-            quotas,
+            live: live::Live::new(classes),
             per_ip: RateLimiter::dashmap_with_clock(rules.per_ip, clock.clone()),
             per_client: RateLimiter::dashmap_with_clock(rules.per_client, clock.clone()),
             listeners: DashMap::new(),
@@ -137,7 +134,6 @@ impl<C: Clock + Clone> Policy<C> {
             hasher: RandomState::new(),
             stats: Stats::default(),
             rules,
-            resolver,
             clock,
         })
     }
@@ -154,6 +150,34 @@ impl<C: Clock + Clone> Policy<C> {
 
     pub fn bans(&self) -> &Arc<dyn BanList> {
         &self.bans
+    }
+
+    /// The class `client_id` gets now, and whether an admin set it.
+    pub fn class_of(&self, client_id: &str) -> Option<DeviceClassView> {
+        self.live.view(client_id)
+    }
+
+    /// Put `client_id` in `class` (which must exist) from its next publish on, all its
+    /// sessions included, until cleared or the process ends.
+    pub fn set_override(&self, client_id: &str, class: &str) -> Result<(), String> {
+        self.live.set_override(client_id, class)
+    }
+
+    /// Back to the class `[policy]` gives it; false if there was no override.
+    pub fn clear_override(&self, client_id: &str) -> bool {
+        self.live.clear_override(client_id)
+    }
+
+    /// `[policy]` classes, devices, prefixes, default class and unknown devices, compiled
+    /// (errors name the key) and not yet in force: a reload checks everything first.
+    pub fn prepare_classes(&self, cfg: &PolicyConfig) -> Result<live::Classes, String> {
+        live::Classes::compile(cfg)
+    }
+
+    /// Put prepared classes in force from each session's next publish on, keeping every
+    /// device's state. Returns the client IDs whose override named a class now gone.
+    pub fn apply_classes(&self, classes: live::Classes) -> Vec<Arc<str>> {
+        self.live.apply(classes)
     }
 
     /// Whether a reconnect storm is damping connect-rate strikes right now.
@@ -215,7 +239,7 @@ impl<C: Clock + Clone> Policy<C> {
 impl<C: Clock> std::fmt::Debug for Policy<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Policy")
-            .field("classes", &self.quotas.len())
+            .field("classes", &self.live.class_count())
             .field("stats", &self.stats.snapshot())
             .finish_non_exhaustive()
     }

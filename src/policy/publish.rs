@@ -52,12 +52,30 @@ impl Timing {
 }
 
 impl<C: Clock + Clone> Policy<C> {
+    /// The classes changed since this session resolved its own (a reload, an admin's
+    /// override): resolve again. Its rhythm state stays; its rate cells stay unless its quotas
+    /// changed. A device the new rules no longer admit keeps its class until it reconnects.
+    fn follow_reload(&self, s: &mut Session) {
+        let generation = self.live.generation();
+        if generation == s.generation {
+            return;
+        }
+        let Some(r) = self.live.resolve(&s.id.client_id) else {
+            s.generation = generation;
+            return;
+        };
+        s.rates = self.device_rates(&s.device, r.class.index, &r.quotas, self.now());
+        s.class = r.class;
+        s.generation = r.generation;
+    }
+
     /// One device PUBLISH on an admitted connection.
     pub fn on_publish(&self, s: &mut Session, p: &PublishFacts) -> Decision {
         if p.retransmit {
             inc(&self.stats.retransmits);
             return Decision::FORWARD;
         }
+        self.follow_reload(s);
         let now = self.now();
         let timing = match s.class.rhythm {
             Some(r) if s.class.topics.matches(p.topic) => Timing::of(r, s.last_accepted, now),

@@ -32,7 +32,7 @@ use super::types::Reason;
 type Direct = RateLimiter<NotKeyed, InMemoryState, DeviceTicks, NoOpMiddleware<Nanos>>;
 
 /// A class's quotas, compiled once.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ClassQuotas {
     messages: Quota,
     bytes: Quota,
@@ -65,8 +65,10 @@ fn refill(q: &Quota) -> u64 {
 
 /// One device's message and byte limiters, on the policy's clock.
 pub(crate) struct DeviceRates {
-    /// The class (index) whose quotas these cells enforce.
+    /// The class (index) whose quotas these cells enforce, and the quotas (a reload may give an
+    /// index other quotas).
     class: usize,
+    quotas: ClassQuotas,
     refill: u64,
     clock: DeviceTicks,
     messages: Direct,
@@ -79,6 +81,7 @@ impl DeviceRates {
         // The limiters read their start time from the clock: pin it.
         clock.pinned(now, || DeviceRates {
             class,
+            quotas: *q,
             refill: q.refill,
             clock,
             messages: RateLimiter::direct_with_clock(q.messages, clock),
@@ -86,8 +89,9 @@ impl DeviceRates {
         })
     }
 
-    pub(crate) fn class(&self) -> usize {
-        self.class
+    /// Whether these cells enforce `q` for class `class`.
+    pub(crate) fn enforces(&self, class: usize, q: &ClassQuotas) -> bool {
+        self.class == class && self.quotas == *q
     }
 
     /// How long after its last publish (or CONNECT) an unconnected device's cells are full

@@ -20,6 +20,8 @@ use super::types::Identity;
 #[derive(Debug)]
 pub struct Session {
     pub(crate) id: Identity,
+    /// The classes' generation `class` was resolved under (see `live`).
+    pub(crate) generation: u64,
     pub(crate) class: Arc<ClassRules>,
     /// The client ID, hashed (strike windows, storms).
     pub(crate) key: DeviceKey,

@@ -4,6 +4,7 @@
 mod bans;
 mod config;
 mod connect;
+mod live;
 mod rates;
 mod storm;
 mod strikes;

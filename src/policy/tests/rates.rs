@@ -217,8 +217,17 @@ fn a_class_change_recreates_the_cells_for_the_new_class() {
     );
     cfg.devices.insert("f".into(), "fast".into());
     let h = Harness::new(cfg);
-    let fast = h.policy.resolver.resolve("f").map(|c| c.index);
-    let fast = fast.unwrap_or_else(|| panic!("no class"));
+    let resolved = h
+        .policy
+        .live
+        .resolve("f")
+        .unwrap_or_else(|| panic!("no class"));
+    let (fast, fast_q) = (resolved.class.index, resolved.quotas);
+    let mine = h
+        .policy
+        .live
+        .resolve("d")
+        .unwrap_or_else(|| panic!("no class"));
     let mut s = h.connect("d");
     assert_ne!(s.class.index, fast);
     for _ in 0..5 {
@@ -226,10 +235,12 @@ fn a_class_change_recreates_the_cells_for_the_new_class() {
     }
     assert_eq!(send(&h, &mut s, 1).verdict, MSG);
     let now = h.policy.now();
-    let same = h.policy.device_rates(&s.device, s.class.index, now);
+    let same = h
+        .policy
+        .device_rates(&s.device, s.class.index, &mine.quotas, now);
     assert!(Arc::ptr_eq(&same, &s.rates), "same class: same cells");
-    let r = h.policy.device_rates(&s.device, fast, now);
-    assert_eq!(r.class(), fast);
+    let r = h.policy.device_rates(&s.device, fast, &fast_q, now);
+    assert!(r.enforces(fast, &fast_q));
     assert!(s
         .device
         .rates()

@@ -1,0 +1,117 @@
+//! `/api/v1/devices/{clientid}`: the class a client ID gets, and an admin's override of it,
+//! applied from the device's next publish on (live sessions included). Overrides live in
+//! memory: lasting ones belong in `[policy.devices]`, reloaded on SIGHUP.
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::{Extension, Json};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::{body, AdminState, ApiError, Caller};
+use crate::config::policy::DeviceClass;
+
+#[derive(Serialize, ToSchema)]
+pub struct DeviceView {
+    clientid: String,
+    class: String,
+    /// Set through this API (else from `[policy]` devices, prefixes or the default class).
+    overridden: bool,
+    /// The class's settings: T (`push_interval_secs`), E (`tolerance_secs`), rates, limits.
+    settings: DeviceClass,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClassOverride {
+    /// A class of `[policy.classes]`.
+    class: String,
+}
+
+fn view(state: &AdminState, clientid: &str) -> Result<DeviceView, ApiError> {
+    let v = state.shared.policy.class_of(clientid).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "{clientid:?} matches no device rule and unknown devices are refused"
+        ))
+    })?;
+    Ok(DeviceView {
+        clientid: clientid.to_owned(),
+        class: v.class,
+        overridden: v.overridden,
+        settings: v.settings,
+    })
+}
+
+#[utoipa::path(
+    get, path = "/api/v1/devices/{clientid}", operation_id = "get_device",
+    params(("clientid" = String, Path, description = "Percent-encoded (`/` is `%2F`)")),
+    responses(
+        (status = 200, description = "The class this client ID gets now", body = DeviceView),
+        (status = 400, description = "The path is not valid UTF-8 once decoded", body = ApiError),
+        (status = 401, description = "No or an unknown token", body = ApiError),
+        (status = 404, description = "No class: unknown devices are refused", body = ApiError),
+    )
+)]
+pub async fn get(
+    State(state): State<AdminState>,
+    param: Result<Path<String>, PathRejection>,
+) -> Result<Json<DeviceView>, ApiError> {
+    let clientid = super::path(param)?;
+    Ok(Json(view(&state, &clientid)?))
+}
+
+#[utoipa::path(
+    put, path = "/api/v1/devices/{clientid}", operation_id = "override_device",
+    params(("clientid" = String, Path, description = "Percent-encoded (`/` is `%2F`)")),
+    request_body = ClassOverride,
+    responses(
+        (status = 200, description = "In force from the device's next publish", body = DeviceView),
+        (status = 400, description = "No such class, or a bad body, named", body = ApiError),
+        (status = 401, description = "No or an unknown token", body = ApiError),
+        (status = 413, description = "A body over 2 MB", body = ApiError),
+    )
+)]
+pub async fn put(
+    State(state): State<AdminState>,
+    Extension(Caller(caller)): Extension<Caller>,
+    param: Result<Path<String>, PathRejection>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Json<DeviceView>, ApiError> {
+    let clientid = super::path(param)?;
+    let o: ClassOverride = body(&super::bytes(raw)?)?;
+    if clientid.is_empty() || clientid.len() > 1024 {
+        return Err(ApiError::bad_request("clientid: must be 1 to 1024 bytes"));
+    }
+    state
+        .shared
+        .policy
+        .set_override(&clientid, &o.class)
+        .map_err(ApiError::bad_request)?;
+    tracing::info!(admin = %caller, clientid, class = o.class, "class override set");
+    Ok(Json(view(&state, &clientid)?))
+}
+
+#[utoipa::path(
+    delete, path = "/api/v1/devices/{clientid}", operation_id = "clear_device_override",
+    params(("clientid" = String, Path, description = "Percent-encoded (`/` is `%2F`)")),
+    responses(
+        (status = 204, description = "Back to the class `[policy]` gives it, from its next publish"),
+        (status = 400, description = "The path is not valid UTF-8 once decoded", body = ApiError),
+        (status = 401, description = "No or an unknown token", body = ApiError),
+        (status = 404, description = "No override for that client ID", body = ApiError),
+    )
+)]
+pub async fn delete(
+    State(state): State<AdminState>,
+    Extension(Caller(caller)): Extension<Caller>,
+    param: Result<Path<String>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    let clientid = super::path(param)?;
+    if !state.shared.policy.clear_override(&clientid) {
+        return Err(ApiError::not_found(format!("no override for {clientid:?}")));
+    }
+    tracing::info!(admin = %caller, clientid, "class override cleared");
+    Ok(StatusCode::NO_CONTENT)
+}
