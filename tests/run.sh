@@ -23,6 +23,9 @@ have openssl || need+=(openssl)
 have stdbuf || need+=(coreutils)
 # The cluster's meeting point: bans shared between gateways.
 have redis-server || need+=(redis-server)
+# Python for schemathesis (the admin API's OpenAPI conformance run), installed below in a venv.
+have python3 || need+=(python3)
+python3 -c 'import ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 # The edges the profiles are for, run from profiles/ in front of the gateway.
 have nginx || need+=(nginx)
 have haproxy || need+=(haproxy)
@@ -34,6 +37,15 @@ if [ ${#need[@]} -gt 0 ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
+
+# schemathesis, from PyPI at a pinned version, in a venv of its own under target/.
+st_venv="$PWD/target/st-venv"
+if [ ! -x "$st_venv/bin/schemathesis" ]; then
+  echo "installing: schemathesis (PyPI) into target/st-venv"
+  python3 -m venv "$st_venv"
+  "$st_venv/bin/pip" install --quiet --disable-pip-version-check schemathesis==4.32.5
+fi
+export PORTCULLIS_SCHEMATHESIS="$st_venv/bin/schemathesis"
 
 # Envoy and Traefik have profiles too, but no package in Debian's archive or in a registry these
 # machines reach: tests/deploy.rs parses their YAML; nothing runs them.

@@ -27,6 +27,20 @@ const KINDS: [&str; 6] = [
     "username_re",
 ];
 
+/// The kinds of ban, for the OpenAPI document (the handlers read `as` as text, so that a bad
+/// one is answered in our words).
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum BanKind {
+    Clientid,
+    Username,
+    Peerhost,
+    PeerhostNet,
+    ClientidRe,
+    UsernameRe,
+}
+
 /// Filters of `GET /api/v1/banned`; all optional, combined with AND.
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -34,7 +48,7 @@ const KINDS: [&str; 6] = [
 pub struct BannedQuery {
     /// `clientid`, `username`, `peerhost`, `peerhost_net`, `clientid_re` or `username_re`.
     #[serde(rename = "as")]
-    #[param(rename = "as")]
+    #[param(rename = "as", value_type = Option<BanKind>)]
     kind: Option<String>,
     /// Exactly this value.
     who: Option<String>,
@@ -43,8 +57,10 @@ pub struct BannedQuery {
     /// Exactly this issuer (`admin:ops`), or a prefix ending in `:` (`portcullis:`).
     by: Option<String>,
     /// From 1.
+    #[param(minimum = 1)]
     page: Option<usize>,
     /// 1 to 10000; default 100.
+    #[param(minimum = 1, maximum = 10000)]
     limit: Option<usize>,
 }
 
@@ -62,8 +78,10 @@ pub struct NewBan {
     /// `clientid`, `username`, `peerhost` (an IP), `peerhost_net` (a CIDR), `clientid_re` or
     /// `username_re` (a regex matched anywhere in the value: anchor it for the whole value).
     #[serde(rename = "as")]
-    #[schema(rename = "as")]
+    #[schema(rename = "as", value_type = BanKind)]
     kind: String,
+    /// The value, IP, CIDR or pattern, as `as` says.
+    #[schema(min_length = 1, max_length = 1024)]
     who: String,
     #[serde(default)]
     reason: Option<String>,
@@ -185,7 +203,7 @@ pub async fn add(
 #[utoipa::path(
     delete, path = "/api/v1/banned/{as}/{who}", operation_id = "remove_ban",
     params(
-        ("as" = String, Path, description = "clientid, username, peerhost, peerhost_net, clientid_re or username_re"),
+        ("as" = BanKind, Path, description = "The kind of ban"),
         ("who" = String, Path, description = "The value, percent-encoded (a client ID may hold `/`: `%2F`)"),
     ),
     responses(

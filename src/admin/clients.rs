@@ -23,8 +23,12 @@ pub struct ClientsQuery {
     like_username: Option<String>,
     route: Option<String>,
     /// `ws`, `wss` or `tcp`.
+    #[param(pattern = "^(ws|wss|tcp)$")]
     transport: Option<String>,
+    #[param(minimum = 1)]
     page: Option<usize>,
+    /// 1 to 10000; default 100.
+    #[param(minimum = 1, maximum = 10000)]
     limit: Option<usize>,
 }
 

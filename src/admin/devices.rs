@@ -27,6 +27,7 @@ pub struct DeviceView {
 #[serde(deny_unknown_fields)]
 pub struct ClassOverride {
     /// A class of `[policy.classes]`.
+    #[schema(min_length = 1)]
     class: String,
 }
 

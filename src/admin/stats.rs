@@ -207,6 +207,7 @@ impl Monitor {
 #[into_params(parameter_in = Query)]
 pub struct MonitorQuery {
     /// Seconds back from now, 10 to 3600; default 3600.
+    #[param(minimum = 10, maximum = 3600)]
     latest: Option<u64>,
 }
 
