@@ -28,6 +28,7 @@ use crate::config::ListenerKind;
 use crate::error::{Error, Kind};
 use crate::forward::{self, mqtt, Ending};
 use crate::gateway::clients::{Arrival, Registration, Transport};
+use crate::gateway::timings::Handshake;
 use crate::gateway::Shared;
 use crate::handshake::{self, DeviceWebSocket, Session};
 use crate::listener::{self, Conn, ListenerCtx};
@@ -67,7 +68,10 @@ async fn story(
     let admit = |ip| shared.admit_ip(ip);
     let conn = match listener::establish(tcp, peer, slot, listener, admit).await {
         Ok(conn) => conn,
-        Err(e) => return log_refused(&e),
+        Err(e) => {
+            shared.timings.handshake(Handshake::Refused);
+            return log_refused(&e);
+        }
     };
     span.record("id", conn.id);
     if conn.listener.kind == ListenerKind::Mqtt {
@@ -86,9 +90,13 @@ async fn story(
     };
     let session = match negotiated {
         Ok(Session::WebSocket(session)) => session,
-        Ok(Session::Finished) => return,
-        Err(e) => return log_refused(&e),
+        Ok(Session::Finished) => return shared.timings.handshake(Handshake::Answered),
+        Err(e) => {
+            shared.timings.handshake(Handshake::Refused);
+            return log_refused(&e);
+        }
     };
+    shared.timings.handshake(Handshake::Upgraded);
 
     // 3. identify: the client IP (believed from headers only behind trusted proxies).
     let handshake::WsSession {
@@ -169,6 +177,7 @@ fn mqtt_ctx<'a>(
         relay,
         client,
         traffic: &client.client().traffic,
+        decision_time: &shared.timings.decision,
         drain: &shared.drain,
         client_ip,
     }

@@ -488,9 +488,15 @@ async fn stats_monitor_and_metrics_count_what_happened() {
     assert_eq!(ban(&s, "clientid", "meter-9").await.status, 201);
     assert!(matches!(dev.until_end().await.1, End::Eof));
     let _other = mqtt_tcp(&s, "meter-10", None).await;
+    let mut ws = mqtt_ws_v5(&s, "meter-11").await;
+    for id in 1..=2u16 {
+        ws.send_ok(&wire::publish("t/11", 1, id, b"x", Version::V5))
+            .await;
+        let _ = ws.packet().await;
+    }
 
     let stats = ops(s.api, "GET", "/api/v1/stats", None).await.json;
-    assert_eq!(stats["connections"]["total"], 1, "{stats}");
+    assert_eq!(stats["connections"]["total"], 2, "{stats}");
     assert_eq!(stats["connections"]["by_transport"]["tcp"], 1, "{stats}");
     assert_eq!(stats["bans"]["active_by_as"]["clientid"], 1, "{stats}");
     let monitor = ops(s.api, "GET", "/api/v1/monitor?latest=60", None).await;
@@ -508,6 +514,9 @@ async fn stats_monitor_and_metrics_count_what_happened() {
         "portcullis_connections_active{listener=\"lan\",route=\"mqtt\",transport=\"tcp\"} 1",
         "portcullis_upstream_healthy{route=\"mqtt\"} 1",
         "portcullis_build_info{version=\"",
+        "portcullis_handshakes_total{outcome=\"upgraded\"} 1",
+        // The first publish of a connection is timed (then one in 64).
+        "portcullis_policy_decision_seconds_count 1",
     ] {
         assert!(metrics.contains(line), "{line} in:\n{metrics}");
     }
@@ -786,4 +795,31 @@ async fn the_running_api_conforms_to_its_openapi_document() {
         text.contains("Selected: 10/10"),
         "every operation tested:\n{text}"
     );
+}
+
+#[tokio::test]
+async fn with_a_store_an_admin_ban_is_committed_before_the_answer_and_the_commit_is_timed() {
+    let broker = Broker::spawn().await;
+    let echo = support::echo_server().await;
+    let files = AdminFiles::new();
+    let store = files.dir.path().join("store");
+    let toml = format!(
+        "{}\n[store]\ndir = \"{}\"\n",
+        config(broker.addr, echo, &files),
+        store.display()
+    );
+    let gw = TestGateway::start(&toml).await;
+    let api = gw.gw().admin_addr().unwrap();
+    let body = json!({ "as": "clientid", "who": "kept", "reason": "r" });
+    assert_eq!(
+        ops(api, "POST", "/api/v1/banned", Some(body)).await.status,
+        201
+    );
+    let metrics = admin::text(api, "/metrics").await;
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("portcullis_store_commit_seconds_count "))
+        .unwrap_or_else(|| panic!("no commit histogram in:\n{metrics}"));
+    let commits: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(commits >= 1, "{line}");
 }

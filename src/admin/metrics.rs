@@ -189,6 +189,32 @@ pub fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
             n,
         );
     }
+    let rows = shared
+        .timings
+        .handshakes()
+        .into_iter()
+        .map(|(outcome, n)| (l(&[("outcome", outcome)]), n))
+        .collect();
+    counter(
+        &mut reg,
+        "handshakes",
+        "Connections by how their handshake ended: upgraded, answered (health, probe), refused",
+        rows,
+    );
+    reg.register_with_unit(
+        "policy_decision",
+        "Time to judge one publish (one in 64 is timed)",
+        prometheus_client::registry::Unit::Seconds,
+        shared.timings.decision.clone(),
+    );
+    if let Some(h) = shared.bans.commit_seconds() {
+        reg.register_with_unit(
+            "store_commit",
+            "Time per ban store commit, fsync included",
+            prometheus_client::registry::Unit::Seconds,
+            h,
+        );
+    }
     gauge(
         &mut reg,
         "build_info",

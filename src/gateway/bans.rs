@@ -70,6 +70,11 @@ impl AnnouncedBans {
         *self.cluster.write().unwrap_or_else(|e| e.into_inner()) = Some(handle);
     }
 
+    /// Seconds per store commit, with a store.
+    pub fn commit_seconds(&self) -> Option<prometheus_client::metrics::histogram::Histogram> {
+        self.writer().map(|w| w.commit_seconds)
+    }
+
     pub fn cluster(&self) -> Option<crate::cluster::Handle> {
         self.cluster
             .read()

@@ -2,6 +2,7 @@
 
 pub mod bans;
 pub mod clients;
+pub mod timings;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -41,6 +42,8 @@ pub struct Shared {
     pub clients: Arc<clients::Clients>,
     /// Admin API requests refused for a missing or unknown token.
     pub admin_unauthorized: std::sync::atomic::AtomicU64,
+    /// Handshakes by outcome, the policy's decision time.
+    pub timings: timings::Timings,
 }
 
 impl Shared {
@@ -150,6 +153,7 @@ impl Gateway {
             probe: ProbeGate::new(&config.probe),
             clients,
             admin_unauthorized: Default::default(),
+            timings: Default::default(),
         });
         spawn_sweeper(Arc::downgrade(&shared));
         let mut bound = Vec::new();

@@ -56,6 +56,8 @@ enum Op {
 #[derive(Clone)]
 pub struct Writer {
     tx: mpsc::Sender<Op>,
+    /// Seconds per commit, fsync included (for `/metrics`).
+    pub commit_seconds: prometheus_client::metrics::histogram::Histogram,
     /// Set when a change could not be queued: the next commit writes all of memory instead.
     resync: Arc<AtomicBool>,
 }
@@ -181,8 +183,14 @@ impl BanStore {
         // Far more than a second's worth of changes; past it the next commit writes everything.
         let (tx, rx) = mpsc::channel(65_536);
         let resync = Arc::new(AtomicBool::new(false));
-        tokio::spawn(write_loop(self.clone(), memory, rx, resync.clone()));
-        Writer { tx, resync }
+        let commit_seconds = crate::gateway::timings::commit_histogram();
+        let timer = commit_seconds.clone();
+        tokio::spawn(write_loop(self.clone(), memory, rx, resync.clone(), timer));
+        Writer {
+            tx,
+            commit_seconds,
+            resync,
+        }
     }
 }
 
@@ -234,6 +242,7 @@ async fn write_loop(
     memory: Arc<MemoryBanList>,
     mut rx: mpsc::Receiver<Op>,
     resync: Arc<AtomicBool>,
+    timer: prometheus_client::metrics::histogram::Histogram,
 ) {
     while let Some(first) = rx.recv().await {
         let mut subjects = HashSet::new();
@@ -263,9 +272,11 @@ async fn write_loop(
         let everything = resync.swap(false, Ordering::Relaxed);
         let (s, m) = (store.clone(), memory.clone());
         // redb commits wait for fsync: off the async workers.
+        let t0 = std::time::Instant::now();
         let outcome = tokio::task::spawn_blocking(move || s.sync(&m, &subjects, everything))
             .await
             .unwrap_or_else(|e| Err(format!("ban store writer: {e}")));
+        timer.observe(t0.elapsed().as_secs_f64());
         match &outcome {
             Ok(n) if *n > 0 || everything => {
                 tracing::debug!(changes = n, everything, "bans persisted")

@@ -46,6 +46,8 @@ pub struct MqttCtx<'a> {
     pub client: &'a Registration,
     /// Its byte counters (the registry's, so the admin API sees them live).
     pub traffic: &'a Traffic,
+    /// Where the policy's decision time goes (one publish in `DECISION_SAMPLE`).
+    pub decision_time: &'a prometheus_client::metrics::histogram::Histogram,
     pub drain: &'a Drain,
     pub client_ip: IpAddr,
 }
@@ -168,6 +170,7 @@ pub async fn relay<R: DeviceRx, T: DeviceTx>(mut rx: R, mut tx: T, ctx: MqttCtx<
             notify: &notify,
             counters: &counters,
             ctx: &ctx,
+            judged: 0,
         }));
         let mut to_device = std::pin::pin!(downstream::run(
             &mut tx, up, version, &shared, &notify, &counters, ctx.relay

@@ -53,6 +53,8 @@ pub struct Up<'a, R> {
     pub notify: &'a Notify,
     pub counters: &'a Counters<'a>,
     pub ctx: &'a MqttCtx<'a>,
+    /// Publishes judged so far (to sample the decision time).
+    pub judged: u32,
 }
 
 /// Runs until the device side ends; returns why.
@@ -215,7 +217,13 @@ fn publish<R>(
                 len: p.len(),
                 retransmit: false,
             };
+            u.judged = u.judged.wrapping_add(1);
+            let timed = (u.judged % crate::gateway::timings::DECISION_SAMPLE == 1)
+                .then(std::time::Instant::now);
             let decision = u.ctx.policy.on_publish(&mut u.session, &facts);
+            if let Some(t0) = timed {
+                u.ctx.decision_time.observe(t0.elapsed().as_secs_f64());
+            }
             if let Some(ban) = decision.ban {
                 // The ban list announces it; this connection is kicked on its next turn.
                 tracing::warn!(subject = %ban.subject, reason = %ban.reason, "banned");
