@@ -194,3 +194,37 @@ async fn with_redis_down_every_gateway_serves_and_enforces_and_catches_up_when_i
     assert_eq!(again.connect(&connect).await, 0x05);
     assert!(by_on(&b, "meter-before", Duration::ZERO).await.is_some());
 }
+
+#[tokio::test]
+async fn a_ban_that_expired_during_an_outage_does_not_lift_a_newer_ban_made_elsewhere() {
+    let broker = Broker::spawn().await;
+    let mut redis = Redis::spawn().await;
+    let a = node(&broker, &redis, "gw-a").await;
+    let b = node(&broker, &redis, "gw-b").await;
+    redis.kill();
+    // On A, a short ban on meter-x; on B, later, a lasting one on the same device.
+    let until = std::time::SystemTime::now() + Duration::from_millis(1500);
+    let until = portcullis::admin::rfc3339(until);
+    let short = json!({ "as": "clientid", "who": "meter-x", "until": until });
+    assert_eq!(
+        ops(a.api, "POST", "/api/v1/banned", Some(short))
+            .await
+            .status,
+        201
+    );
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    ban(&b, "meter-x").await;
+    // A's expires while Redis is away.
+    while by_on(&a, "meter-x", Duration::ZERO).await.is_some() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    redis.restart().await;
+    // B's ban reaches A, and nobody lifts it.
+    let on_a = by_on(&a, "meter-x", Duration::from_secs(20)).await;
+    assert_eq!(on_a.as_deref(), Some("peer:gw-b"));
+    assert_eq!(
+        by_on(&b, "meter-x", Duration::ZERO).await.as_deref(),
+        Some("admin:ops")
+    );
+    assert_eq!(connack(&a, "meter-x").await, 0x05);
+}

@@ -11,7 +11,7 @@
 mod sync;
 mod wire;
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -38,9 +38,9 @@ pub struct Handle {
 
 #[derive(Default)]
 struct State {
-    /// Subjects changed here and not yet in Redis. A set: a flood of changes to one subject is
-    /// one write, and its size is bounded by the subjects that exist.
-    pending: Mutex<HashSet<Subject>>,
+    /// Subjects changed here and not yet in Redis, with what happened last. A map: a flood of
+    /// changes to one subject is one write, and its size is bounded by the subjects that exist.
+    pending: Mutex<HashMap<Subject, Change>>,
     wake: Notify,
     connected: AtomicBool,
     resyncs: AtomicU64,
@@ -48,10 +48,32 @@ struct State {
     stop: CancellationToken,
 }
 
+/// What happened to a subject here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Banned (or the ban replaced): Redis gets what memory holds, if it still holds it.
+    Banned,
+    /// Lifted by an admin at this time (ms): Redis drops its copy unless a newer ban is there.
+    /// (An expiry is not a lift: Redis expires its copy by itself.)
+    Lifted(u64),
+}
+
 impl Handle {
-    /// The ban on `subject` was made or lifted here: write what memory holds for it to Redis.
+    /// A ban on `subject` was made here: write it to Redis.
     pub fn changed(&self, subject: Subject) {
-        self.pending().insert(subject);
+        self.note(subject, Change::Banned);
+    }
+
+    /// The ban on `subject` was lifted here: lift it in the cluster.
+    pub fn lifted(&self, subject: Subject) {
+        self.note(
+            subject,
+            Change::Lifted(sync::ms(std::time::SystemTime::now())),
+        );
+    }
+
+    fn note(&self, subject: Subject, change: Change) {
+        self.pending().insert(subject, change);
         self.inner.wake.notify_one();
     }
 
@@ -73,7 +95,7 @@ impl Handle {
         self.inner.stop.cancel();
     }
 
-    fn pending(&self) -> std::sync::MutexGuard<'_, HashSet<Subject>> {
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<Subject, Change>> {
         self.inner.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -116,8 +138,9 @@ struct Node {
 
 impl Node {
     async fn run(self, synced: tokio::sync::oneshot::Sender<()>) {
+        const FIRST_RETRY: Duration = Duration::from_millis(500);
         let mut synced = Some(synced);
-        let mut wait = Duration::from_millis(500);
+        let mut wait = FIRST_RETRY;
         let mut down_logged = false;
         let stop = self.handle.inner.stop.clone();
         loop {
@@ -125,7 +148,10 @@ impl Node {
                 () = stop.cancelled() => return,
                 ended = self.session(&mut synced, &mut down_logged) => ended,
             };
-            self.handle.inner.connected.store(false, Relaxed);
+            if self.handle.inner.connected.swap(false, Relaxed) {
+                // It was up: the next outage starts its backoff afresh.
+                wait = FIRST_RETRY;
+            }
             if self.bans.upgrade().is_none() {
                 return;
             }
@@ -164,8 +190,10 @@ impl Node {
             Ok(Err(e)) => return format!("subscribe: {e}"),
             Err(_) => return "subscribe: no answer within 3 s".into(),
         };
-        if let Err(e) = pubsub.subscribe(self.keys.channel()).await {
-            return format!("subscribe: {e}");
+        match tokio::time::timeout(IO_TIMEOUT, pubsub.subscribe(self.keys.channel())).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return format!("subscribe: {e}"),
+            Err(_) => return "subscribe: no answer within 3 s".into(),
         }
         let mut messages = pubsub.into_on_message();
         // Subscribed before the resync: nothing announced from here on is missed.

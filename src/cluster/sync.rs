@@ -1,5 +1,10 @@
 //! Keeping memory and Redis in step: this node's changes out, other nodes' changes in, and the
 //! full comparison that repairs what pub/sub lost.
+//!
+//! Rule everywhere: the later act wins. A ban replaces another only if it was made at or after
+//! it; a lift removes a ban only if the ban was made at or before the lift. Writes to Redis
+//! check this inside a script (and announce only when they changed something), so a node back
+//! from an outage cannot overwrite a newer ban or lift one made while it was away.
 
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -7,7 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use redis::aio::MultiplexedConnection;
 
 use super::wire::{self, Announcement, Entry};
-use super::{Node, IO_TIMEOUT};
+use super::{Change, Node, IO_TIMEOUT};
 use crate::gateway::bans::AnnouncedBans;
 use crate::policy::{Ban, BanList, BanSource, Subject};
 use crate::store::Record;
@@ -17,9 +22,47 @@ const TOMBSTONE_SECS: u64 = 86_400;
 /// Keys asked for per round trip in a resync.
 const BATCH: usize = 500;
 
-fn ms(t: SystemTime) -> u64 {
+/// KEYS: ban, tombstone. ARGV: entry JSON, its at_ms, PXAT ms or "", channel, announcement.
+/// Set unless a newer ban is there or the subject was lifted after this ban was made.
+const SET_IF_NEWER: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local ok, e = pcall(cjson.decode, cur)
+  if ok and type(e) == 'table' and tonumber(e.at_ms) and tonumber(e.at_ms) > tonumber(ARGV[2]) then
+    return 0
+  end
+end
+local lifted = tonumber(redis.call('GET', KEYS[2]))
+if lifted and lifted >= tonumber(ARGV[2]) then return 0 end
+if ARGV[3] ~= '' then
+  redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[3])
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+redis.call('DEL', KEYS[2])
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+return 1
+"#;
+
+/// KEYS: ban, tombstone. ARGV: lift ms, tombstone seconds, channel, announcement.
+/// Delete unless the ban there was made after the lift; leave a tombstone either way.
+const DEL_IF_OLDER: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local ok, e = pcall(cjson.decode, cur)
+  if ok and type(e) == 'table' and tonumber(e.at_ms) and tonumber(e.at_ms) > tonumber(ARGV[1]) then
+    return 0
+  end
+  redis.call('DEL', KEYS[1])
+end
+redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return 1
+"#;
+
+pub(super) fn ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
 
@@ -34,18 +77,31 @@ async fn bounded<T>(
     }
 }
 
-/// Another node's change, into memory.
+/// Another node's change, into memory, if it is the later act.
 pub(super) fn apply(bans: &AnnouncedBans, a: Announcement) {
+    let now = SystemTime::now();
     match a {
         Announcement::Set { node, ban } => match ban.to_ban() {
             Ok(mut b) => {
+                if bans
+                    .get_exact(&b.subject, now)
+                    .is_some_and(|local| ms(local.created) > ms(b.created))
+                {
+                    return;
+                }
                 b.source = BanSource::Peer(node.as_str().into());
-                bans.apply_peer(b, SystemTime::now());
+                bans.apply_peer(b, now);
             }
             Err(e) => tracing::debug!("cluster: a ban from {node} that does not load: {e}"),
         },
-        Announcement::Del { kind, who, .. } => {
-            if let Some(s) = wire::subject(&kind, &who) {
+        Announcement::Del { kind, who, at, .. } => {
+            let Some(s) = wire::subject(&kind, &who) else {
+                return;
+            };
+            if bans
+                .get_exact(&s, now)
+                .is_some_and(|local| ms(local.created) <= at)
+            {
                 bans.remove_peer(&s);
             }
         }
@@ -53,78 +109,95 @@ pub(super) fn apply(bans: &AnnouncedBans, a: Announcement) {
 }
 
 impl Node {
-    /// Write what memory holds now for every subject changed here, in one pipeline, and
-    /// announce it. On failure the subjects go back to pending, to be pushed after a reconnect.
+    /// Write what memory holds now for every subject changed here, in one pipeline of scripts
+    /// that each check they are the later act and announce only what they changed. On failure
+    /// the changes go back to pending, to be pushed after a reconnect.
     pub(super) async fn push_pending(&self, con: &mut MultiplexedConnection) -> Result<(), String> {
         let Some(bans) = self.bans.upgrade() else {
             return Ok(());
         };
-        let subjects: Vec<Subject> = self.handle.pending().drain().collect();
-        if subjects.is_empty() {
+        let changes: Vec<(Subject, Change)> = self.handle.pending().drain().collect();
+        if changes.is_empty() {
             return Ok(());
         }
         let now = SystemTime::now();
         let mut pipe = redis::pipe();
-        for s in &subjects {
-            let (kind, who) = wire::words(s);
-            match bans.get_exact(s, now) {
+        let mut any = false;
+        for (s, change) in &changes {
+            let (ban_key, tomb_key) = (self.keys.ban(s), self.keys.lifted(s));
+            match (change, bans.get_exact(s, now)) {
                 // A peer's ban here is the peer's to write; ours only ever follows it.
-                Some(b) if matches!(b.source, BanSource::Peer(_)) => continue,
-                Some(b) => {
+                (_, Some(b)) if matches!(b.source, BanSource::Peer(_)) => {}
+                (_, Some(b)) => {
                     let record = Record::of(&b);
                     let entry = Entry {
                         node: self.name.clone(),
+                        at_ms: ms(b.created),
                         ban: record.clone(),
                     };
-                    let value = serde_json::to_string(&entry).unwrap_or_default();
-                    let set = pipe.cmd("SET").arg(self.keys.ban(s)).arg(value);
-                    if let Some(until) = b.expires {
-                        set.arg("PXAT").arg(ms(until).max(1));
-                    }
-                    set.ignore();
-                    pipe.cmd("DEL").arg(self.keys.lifted(s)).ignore();
                     let a = Announcement::Set {
                         node: self.name.clone(),
                         ban: record,
                     };
-                    self.announce(&mut pipe, &a);
-                }
-                None => {
-                    pipe.cmd("DEL").arg(self.keys.ban(s)).ignore();
-                    pipe.cmd("SET")
-                        .arg(self.keys.lifted(s))
-                        .arg(ms(now))
-                        .arg("EX")
-                        .arg(TOMBSTONE_SECS)
+                    let pxat = b.expires.map(|t| ms(t).max(1).to_string());
+                    pipe.cmd("EVAL")
+                        .arg(SET_IF_NEWER)
+                        .arg(2)
+                        .arg(ban_key)
+                        .arg(tomb_key)
+                        .arg(serde_json::to_string(&entry).unwrap_or_default())
+                        .arg(entry.at_ms)
+                        .arg(pxat.unwrap_or_default())
+                        .arg(self.keys.channel())
+                        .arg(serde_json::to_string(&a).unwrap_or_default())
                         .ignore();
+                    any = true;
+                }
+                // Banned here, then expired before it could be written: Redis's copy, if it
+                // has one, expires by itself. Nothing to lift.
+                (Change::Banned, None) => {}
+                (Change::Lifted(at), None) => {
+                    let (kind, who) = wire::words(s);
                     let a = Announcement::Del {
                         node: self.name.clone(),
                         kind,
                         who,
+                        at: *at,
                     };
-                    self.announce(&mut pipe, &a);
+                    pipe.cmd("EVAL")
+                        .arg(DEL_IF_OLDER)
+                        .arg(2)
+                        .arg(ban_key)
+                        .arg(tomb_key)
+                        .arg(*at)
+                        .arg(TOMBSTONE_SECS)
+                        .arg(self.keys.channel())
+                        .arg(serde_json::to_string(&a).unwrap_or_default())
+                        .ignore();
+                    any = true;
                 }
             }
         }
+        if !any {
+            return Ok(());
+        }
         let done: Result<(), String> = bounded("push", pipe.query_async(con)).await;
         if done.is_err() {
-            self.handle.pending().extend(subjects);
+            let mut pending = self.handle.pending();
+            for (s, change) in changes {
+                // A newer change made meanwhile stays.
+                pending.entry(s).or_insert(change);
+            }
         }
         done
     }
 
-    fn announce(&self, pipe: &mut redis::Pipeline, a: &Announcement) {
-        let text = serde_json::to_string(a).unwrap_or_default();
-        pipe.cmd("PUBLISH")
-            .arg(self.keys.channel())
-            .arg(text)
-            .ignore();
-    }
-
-    /// Compare every ban in Redis with memory and repair both: what others banned while an
-    /// announcement was lost comes in; peer bans no longer in Redis (lifted, expired) go; our
-    /// own bans missing from Redis are pushed, unless a tombstone says they were lifted after
-    /// they were made (by an admin on another node while we were away).
+    /// Compare every ban in Redis with memory and repair both:
+    /// - a ban in Redis that is later than what memory holds comes in (a lost announcement,
+    ///   or this node's own ban from before a restart without a store);
+    /// - a peer's ban no longer in Redis goes (lifted or expired elsewhere);
+    /// - our own ban missing from Redis, or later than Redis's, is pushed, unless a tombstone
+    ///   says it was lifted after it was made (by an admin on another node while we were away).
     pub(super) async fn resync(&self, con: &mut MultiplexedConnection) -> Result<(), String> {
         let Some(bans) = self.bans.upgrade() else {
             return Ok(());
@@ -132,48 +205,53 @@ impl Node {
         let remote = self.read_all(con).await?;
         let now = SystemTime::now();
         for (subject, entry) in &remote {
-            if entry.node == self.name {
-                continue;
-            }
             let Ok(mut ban) = entry.ban.to_ban() else {
                 continue;
             };
-            let newer = match bans.get_exact(subject, now) {
-                None => true,
-                Some(local) => match local.source {
-                    BanSource::Peer(_) => local != peer(&ban, &entry.node),
-                    _ => ban.created > local.created,
-                },
-            };
-            if newer && ban.active(now) {
+            if entry.node != self.name {
                 ban.source = BanSource::Peer(entry.node.as_str().into());
-                bans.apply_peer(ban, now);
+            }
+            // Compared in milliseconds: records keep no finer time.
+            match bans.get_exact(subject, now) {
+                None => bans.apply_peer(ban, now),
+                Some(local) if ms(local.created) < ms(ban.created) => bans.apply_peer(ban, now),
+                Some(local) if ms(local.created) > ms(ban.created) => {
+                    if !matches!(local.source, BanSource::Peer(_)) {
+                        self.handle.changed(local.subject);
+                    }
+                }
+                // Made in the same millisecond: a peer's ban here is replaced by what Redis
+                // holds if they differ, so every node converges on Redis's copy.
+                Some(local)
+                    if matches!(local.source, BanSource::Peer(_))
+                        && (local.expires, &local.reason, &local.source)
+                            != (ban.expires, &ban.reason, &ban.source) =>
+                {
+                    bans.apply_peer(ban, now)
+                }
+                Some(_) => {}
             }
         }
-        let mut ours_missing = Vec::new();
-        for local in bans.list(now) {
-            if remote.contains_key(&local.subject) {
-                continue;
-            }
+        let missing: Vec<Ban> = bans
+            .list(now)
+            .into_iter()
+            .filter(|b| !remote.contains_key(&b.subject))
+            .collect();
+        let mut ours = Vec::new();
+        for local in missing {
             match local.source {
                 BanSource::Peer(_) => {
                     bans.remove_peer(&local.subject);
                 }
-                _ => ours_missing.push(local),
+                _ => ours.push(local),
             }
         }
-        for local in ours_missing {
-            let lifted: Option<u64> = bounded(
-                "resync",
-                redis::cmd("GET")
-                    .arg(self.keys.lifted(&local.subject))
-                    .query_async(con),
-            )
-            .await?;
-            if lifted.is_some_and(|at| at >= ms(local.created)) {
+        let lifted = self.tombstones(con, &ours).await?;
+        for (local, lifted_at) in ours.into_iter().zip(lifted) {
+            if lifted_at.is_some_and(|at| at >= ms(local.created)) {
                 bans.remove_peer(&local.subject);
             } else {
-                self.handle.pending().insert(local.subject.clone());
+                self.handle.changed(local.subject);
             }
         }
         self.push_pending(con).await?;
@@ -182,6 +260,30 @@ impl Node {
             .resyncs
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
+    }
+
+    /// When each of `bans` was lifted in the cluster, if it was (batched; anything that does
+    /// not read as a time is no tombstone).
+    async fn tombstones(
+        &self,
+        con: &mut MultiplexedConnection,
+        bans: &[Ban],
+    ) -> Result<Vec<Option<u64>>, String> {
+        let mut out = Vec::with_capacity(bans.len());
+        for chunk in bans.chunks(BATCH) {
+            let keys: Vec<String> = chunk.iter().map(|b| self.keys.lifted(&b.subject)).collect();
+            let values: Vec<Option<String>> = bounded(
+                "resync tombstones",
+                redis::cmd("MGET").arg(&keys).query_async(con),
+            )
+            .await?;
+            out.extend(
+                values
+                    .into_iter()
+                    .map(|v| v.and_then(|t| t.trim().parse().ok())),
+            );
+        }
+        Ok(out)
     }
 
     /// Every ban in Redis, by subject. SCAN, then MGET in batches: no command blocks Redis.
@@ -226,11 +328,4 @@ impl Node {
         }
         Ok(out)
     }
-}
-
-/// `ban` as this node holds a peer's ban.
-fn peer(ban: &Ban, node: &str) -> Ban {
-    let mut b = ban.clone();
-    b.source = BanSource::Peer(node.into());
-    b
 }

@@ -10,10 +10,12 @@ use serde::{Deserialize, Serialize};
 use crate::policy::{Ban, Subject};
 use crate::store::Record;
 
-/// A ban as kept in Redis: which node issued it, and the record.
+/// A ban as kept in Redis: which node issued it, the record, and when it was made in
+/// milliseconds (for the scripts that keep an older ban from replacing a newer one).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Entry {
     pub node: String,
+    pub at_ms: u64,
     pub ban: Record,
 }
 
@@ -30,6 +32,8 @@ pub enum Announcement {
         #[serde(rename = "as")]
         kind: String,
         who: String,
+        /// When it was lifted (ms): a ban made after that is not lifted by this.
+        at: u64,
     },
 }
 
@@ -109,11 +113,12 @@ mod tests {
             node: "gw-1".into(),
             kind: "clientid".into(),
             who: "a/b:c".into(),
+            at: 7,
         };
         let text = serde_json::to_string(&del).unwrap();
         assert_eq!(
             text,
-            r#"{"op":"del","node":"gw-1","as":"clientid","who":"a/b:c"}"#
+            r#"{"op":"del","node":"gw-1","as":"clientid","who":"a/b:c","at":7}"#
         );
         let back: Announcement = serde_json::from_str(&text).unwrap();
         assert_eq!(back.node(), "gw-1");

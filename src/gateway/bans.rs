@@ -82,12 +82,18 @@ impl AnnouncedBans {
             .clone()
     }
 
-    /// Another node's ban: enforced and kicked here, written to the store, not sent back out.
+    /// A ban from the cluster (another node's, or this node's own read back from Redis):
+    /// enforced and kicked here, written to the store, not sent back out.
     pub fn apply_peer(&self, ban: Ban, now: SystemTime) {
         let announced = ban.clone();
-        if self.store.insert(ban, now).is_ok() {
-            self.kick_and_count(&announced);
-            self.written(&announced.subject);
+        match self.store.insert(ban, now) {
+            Ok(()) => {
+                self.kick_and_count(&announced);
+                self.written(&announced.subject);
+            }
+            Err(e) => {
+                tracing::warn!(subject = %announced.subject, "a ban from the cluster not enforced here: {e}")
+            }
         }
     }
 
@@ -194,7 +200,10 @@ impl BanList for AnnouncedBans {
 
     fn remove(&self, subject: &Subject) -> Option<Ban> {
         let removed = self.store.remove(subject);
-        self.changed(subject);
+        self.written(subject);
+        if let Some(c) = self.cluster() {
+            c.lifted(subject.clone().canonical());
+        }
         removed
     }
 

@@ -322,16 +322,28 @@ impl Inner {
     }
 
     fn take(&mut self, subject: &Subject) -> Option<Ban> {
-        let removed = self.bans.remove(subject);
+        let removed = self.take_quietly(subject);
         if removed.is_some() {
-            self.count(subject, -1);
             let _ = self.repattern(subject);
         }
         removed
     }
 
-    /// After a regex ban of `subject`'s kind came or went: rebuild that kind's set.
+    /// As `take`, leaving the regex sets to the caller (a sweep rebuilds each kind once).
+    fn take_quietly(&mut self, subject: &Subject) -> Option<Ban> {
+        let removed = self.bans.remove(subject);
+        if removed.is_some() {
+            self.count(subject, -1);
+        }
+        removed
+    }
+
+    /// After a regex ban of `subject`'s kind came or went: rebuild that kind's set. Nothing for
+    /// other kinds (this runs on every insert and removal: it must cost nothing for them).
     fn repattern(&mut self, subject: &Subject) -> Result<(), String> {
+        if subject.pattern().is_none() {
+            return Ok(());
+        }
         let of_kind = |k: &Subject| std::mem::discriminant(k) == std::mem::discriminant(subject);
         let subjects: Vec<Subject> = self.bans.keys().filter(|k| of_kind(k)).cloned().collect();
         match subject {
@@ -436,7 +448,17 @@ impl MemoryBanList {
             .map(|b| b.subject.clone())
             .collect();
         for s in &expired {
-            inner.take(s);
+            inner.take_quietly(s);
+        }
+        // Each regex kind rebuilt once, if any of its bans went.
+        for kind in [
+            Subject::ClientIdRe("".into()),
+            Subject::UsernameRe("".into()),
+        ] {
+            let same = |s: &Subject| std::mem::discriminant(s) == std::mem::discriminant(&kind);
+            if expired.iter().any(same) {
+                let _ = inner.repattern(&kind);
+            }
         }
         inner.bans.shrink_to_fit();
         expired

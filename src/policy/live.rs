@@ -92,7 +92,10 @@ impl Live {
 
     /// An override first, then `[policy]` devices, prefixes and the default.
     pub(crate) fn resolve(&self, client_id: &str) -> Option<Resolved> {
-        let snap = self.current();
+        Self::resolve_in(&self.current(), client_id)
+    }
+
+    fn resolve_in(snap: &Snapshot, client_id: &str) -> Option<Resolved> {
         let by_override = snap
             .overrides
             .get(client_id)
@@ -111,9 +114,10 @@ impl Live {
     }
 
     pub(crate) fn view(&self, client_id: &str) -> Option<DeviceClassView> {
+        // One snapshot for all of it: a reload in between cannot mix two.
         let snap = self.current();
         let overridden = snap.overrides.contains_key(client_id);
-        let r = self.resolve(client_id)?;
+        let r = Self::resolve_in(&snap, client_id)?;
         let settings = snap.classes.settings.get(&*r.class.name)?.clone();
         Some(DeviceClassView {
             class: r.class.name.to_string(),
@@ -153,8 +157,11 @@ impl Live {
         })
     }
 
-    /// False if there was none.
+    /// False if there was none (and then nothing changes: no session re-resolves).
     pub(crate) fn clear_override(&self, client_id: &str) -> bool {
+        if !self.current().overrides.contains_key(client_id) {
+            return false;
+        }
         let mut had = false;
         let _ = self.update(|s| {
             let mut o = (*s.overrides).clone();
