@@ -69,6 +69,10 @@ pub async fn run<R: DeviceRx>(mut u: Up<'_, R>) -> Error {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_from_device = Instant::now();
     let mut sent_up = false;
+    // Made once: a kick waits on a cancellation token, and registering with it anew on every
+    // turn of the loop would take its lock once per message.
+    let ctx = u.ctx;
+    let mut kicked = std::pin::pin!(ctx.client.client().kicked());
 
     loop {
         let mut stop = None;
@@ -114,7 +118,7 @@ pub async fn run<R: DeviceRx>(mut u: Up<'_, R>) -> Error {
                 RxEvent::Gone => return Error::new(Kind::Gone, Side::Device, "device went away without a close"),
                 RxEvent::Failed(e) => return e,
             },
-            why = u.ctx.client.client().kicked() => return Error::device(Kind::Kicked, why),
+            why = &mut kicked => return Error::device(Kind::Kicked, why),
             _ = tick.tick(), if u.keep_alive > 0 => {
                 if last_from_device.elapsed() > keep_alive + keep_alive / 2 {
                     return Error::device(Kind::Timeout, "nothing from the device within 1.5 × its keep-alive");
