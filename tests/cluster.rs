@@ -228,3 +228,35 @@ async fn a_ban_that_expired_during_an_outage_does_not_lift_a_newer_ban_made_else
     );
     assert_eq!(connack(&a, "meter-x").await, 0x05);
 }
+
+#[tokio::test]
+async fn a_gateway_starts_at_once_without_redis_and_syncs_when_it_comes() {
+    let broker = Broker::spawn().await;
+    let mut redis = Redis::spawn().await;
+    redis.kill();
+    let files = AdminFiles::new();
+    // No `node`: the host name stands in (one gateway per host here).
+    let extra = format!("{}\n[cluster]\nredis = \"{}\"\n", files.toml(), redis.url());
+    let t0 = Instant::now();
+    let gw = TestGateway::start(&policy_gw::config(broker.addr, &extra)).await;
+    assert!(
+        t0.elapsed() < Duration::from_secs(3),
+        "started in {:?}",
+        t0.elapsed()
+    );
+    let n = Node {
+        api: gw.gw().admin_addr().unwrap(),
+        gw,
+        _files: files,
+    };
+    device(&n, "meter-early-bird").await.ping().await;
+    redis.restart().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !metric(&n, "portcullis_redis_connected")
+        .await
+        .ends_with(" 1")
+    {
+        assert!(Instant::now() < deadline, "connects once Redis is up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -101,15 +101,16 @@ impl Handle {
 }
 
 /// Join the cluster: the first sync is waited for (bounded), so that a gateway starting while
-/// Redis is up enforces the cluster's bans before it admits anyone; then one task keeps the
-/// two in step until [`Handle::stop`].
+/// Redis is up enforces the cluster's bans before it admits anyone (if the first attempt fails,
+/// the start goes on at once); then one task keeps the two in step until [`Handle::stop`].
 pub async fn join(settings: &ClusterSettings, bans: &Arc<AnnouncedBans>) -> Result<Handle, String> {
     let client =
         redis::Client::open(settings.redis.as_str()).map_err(|e| format!("cluster.redis: {e}"))?;
+    let name = settings.node_name()?;
     let handle = Handle::default();
     let node = Node {
         client,
-        name: settings.node.clone(),
+        name: name.clone(),
         keys: Keys::new(&settings.key_prefix),
         resync_every: Duration::from_secs(settings.resync_secs),
         bans: Arc::downgrade(bans),
@@ -118,9 +119,9 @@ pub async fn join(settings: &ClusterSettings, bans: &Arc<AnnouncedBans>) -> Resu
     let (synced_tx, synced) = tokio::sync::oneshot::channel();
     tokio::spawn(node.run(synced_tx));
     match tokio::time::timeout(IO_TIMEOUT * 2, synced).await {
-        Ok(Ok(())) => tracing::info!(node = %settings.node, "cluster: in sync with Redis"),
+        Ok(Ok(())) => tracing::info!(node = %name, "cluster: in sync with Redis"),
         _ => tracing::warn!(
-            node = %settings.node,
+            node = %name,
             "cluster: Redis not reachable at start; serving with the bans known here, and syncing when it is"
         ),
     }
@@ -148,6 +149,8 @@ impl Node {
                 () = stop.cancelled() => return,
                 ended = self.session(&mut synced, &mut down_logged) => ended,
             };
+            // The start waits no longer once the first attempt has failed.
+            synced.take();
             if self.handle.inner.connected.swap(false, Relaxed) {
                 // It was up: the next outage starts its backoff afresh.
                 wait = FIRST_RETRY;

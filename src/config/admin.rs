@@ -26,8 +26,10 @@ fn default_bind() -> SocketAddr {
 pub struct ClusterSettings {
     /// `redis://[:password@]host:port[/db]`.
     pub redis: String,
-    /// This gateway's name in the cluster (`by = "peer:<node>"` on the others). Unique.
-    pub node: String,
+    /// This gateway's name in the cluster (`by = "peer:<node>"` on the others), unique per
+    /// gateway. Absent: the host name (a container's or pod's is its own).
+    #[serde(default)]
+    pub node: Option<String>,
     /// A full resync this often, besides every (re)connect: pub/sub loses what is sent while
     /// a subscriber is away.
     #[serde(default = "default_resync_secs")]
@@ -46,6 +48,26 @@ fn default_key_prefix() -> String {
 }
 
 impl ClusterSettings {
+    /// `node`, or the host name; the error names the key.
+    pub fn node_name(&self) -> Result<String, String> {
+        if let Some(n) = &self.node {
+            return Ok(n.clone());
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_default();
+        let ok = (1..=64).contains(&host.len())
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if ok {
+            Ok(host)
+        } else {
+            Err("cluster.node: not set, and the host name cannot serve (set node)".into())
+        }
+    }
+
     /// The error is `(key, message)`.
     pub fn check(&self) -> Result<(), (String, String)> {
         let bad = |k: &str, m: &str| Err((format!("cluster.{k}"), m.to_owned()));
@@ -60,8 +82,10 @@ impl ClusterSettings {
                 && s.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
         };
-        if !name_ok(&self.node) {
-            return bad("node", "must be 1-64 of A-Z a-z 0-9 - _ .");
+        if let Some(node) = &self.node {
+            if !name_ok(node) {
+                return bad("node", "must be 1-64 of A-Z a-z 0-9 - _ .");
+            }
         }
         if !name_ok(&self.key_prefix) {
             return bad("key_prefix", "must be 1-64 of A-Z a-z 0-9 - _ .");
