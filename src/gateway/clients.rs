@@ -5,7 +5,7 @@
 //! client ID wakes one connection, not every connection of the gateway. An admin's kick uses
 //! the same path. The admin API lists connections from here.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -112,54 +112,24 @@ pub struct Arrival {
 }
 
 #[derive(Default)]
+/// Ordered maps throughout: connection ids in the order they came (the admin list), and
+/// addresses so that a CIDR ban finds its own as a range.
 struct Index {
-    all: HashMap<u64, Arc<Client>>,
-    by_client_id: HashMap<Arc<str>, Vec<u64>>,
-    by_username: HashMap<Arc<str>, Vec<u64>>,
-    /// Ordered, so that a CIDR ban finds its addresses as a range.
+    all: BTreeMap<u64, Arc<Client>>,
+    by_client_id: BTreeMap<Arc<str>, Vec<u64>>,
+    by_username: BTreeMap<Arc<str>, Vec<u64>>,
     by_ip: BTreeMap<IpAddr, Vec<u64>>,
 }
 
-/// `HashMap` and `BTreeMap` alike, for the index's add and forget.
-trait IdMap<K> {
-    fn ids(&mut self, key: K) -> &mut Vec<u64>;
-    fn existing(&mut self, key: &K) -> Option<&mut Vec<u64>>;
-    fn drop_key(&mut self, key: &K);
+fn add<K: Ord>(map: &mut BTreeMap<K, Vec<u64>>, key: K, id: u64) {
+    map.entry(key).or_default().push(id);
 }
 
-impl<K: std::hash::Hash + Eq> IdMap<K> for HashMap<K, Vec<u64>> {
-    fn ids(&mut self, key: K) -> &mut Vec<u64> {
-        self.entry(key).or_default()
-    }
-    fn existing(&mut self, key: &K) -> Option<&mut Vec<u64>> {
-        self.get_mut(key)
-    }
-    fn drop_key(&mut self, key: &K) {
-        self.remove(key);
-    }
-}
-
-impl<K: Ord> IdMap<K> for BTreeMap<K, Vec<u64>> {
-    fn ids(&mut self, key: K) -> &mut Vec<u64> {
-        self.entry(key).or_default()
-    }
-    fn existing(&mut self, key: &K) -> Option<&mut Vec<u64>> {
-        self.get_mut(key)
-    }
-    fn drop_key(&mut self, key: &K) {
-        self.remove(key);
-    }
-}
-
-fn add<K>(map: &mut impl IdMap<K>, key: K, id: u64) {
-    map.ids(key).push(id);
-}
-
-fn forget<K>(map: &mut impl IdMap<K>, key: &K, id: u64) {
-    if let Some(ids) = map.existing(key) {
+fn forget<K: Ord>(map: &mut BTreeMap<K, Vec<u64>>, key: &K, id: u64) {
+    if let Some(ids) = map.get_mut(key) {
         ids.retain(|i| *i != id);
         if ids.is_empty() {
-            map.drop_key(key);
+            map.remove(key);
         }
     }
 }
@@ -227,14 +197,10 @@ impl Clients {
                 .range(net.network()..=net.broadcast())
                 .flat_map(|(_, ids)| ids.iter().copied())
                 .collect(),
-            Subject::ClientIdRe(_) | Subject::UsernameRe(_) => Vec::new(),
-        };
-        let ids: Vec<u64> = match subject {
             // A pattern names no key: every identified connection is a candidate (regex bans
             // are few, capped, and made by people).
             Subject::ClientIdRe(_) => index.by_client_id.values().flatten().copied().collect(),
             Subject::UsernameRe(_) => index.by_username.values().flatten().copied().collect(),
-            _ => ids,
         };
         // A pattern that does not compile matches nothing (the ban list refuses those anyway).
         let pattern = subject
@@ -259,9 +225,7 @@ impl Clients {
 
     /// Live connections, in the order they connected.
     pub fn list(&self) -> Vec<Arc<Client>> {
-        let mut all: Vec<Arc<Client>> = self.read().all.values().cloned().collect();
-        all.sort_by_key(|c| c.id);
-        all
+        self.read().all.values().cloned().collect()
     }
 
     /// Connections kicked since start.
