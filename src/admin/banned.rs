@@ -15,17 +15,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::{body, page_of, paging, query, AdminState, ApiError, Caller, PageMeta};
 use crate::policy::{BanList, BanSource};
-use crate::store::Record;
-
-/// The kinds of ban.
-const KINDS: [&str; 6] = [
-    "clientid",
-    "username",
-    "peerhost",
-    "peerhost_net",
-    "clientid_re",
-    "username_re",
-];
+use crate::store::{Record, KINDS};
 
 /// The kinds of ban, for the OpenAPI document (the handlers read `as` as text, so that a bad
 /// one is answered in our words).
@@ -153,7 +143,6 @@ pub async fn add(
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let new: NewBan = body(&super::bytes(raw)?)?;
-    check_kind(&new.kind)?;
     if new.who.is_empty() || new.who.len() > 1024 {
         return Err(ApiError::bad_request("who: must be 1 to 1024 bytes"));
     }
@@ -220,16 +209,7 @@ pub async fn remove(
     params: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
     let (kind, who) = super::path(params)?;
-    check_kind(&kind)?;
-    let probe = Record {
-        kind: kind.clone(),
-        who: who.clone(),
-        by: String::new(),
-        reason: String::new(),
-        at: super::rfc3339(SystemTime::now()),
-        until: None,
-    };
-    let subject = probe.to_ban().map_err(ApiError::bad_request)?.subject;
+    let subject = crate::store::subject(&kind, &who).map_err(ApiError::bad_request)?;
     let removed = state.shared.bans.remove(&subject);
     state
         .shared

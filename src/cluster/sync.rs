@@ -11,7 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use redis::aio::MultiplexedConnection;
 
-use super::wire::{self, Announcement, Entry};
+use super::wire::{Announcement, Entry};
 use super::{Change, Node, IO_TIMEOUT};
 use crate::gateway::bans::AnnouncedBans;
 use crate::policy::{Ban, BanList, BanSource, Subject};
@@ -95,7 +95,7 @@ pub(super) fn apply(bans: &AnnouncedBans, a: Announcement) {
             Err(e) => tracing::debug!("cluster: a ban from {node} that does not load: {e}"),
         },
         Announcement::Del { kind, who, at, .. } => {
-            let Some(s) = wire::subject(&kind, &who) else {
+            let Ok(s) = crate::store::subject(&kind, &who) else {
                 return;
             };
             if bans
@@ -157,10 +157,10 @@ impl Node {
                 // has one, expires by itself. Nothing to lift.
                 (Change::Banned, None) => {}
                 (Change::Lifted(at), None) => {
-                    let (kind, who) = wire::words(s);
+                    let (kind, who) = crate::store::subject_words(s);
                     let a = Announcement::Del {
                         node: self.name.clone(),
-                        kind,
+                        kind: kind.to_owned(),
                         who,
                         at: *at,
                     };

@@ -7,8 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::policy::{Ban, Subject};
-use crate::store::Record;
+use crate::policy::Subject;
+use crate::store::{subject_words, Record};
 
 /// A ban as kept in Redis: which node issued it, the record, and when it was made in
 /// milliseconds (for the scripts that keep an older ban from replacing a newer one).
@@ -59,12 +59,12 @@ impl Keys {
     }
 
     pub fn ban(&self, subject: &Subject) -> String {
-        let (kind, who) = words(subject);
+        let (kind, who) = subject_words(subject);
         format!("{}:ban:{kind}:{who}", self.prefix)
     }
 
     pub fn lifted(&self, subject: &Subject) -> String {
-        let (kind, who) = words(subject);
+        let (kind, who) = subject_words(subject);
         format!("{}:lifted:{kind}:{who}", self.prefix)
     }
 
@@ -76,31 +76,6 @@ impl Keys {
     pub fn channel(&self) -> String {
         format!("{}:bans", self.prefix)
     }
-}
-
-/// `as` and `who` of a subject, as EMQX writes them.
-pub fn words(subject: &Subject) -> (String, String) {
-    let r = Record::of(&Ban {
-        subject: subject.clone(),
-        reason: String::new(),
-        source: crate::policy::BanSource::File,
-        created: std::time::UNIX_EPOCH,
-        expires: None,
-    });
-    (r.kind, r.who)
-}
-
-/// The subject named by `as` and `who`, if valid.
-pub fn subject(kind: &str, who: &str) -> Option<Subject> {
-    let probe = Record {
-        kind: kind.to_owned(),
-        who: who.to_owned(),
-        by: "file".into(),
-        reason: String::new(),
-        at: "1970-01-01T00:00:00Z".into(),
-        until: None,
-    };
-    probe.to_ban().ok().map(|b| b.subject)
 }
 
 #[cfg(test)]
@@ -123,12 +98,10 @@ mod tests {
         let back: Announcement = serde_json::from_str(&text).unwrap();
         assert_eq!(back.node(), "gw-1");
         let keys = Keys::new("portcullis");
-        let s = subject("clientid", "a/b:c").unwrap();
+        let s = crate::store::subject("clientid", "a/b:c").unwrap();
         assert_eq!(keys.ban(&s), "portcullis:ban:clientid:a/b:c");
-        assert_eq!(
-            subject("peerhost", "::ffff:10.0.0.1"),
-            subject("peerhost", "10.0.0.1")
-        );
-        assert_eq!(subject("peerhost", "nope"), None);
+        // One key per subject, whichever way an address was written.
+        let mapped = crate::store::subject("peerhost", "::ffff:10.0.0.1").unwrap();
+        assert_eq!(keys.ban(&mapped), "portcullis:ban:peerhost:10.0.0.1");
     }
 }

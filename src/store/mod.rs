@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::policy::{Ban, BanList, MemoryBanList, Subject};
 pub use bootstrap::read_bootstrap;
-pub use record::Record;
+pub use record::{subject, subject_words, Record, KINDS};
 
 /// key: `as\0who`; value: the record as JSON.
 const BANS: TableDefinition<&str, &str> = TableDefinition::new("bans");

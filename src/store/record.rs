@@ -59,18 +59,29 @@ pub fn key(subject: &Subject) -> String {
     format!("{kind}\u{0}{who}")
 }
 
-fn subject_words(s: &Subject) -> (&'static str, String) {
-    match s {
-        Subject::ClientId(id) => ("clientid", id.to_string()),
-        Subject::Username(u) => ("username", u.to_string()),
-        Subject::Ip(ip) => ("peerhost", ip.to_string()),
-        Subject::Cidr(net) => ("peerhost_net", net.to_string()),
-        Subject::ClientIdRe(p) => ("clientid_re", p.to_string()),
-        Subject::UsernameRe(p) => ("username_re", p.to_string()),
-    }
+/// Every `as`, in EMQX's words.
+pub const KINDS: [&str; 6] = [
+    "clientid",
+    "username",
+    "peerhost",
+    "peerhost_net",
+    "clientid_re",
+    "username_re",
+];
+
+/// `as` and `who` of a subject, as EMQX writes them.
+pub fn subject_words(s: &Subject) -> (&'static str, String) {
+    let who = match s {
+        Subject::ClientId(v) | Subject::Username(v) => v.to_string(),
+        Subject::ClientIdRe(p) | Subject::UsernameRe(p) => p.to_string(),
+        Subject::Ip(ip) => ip.to_string(),
+        Subject::Cidr(net) => net.to_string(),
+    };
+    (s.kind(), who)
 }
 
-fn subject(kind: &str, who: &str) -> Result<Subject, String> {
+/// The subject `as` and `who` name, canonical, or what is wrong (in words naming the field).
+pub fn subject(kind: &str, who: &str) -> Result<Subject, String> {
     let bad = |what: &str| format!("who: {who:?} is not {what}");
     let s = match kind {
         "clientid" if !who.is_empty() => Subject::ClientId(who.into()),
@@ -85,12 +96,7 @@ fn subject(kind: &str, who: &str) -> Result<Subject, String> {
                 _ => Subject::UsernameRe(who.into()),
             }
         }
-        other => {
-            return Err(format!(
-                "as: {other:?} is not one of clientid, username, peerhost, peerhost_net, \
-                 clientid_re, username_re"
-            ))
-        }
+        other => return Err(format!("as: {other:?} is not one of {}", KINDS.join(", "))),
     };
     Ok(s.canonical())
 }
