@@ -31,7 +31,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let head = head("GET", path, headers, "");
-    exchange(stream, head, 0, timeout).await
+    exchange(stream, head, Body::Filler(0), MAX_BODY, timeout).await
 }
 
 /// `POST path` with `len` bytes of body and `headers`, then the answer. A proxy that refuses a
@@ -48,7 +48,7 @@ where
 {
     let body = format!("Content-Type: application/octet-stream\r\nContent-Length: {len}\r\n");
     let head = head("POST", path, headers, &body);
-    exchange(stream, head, len, timeout).await
+    exchange(stream, head, Body::Filler(len), MAX_BODY, timeout).await
 }
 
 /// `method path` with a JSON `body` (none if empty), then the answer.
@@ -71,19 +71,15 @@ where
             body.len()
         )
     };
-    let mut message = head(method, path, headers, &extra).into_bytes();
-    message.extend_from_slice(body);
-    let work = async {
-        stream
-            .write_all(&message)
-            .await
-            .map_err(|e| format!("cannot send the request: {e}"))?;
-        let _ = stream.flush().await;
-        read_answer(stream, MAX_ADMIN_BODY).await
-    };
-    tokio::time::timeout(timeout, work)
-        .await
-        .map_err(|_| format!("no answer within {} s", timeout.as_secs()))?
+    let head = head(method, path, headers, &extra);
+    exchange(stream, head, Body::Bytes(body), MAX_ADMIN_BODY, timeout).await
+}
+
+/// What follows the head.
+enum Body<'a> {
+    /// This many filler bytes (the probe's body-size check).
+    Filler(usize),
+    Bytes(&'a [u8]),
 }
 
 fn head(method: &str, path: &str, headers: &HeaderMap, extra: &str) -> String {
@@ -98,11 +94,12 @@ fn head(method: &str, path: &str, headers: &HeaderMap, extra: &str) -> String {
     head
 }
 
-/// Send `head` and `len` filler bytes of body, then read the answer, within `timeout`.
+/// Send `head` and the body, then read an answer of at most `max` body bytes, within `timeout`.
 async fn exchange<S>(
     stream: &mut S,
     head: String,
-    len: usize,
+    body: Body<'_>,
+    max: usize,
     timeout: Duration,
 ) -> Result<Answer, String>
 where
@@ -113,18 +110,29 @@ where
             .write_all(head.as_bytes())
             .await
             .map_err(|e| format!("cannot send the request: {e}"))?;
-        let chunk = vec![0x5Au8; 64 * 1024];
-        let mut sent = 0;
-        while sent < len {
-            let n = chunk.len().min(len - sent);
-            // A refusal mid-body shows up as a write error; the answer may still be readable.
-            if stream.write_all(&chunk[..n]).await.is_err() {
-                break;
+        match body {
+            Body::Bytes(b) => {
+                stream
+                    .write_all(b)
+                    .await
+                    .map_err(|e| format!("cannot send the request: {e}"))?;
             }
-            sent += n;
+            Body::Filler(len) => {
+                let chunk = vec![0x5Au8; 64 * 1024];
+                let mut sent = 0;
+                while sent < len {
+                    let n = chunk.len().min(len - sent);
+                    // A refusal mid-body shows up as a write error; the answer may still be
+                    // readable.
+                    if stream.write_all(&chunk[..n]).await.is_err() {
+                        break;
+                    }
+                    sent += n;
+                }
+            }
         }
         let _ = stream.flush().await;
-        read_answer(stream, MAX_BODY).await
+        read_answer(stream, max).await
     };
     tokio::time::timeout(timeout, work)
         .await
