@@ -43,6 +43,9 @@ upstreams = ["{echo}"]
 drain_window_secs = 1
 drain_timeout_secs = 5
 
+[policy]
+max_regex_bans = 2
+
 [policy.classes.default]
 
 [policy.classes.tight]
@@ -264,6 +267,44 @@ async fn a_regex_ban_kicks_every_client_id_it_matches_and_only_those() {
         .as_str()
         .unwrap()
         .starts_with("who: not a usable regex"));
+    // Two regex bans exist: the cap ([policy] max_regex_bans = 2) refuses a third.
+    let third = ban(&s, "username_re", "^other").await;
+    assert_eq!(
+        (third.status, &third.json["code"]),
+        (400, &json!("BAD_REQUEST"))
+    );
+    assert_eq!(
+        third.json["message"],
+        "at most 2 regex bans may exist (policy.max_regex_bans)"
+    );
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_a_413_before_it_is_read() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = setup().await;
+    let mut tcp = TcpStream::connect(s.api).await.unwrap();
+    let head = format!(
+        "POST /api/v1/banned HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Content-Type: application/json\r\nContent-Length: 3000000\r\n\r\n{{"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    // Answered without the body being sent (hyper may keep the connection: read the answer).
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&answer).ends_with('}') {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    });
+    read.await.expect("answered without the body");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 413 "), "{text}");
+    assert!(text.contains(r#""code":"TOO_LARGE""#), "{text}");
+    assert_eq!(count(&s, "").await, 0);
 }
 
 #[tokio::test]

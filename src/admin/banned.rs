@@ -133,7 +133,7 @@ pub async fn list(
         (status = 400, description = "A bad field, named", body = ApiError),
         (status = 401, description = "No or an unknown token", body = ApiError),
         (status = 409, description = "A ban on that subject is in force already", body = Conflict),
-        (status = 413, description = "A body over 2 MB", body = ApiError),
+        (status = 413, description = "A body over 2 MiB", body = ApiError),
         (status = 500, description = "Enforced, but the store could not write it down", body = ApiError),
     )
 )]

@@ -71,7 +71,7 @@ pub async fn get(
         (status = 200, description = "In force from the device's next publish", body = DeviceView),
         (status = 400, description = "No such class, or a bad body, named", body = ApiError),
         (status = 401, description = "No or an unknown token", body = ApiError),
-        (status = 413, description = "A body over 2 MB", body = ApiError),
+        (status = 413, description = "A body over 2 MiB", body = ApiError),
     )
 )]
 pub async fn put(

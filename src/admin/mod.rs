@@ -142,11 +142,31 @@ fn router(state: AdminState) -> Router {
                 "this endpoint does not take that method",
             )
         })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn(refuse_large_bodies))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authenticate,
         ))
         .with_state(state)
+}
+
+/// Largest request body (a ban, an override: a few hundred bytes in practice).
+pub const MAX_BODY: usize = 2 << 20;
+
+/// A body announced over [`MAX_BODY`] is refused before a byte of it is read (the extractor's
+/// own limit only trips once that much has arrived, which a slow client can make take long).
+async fn refuse_large_bodies(req: Request, next: Next) -> Response {
+    let announced = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > MAX_BODY as u64) {
+        let message = format!("body: over {MAX_BODY} bytes");
+        return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "TOO_LARGE", message).into_response();
+    }
+    next.run(req).await
 }
 
 /// No token, a malformed header or an unknown token: 401, and the handler never runs.
