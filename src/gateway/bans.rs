@@ -30,24 +30,23 @@ pub struct AnnouncedBans {
 impl AnnouncedBans {
     /// Bans in memory only.
     pub fn new(clients: Arc<Clients>, max_patterns: usize) -> Self {
-        AnnouncedBans {
-            store: Arc::new(MemoryBanList::with_max_patterns(max_patterns)),
-            clients,
-            issued: Default::default(),
-            disk: RwLock::new(None),
-            cluster: RwLock::new(None),
-        }
+        let memory = Arc::new(MemoryBanList::with_max_patterns(max_patterns));
+        Self::with(memory, None, clients)
     }
 
     /// Bans in memory, written to `store` by its writer (started on the current runtime).
     pub fn persistent(store: &BanStore, clients: Arc<Clients>, max_patterns: usize) -> Self {
         let memory = Arc::new(MemoryBanList::with_max_patterns(max_patterns));
         let writer = store.writer(memory.clone());
+        Self::with(memory, Some(writer), clients)
+    }
+
+    fn with(store: Arc<MemoryBanList>, disk: Option<Writer>, clients: Arc<Clients>) -> Self {
         AnnouncedBans {
-            store: memory,
+            store,
             clients,
             issued: Default::default(),
-            disk: RwLock::new(Some(writer)),
+            disk: RwLock::new(disk),
             cluster: RwLock::new(None),
         }
     }
