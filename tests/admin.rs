@@ -7,15 +7,14 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use portcullis::mqtt::wire::{self, Version};
 use portcullis::Config;
 use serde_json::{json, Value};
 use support::admin::{self, call, ops, AdminFiles, OTHER_TOKEN, TOKEN};
 use support::raw_mqtt::{End, RawClient, Recv};
+use support::ws::close_code;
 use support::{Broker, TestGateway};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
 
 /// Listener 0: WebSocket, behind a trusted proxy at 127.0.0.1 (tunnels say who they are with
 /// X-Forwarded-For); listener 1: raw MQTT. Routes `mqtt` (mosquitto) and `echo` (raw TCP).
@@ -98,21 +97,7 @@ async fn mqtt_ws_v5(s: &Setup, id: &str) -> RawClient {
 }
 
 async fn tunnel_from(s: &Setup, xff: &str) -> tokio_tungstenite::WebSocketStream<TcpStream> {
-    let tcp = TcpStream::connect(s.gw.addr()).await.unwrap();
-    let url = s.gw.ws_url("/tunnel/echo");
-    let mut ws = support::ws::upgrade(tcp, &url, &[("x-forwarded-for", xff)]).await;
-    support::ws::assert_echo(&mut ws, b"hello").await;
-    ws
-}
-
-async fn close_code(ws: &mut tokio_tungstenite::WebSocketStream<TcpStream>) -> u16 {
-    loop {
-        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
-            Ok(Some(Ok(Message::Close(Some(c))))) => return u16::from(c.code),
-            Ok(Some(Ok(_))) => continue,
-            other => panic!("expected a Close from the gateway, got {other:?}"),
-        }
-    }
+    support::ws::tunnel_from(s.gw.addr(), &s.gw.ws_url("/tunnel/echo"), xff).await
 }
 
 async fn ban(s: &Setup, kind: &str, who: &str) -> admin::Answer {

@@ -10,6 +10,7 @@ use portcullis::mqtt::wire::{self, Version};
 use portcullis::policy::{Ban, BanSource, Subject};
 use portcullis::Config;
 use support::raw_mqtt::RawClient;
+use support::ws::close_code;
 use support::{policy_gw, Broker, TestGateway};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -191,24 +192,7 @@ async fn a_reload_that_changes_the_listener_set_is_refused_whole() {
 
 /// A raw `/tunnel` stream from `xff` (behind the trusted proxy 127.0.0.1), echo checked.
 async fn tunnel_from(gw: &TestGateway, xff: &str) -> tokio_tungstenite::WebSocketStream<TcpStream> {
-    let tcp = TcpStream::connect(gw.addr()).await.unwrap();
-    let mut ws =
-        support::ws::upgrade(tcp, &gw.ws_url("/tunnel/echo"), &[("x-forwarded-for", xff)]).await;
-    support::ws::assert_echo(&mut ws, b"before the ban").await;
-    ws
-}
-
-/// The next thing the gateway sends: its Close code.
-async fn close_code(ws: &mut tokio_tungstenite::WebSocketStream<TcpStream>) -> u16 {
-    use futures_util::StreamExt;
-    use tokio_tungstenite::tungstenite::Message;
-    loop {
-        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
-            Ok(Some(Ok(Message::Close(Some(c))))) => return u16::from(c.code),
-            Ok(Some(Ok(_))) => continue,
-            other => panic!("expected a Close from the gateway, got {other:?}"),
-        }
-    }
+    support::ws::tunnel_from(gw.addr(), &gw.ws_url("/tunnel/echo"), xff).await
 }
 
 #[tokio::test]

@@ -93,3 +93,32 @@ pub async fn read_until_closed<S: AsyncRead + Unpin>(stream: &mut S) -> Vec<u8> 
         }
     }
 }
+
+/// A raw `/tunnel/echo` stream through the gateway at `addr` (its `url`) that says, through
+/// X-Forwarded-For, it comes from `xff` (the test trusts 127.0.0.1 as a proxy); echo checked.
+pub async fn tunnel_from(
+    addr: SocketAddr,
+    url: &str,
+    xff: &str,
+) -> WebSocketStream<tokio::net::TcpStream> {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("gateway reachable");
+    let mut ws = upgrade(tcp, url, &[("x-forwarded-for", xff)]).await;
+    assert_echo(&mut ws, b"before the ban").await;
+    ws
+}
+
+/// The next thing the gateway sends: its Close code (within 5 s).
+pub async fn close_code<S>(ws: &mut WebSocketStream<S>) -> u16
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+            Ok(Some(Ok(Message::Close(Some(c))))) => return u16::from(c.code),
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("expected a Close from the gateway, got {other:?}"),
+        }
+    }
+}
