@@ -84,6 +84,7 @@ fn prime(policy: &Policy) -> Vec<Session> {
             client_id: id(i).into(),
             username: None,
             ip: IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i)),
+            named: portcullis::policy::Naming::ClientId,
         };
         let mut s = match policy.on_connect(&identity) {
             Ok(s) => s,

@@ -180,6 +180,120 @@ impl Error {
     }
 }
 
+/// Why an HTTP push upload or check-in gets no delivery: the one mapping to HTTP statuses.
+#[cfg(feature = "gateway")]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushRefusal {
+    /// Neither the path nor the configured header names a serial, or it is not one.
+    NoSerial,
+    /// The route requires a transaction id and none came (the header's name).
+    NoTransaction(String),
+    /// The transaction id is not a short visible-ASCII string.
+    BadTransaction,
+    /// `Content-Length` or the body itself is over `push.max_body_size`.
+    TooLarge,
+    /// The serial (or its IP) is banned: for this many seconds (`None`: until lifted).
+    Banned(Option<u64>),
+    /// Over the serial's rate, or reconnecting too fast: retry after this many seconds.
+    RateLimited(u64),
+    /// Matched no device rule and unknown devices are refused.
+    UnknownDevice,
+    /// The same transaction is in flight: retry after this many seconds.
+    InFlight(u64),
+    /// The same transaction id came with a different body.
+    BodyMismatch,
+    /// The device's body broke off or stalled.
+    BodyBroken,
+    /// No collector answered (nothing recorded: the upload stays retryable).
+    CollectorFailed,
+    /// The collector answered 5xx (nothing recorded: retryable).
+    CollectorError(u16),
+    /// Only POST uploads, GET check-ins.
+    Method(&'static str),
+}
+
+#[cfg(feature = "gateway")]
+impl PushRefusal {
+    pub fn status(&self) -> http::StatusCode {
+        use http::StatusCode as S;
+        match self {
+            PushRefusal::NoSerial | PushRefusal::NoTransaction(_) | PushRefusal::BadTransaction => {
+                S::BAD_REQUEST
+            }
+            PushRefusal::TooLarge => S::PAYLOAD_TOO_LARGE,
+            PushRefusal::Banned(_) | PushRefusal::UnknownDevice => S::FORBIDDEN,
+            PushRefusal::RateLimited(_) => S::TOO_MANY_REQUESTS,
+            PushRefusal::InFlight(_) => S::CONFLICT,
+            PushRefusal::BodyMismatch => S::UNPROCESSABLE_ENTITY,
+            PushRefusal::BodyBroken => S::BAD_REQUEST,
+            PushRefusal::CollectorFailed => S::BAD_GATEWAY,
+            PushRefusal::CollectorError(_) => S::BAD_GATEWAY,
+            PushRefusal::Method(_) => S::METHOD_NOT_ALLOWED,
+        }
+    }
+
+    /// `Retry-After` seconds, where the device should come back.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            PushRefusal::Banned(secs) => *secs,
+            PushRefusal::RateLimited(s) | PushRefusal::InFlight(s) => Some(*s),
+            PushRefusal::CollectorFailed | PushRefusal::CollectorError(_) => Some(5),
+            _ => None,
+        }
+    }
+
+    /// The short word metrics count it under.
+    pub fn label(&self) -> &'static str {
+        match self {
+            PushRefusal::NoSerial => "no_serial",
+            PushRefusal::NoTransaction(_) | PushRefusal::BadTransaction => "bad_transaction",
+            PushRefusal::TooLarge => "too_large",
+            PushRefusal::Banned(_) => "banned",
+            PushRefusal::RateLimited(_) => "rate_limited",
+            PushRefusal::UnknownDevice => "unknown_device",
+            PushRefusal::InFlight(_) => "conflict",
+            PushRefusal::BodyMismatch => "mismatch",
+            PushRefusal::BodyBroken => "body_broken",
+            PushRefusal::CollectorFailed | PushRefusal::CollectorError(_) => "collector_failed",
+            PushRefusal::Method(_) => "method",
+        }
+    }
+}
+
+#[cfg(feature = "gateway")]
+impl fmt::Display for PushRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PushRefusal::NoSerial => f.write_str(
+                "no serial: POST /push/{serial} (letters, digits, '.', '_', '-', ':'; at most 128)",
+            ),
+            PushRefusal::NoTransaction(h) => write!(f, "no transaction id: send the {h} header"),
+            PushRefusal::BadTransaction => {
+                f.write_str("the transaction id must be 1 to 255 visible ASCII characters")
+            }
+            PushRefusal::TooLarge => f.write_str("body over push.max_body_size"),
+            PushRefusal::Banned(_) => f.write_str("banned"),
+            PushRefusal::RateLimited(_) => f.write_str("too many uploads: slow down"),
+            PushRefusal::UnknownDevice => f.write_str("unknown device"),
+            PushRefusal::InFlight(_) => {
+                f.write_str("this transaction is being delivered: retry later")
+            }
+            PushRefusal::BodyMismatch => {
+                f.write_str("this transaction id came before with a different body")
+            }
+            PushRefusal::BodyBroken => f.write_str("the body broke off or stalled"),
+            PushRefusal::CollectorFailed => f.write_str(
+                "no collector could take the upload: retry later (nothing was recorded)",
+            ),
+            PushRefusal::CollectorError(s) => write!(
+                f,
+                "the collector answered {s}: retry later (nothing was recorded)"
+            ),
+            PushRefusal::Method(m) => write!(f, "this endpoint takes {m}"),
+        }
+    }
+}
+
 /// CONNACK code for a CONNECT the policy refused. MQTT 3.1.1 has no "banned": 0x05, as EMQX.
 #[cfg(feature = "gateway")]
 pub fn connack_for_refusal(

@@ -29,6 +29,7 @@ pub enum BanKind {
     PeerhostNet,
     ClientidRe,
     UsernameRe,
+    Serial,
 }
 
 /// Filters of `GET /api/v1/banned`; all optional, combined with AND.
@@ -36,7 +37,7 @@ pub enum BanKind {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct BannedQuery {
-    /// `clientid`, `username`, `peerhost`, `peerhost_net`, `clientid_re` or `username_re`.
+    /// `clientid`, `username`, `peerhost`, `peerhost_net`, `clientid_re`, `username_re` or `serial`.
     #[serde(rename = "as")]
     #[param(rename = "as", value_type = Option<BanKind>)]
     kind: Option<String>,

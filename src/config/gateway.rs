@@ -39,6 +39,9 @@ pub struct Config {
     /// Bans shared with other gateways through Redis. Absent: this node alone.
     #[serde(default)]
     pub cluster: Option<super::ClusterSettings>,
+    /// HTTP push uploads and check-ins. Absent: none.
+    #[serde(default)]
+    pub push: Option<super::PushSettings>,
     /// The file this came from, for reload on SIGHUP.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -135,6 +138,8 @@ pub enum RouteProtocol {
     Mqtt,
     /// Opaque bytes.
     Tcp,
+    /// HTTP collectors for `/push` and `/checkin` (`[push]`); never a raw tunnel.
+    Http,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -505,6 +510,13 @@ impl Config {
         }
         if let Some(c) = &self.cluster {
             c.check()?;
+        }
+        if let Some(p) = &self.push {
+            p.check(|r| {
+                self.routes
+                    .get(r)
+                    .map(|_| self.route_protocol(r) == RouteProtocol::Http)
+            })?;
         }
         if self.shutdown.drain_timeout_secs < self.shutdown.drain_window_secs {
             return Err((

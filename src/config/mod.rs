@@ -11,9 +11,13 @@ mod gateway;
 mod locate;
 #[cfg(feature = "gateway")]
 pub mod policy;
+#[cfg(feature = "gateway")]
+mod push;
 
 #[cfg(feature = "gateway")]
 pub use admin::{AdminSettings, ClusterSettings};
 #[cfg(feature = "gateway")]
 pub use gateway::*;
 pub use locate::ConfigError;
+#[cfg(feature = "gateway")]
+pub use push::{PushSettings, RedirectRule};

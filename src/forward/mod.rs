@@ -10,8 +10,10 @@ pub mod mqtt;
 mod pool;
 #[cfg(feature = "gateway")]
 pub mod probe;
+#[cfg(feature = "gateway")]
+pub mod push;
 pub(crate) mod relay;
 
 #[cfg(feature = "gateway")]
-pub use pool::Pool;
+pub use pool::{Pool, Routes};
 pub use relay::{relay_websocket, Ending, RelaySettings, Traffic};

@@ -10,7 +10,7 @@ use pingora_load_balancing::selection::{Consistent, RoundRobin};
 use pingora_load_balancing::{Backend, LoadBalancer};
 use tokio::net::TcpStream;
 
-use crate::config::{Balance, RouteConfig};
+use crate::config::{Balance, RouteConfig, RouteProtocol};
 use crate::error::{Error, Kind, Result};
 
 /// How many distinct upstreams one device connection tries before giving up.
@@ -23,10 +23,16 @@ enum Balancer {
     RoundRobin(LoadBalancer<RoundRobin>),
 }
 
+/// Every route by name, as the config gives them; swapped whole by a reload.
+pub type Routes = std::collections::HashMap<String, Arc<Pool>>;
+
 pub struct Pool {
     pub name: String,
     /// MQTT routes get the MQTT-aware relay and the device policy.
     pub mqtt: bool,
+    /// HTTP collectors (`protocol = "http"`): reached only through `/push` and `/checkin`,
+    /// never as a raw tunnel, which would bypass the transaction records.
+    pub http: bool,
     balancer: Balancer,
     connect_timeout: Duration,
     health_interval: Duration,
@@ -37,7 +43,7 @@ impl Pool {
     pub fn new(
         name: &str,
         cfg: &RouteConfig,
-        mqtt: bool,
+        protocol: RouteProtocol,
     ) -> std::result::Result<Arc<Pool>, String> {
         let addrs = cfg.upstreams.iter().map(String::as_str);
         let err = |e: std::io::Error| format!("routes.{name}.upstreams: {e}");
@@ -57,7 +63,8 @@ impl Pool {
         }
         Ok(Arc::new(Pool {
             name: name.to_string(),
-            mqtt,
+            mqtt: protocol == RouteProtocol::Mqtt,
+            http: protocol == RouteProtocol::Http,
             balancer,
             connect_timeout: cfg.connect_timeout(),
             health_interval: Duration::from_secs(cfg.health_check_interval_secs),
@@ -72,6 +79,11 @@ impl Pool {
             Balancer::RoundRobin(lb) => lb.select_with(key, MAX_SELECT_STEPS, accept),
         };
         backend.as_ref().and_then(inet)
+    }
+
+    /// Whether `/tunnel/{route}` may reach it.
+    pub fn carries_streams(&self) -> bool {
+        !self.http
     }
 
     pub fn any_healthy(&self) -> bool {

@@ -25,6 +25,8 @@ pub enum Transport {
     Wss,
     /// MQTT straight over TCP (a raw MQTT listener).
     Tcp,
+    /// An HTTP push device (listed while it keeps uploading).
+    Http,
 }
 
 impl Transport {
@@ -33,6 +35,7 @@ impl Transport {
             Transport::Ws => "ws",
             Transport::Wss => "wss",
             Transport::Tcp => "tcp",
+            Transport::Http => "http",
         }
     }
 }
@@ -98,6 +101,8 @@ impl Client {
                 .mqtt()
                 .and_then(|m| m.username.as_deref())
                 .is_some_and(matches),
+            // HTTP push devices hold no connection to kick: their next upload is refused.
+            Subject::Serial(_) => false,
         }
     }
 }
@@ -201,6 +206,7 @@ impl Clients {
             // are few, capped, and made by people).
             Subject::ClientIdRe(_) => index.by_client_id.values().flatten().copied().collect(),
             Subject::UsernameRe(_) => index.by_username.values().flatten().copied().collect(),
+            Subject::Serial(_) => Vec::new(),
         };
         // A pattern that does not compile matches nothing (the ban list refuses those anyway).
         let pattern = subject

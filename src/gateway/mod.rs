@@ -24,7 +24,7 @@ use crate::pipeline;
 use crate::policy::{Admit, Ban, BanError, BanList, Policy, Subject};
 use crate::shutdown::{self, Drain, DrainTrigger};
 
-type Routes = HashMap<String, Arc<Pool>>;
+use crate::forward::Routes;
 
 /// What every connection can see. Reload swaps the routes; live tunnels keep their upstream.
 pub struct Shared {
@@ -37,7 +37,9 @@ pub struct Shared {
     /// Every ban, whoever issued it, is announced to the live connections through this.
     pub bans: Arc<bans::AnnouncedBans>,
     /// `/probe`, unless `[probe] enabled = false`.
-    pub probe: Option<ProbeGate>,
+    pub probe: Option<Arc<ProbeGate>>,
+    /// HTTP push and check-ins, with `[push]`.
+    pub push: Option<Arc<crate::forward::push::Push>>,
     /// The live connections, by what a ban can name.
     pub clients: Arc<clients::Clients>,
     /// Admin API requests refused for a missing or unknown token.
@@ -102,7 +104,8 @@ impl Shared {
         self.websocket.read().map(|g| g.clone()).unwrap_or_default()
     }
 
-    fn routes(&self) -> Arc<Routes> {
+    /// The route table now (a reload swaps it whole).
+    pub fn routes(&self) -> Arc<Routes> {
         self.routes.read().map(|g| g.clone()).unwrap_or_default()
     }
 }
@@ -110,8 +113,7 @@ impl Shared {
 fn build_routes(config: &Config) -> Result<Routes, String> {
     let mut routes = HashMap::new();
     for (name, cfg) in &config.routes {
-        let mqtt = config.route_protocol(name) == crate::config::RouteProtocol::Mqtt;
-        let pool = Pool::new(name, cfg, mqtt)?;
+        let pool = Pool::new(name, cfg, config.route_protocol(name))?;
         pool.spawn_health_checks();
         routes.insert(name.clone(), pool);
     }
@@ -136,7 +138,12 @@ impl Gateway {
         let (trigger, drain) =
             shutdown::channel(Duration::from_secs(config.shutdown.drain_window_secs));
         let clients = clients::Clients::new();
-        let bans = Arc::new(open_bans(&config, clients.clone()).await?);
+        let (bans, store) = open_bans(&config, clients.clone()).await?;
+        let bans = Arc::new(bans);
+        let push = match &config.push {
+            Some(settings) => Some(Arc::new(open_push(settings, &config, store.as_ref())?)),
+            None => None,
+        };
         if let Some(settings) = &config.cluster {
             bans.join_cluster(crate::cluster::join(settings, &bans).await?);
         }
@@ -150,7 +157,8 @@ impl Gateway {
             policy_config: config.policy.clone(),
             mqtt: config.mqtt.clone(),
             bans,
-            probe: ProbeGate::new(&config.probe),
+            probe: ProbeGate::new(&config.probe).map(Arc::new),
+            push,
             clients,
             admin_unauthorized: Default::default(),
             timings: Default::default(),
@@ -220,6 +228,17 @@ impl Gateway {
         let routes = build_routes(config)?;
         // [policy] classes and devices: compiled now, in force from each session's next publish.
         let classes = self.shared.policy.prepare_classes(&config.policy)?;
+        // [push] redirect rules (and the other settings but the records' lease and retention).
+        let push = match (&self.shared.push, &config.push) {
+            (Some(_), Some(settings)) => {
+                Some((settings, crate::forward::push::Push::prepare(settings)?))
+            }
+            (None, None) => None,
+            _ => {
+                tracing::warn!("[push] was added or removed: restart to apply");
+                None
+            }
+        };
         // Tokens last among the checks: a token file that does not parse keeps the old tokens.
         if let (Some(admin), Some(settings)) = (&self.admin, &config.admin) {
             if settings.bind != admin.bind {
@@ -233,6 +252,9 @@ impl Gateway {
         }
         for id in self.shared.policy.apply_classes(classes) {
             tracing::warn!(clientid = %id, "class override dropped: its class is gone");
+        }
+        if let (Some(running), Some((settings, redirects))) = (&self.shared.push, push) {
+            running.apply(settings, redirects);
         }
         if let Ok(mut g) = self.shared.routes.write() {
             *g = Arc::new(routes);
@@ -314,15 +336,13 @@ impl Gateway {
 async fn open_bans(
     config: &Config,
     clients: Arc<clients::Clients>,
-) -> Result<bans::AnnouncedBans, String> {
+) -> Result<(bans::AnnouncedBans, Option<crate::store::BanStore>), String> {
     let Some(settings) = config.store.clone() else {
         tracing::info!(
             "bans are kept in memory only: a restart forgets them (set [store] dir to keep them)"
         );
-        return Ok(bans::AnnouncedBans::new(
-            clients,
-            config.policy.max_regex_bans,
-        ));
+        let bans = bans::AnnouncedBans::new(clients, config.policy.max_regex_bans);
+        return Ok((bans, None));
     };
     let now = std::time::SystemTime::now();
     // Opening checks the file's integrity and the bootstrap file is committed: blocking work.
@@ -351,7 +371,29 @@ async fn open_bans(
         .await
         .map_err(|e| format!("writing the bootstrap bans: {e}"))??;
     tracing::info!(store = %store.path().display(), restored, from_bootstrap_file = count, "bans loaded");
-    Ok(bans)
+    Ok((bans, Some(store)))
+}
+
+/// HTTP push: its transaction records in the store's file (memory only without a store), and
+/// arbitrated through Redis in a cluster.
+fn open_push(
+    settings: &crate::config::PushSettings,
+    config: &Config,
+    store: Option<&crate::store::BanStore>,
+) -> Result<crate::forward::push::Push, String> {
+    use crate::forward::push::{Ledger, Push, RedisLedger};
+    let disk = match store {
+        Some(s) => Some(crate::store::UploadStore::open(s)?),
+        None => {
+            tracing::info!(
+                max = settings.max_records_in_memory,
+                "push transaction records are kept in memory only: a restart forgets them (set [store] dir to keep them)"
+            );
+            None
+        }
+    };
+    let redis = config.cluster.as_ref().map(RedisLedger::new).transpose()?;
+    Push::new(settings, Ledger::new(disk, redis, settings))
 }
 
 /// Keyed limiter state, strike windows and expired bans are swept so that memory stays bounded
@@ -365,6 +407,9 @@ fn spawn_sweeper(shared: std::sync::Weak<Shared>) {
                 return;
             };
             shared.policy.sweep();
+            if let Some(push) = &shared.push {
+                push.sweep();
+            }
         }
     });
 }

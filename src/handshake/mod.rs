@@ -1,31 +1,67 @@
-//! Stage 2, handshake: `Conn` → `Session`. HTTP/1.1 (hyper) until a WebSocket upgrade.
+//! Stage 2, the HTTP router: `Conn` → `Session`. HTTP/1.1 (hyper) with async handlers and
+//! streamed bodies, until a WebSocket upgrade or the client leaves.
 //!
-//! Health checks and refusals are answered here on the same connection; a valid upgrade on
-//! `/mqtt` or `/tunnel/{route}` ends the HTTP phase and hands back the raw WebSocket. The
-//! handshake is strict RFC 6455 because HAProxy (≥ 2.4) and F5 refuse sloppy ones.
+//! Routes: `/healthz`, `/readyz`; WebSocket upgrades on `/mqtt` and `/tunnel/{route}` (strict
+//! RFC 6455, because HAProxy ≥ 2.4 and F5 refuse sloppy ones); `/probe`; and `/push/{serial}`,
+//! `/checkin/{serial}` for HTTP devices, whose handler the pipeline supplies. The router sees
+//! only narrow inputs ([`Inputs`]): the route table, an admission function, a settings snapshot,
+//! never the gateway's whole state.
 
-mod request;
+mod probe_body;
+mod reply;
+mod upgrade;
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
-use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
-use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper::body::Incoming;
+use hyper::upgrade::Upgraded;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
+use crate::config::WebSocketSettings;
 use crate::error::{Error, Kind, Result};
-use crate::forward::probe::ProbeTicket;
-use crate::gateway::Shared;
+use crate::forward::probe::{ProbeGate, ProbeTicket};
+use crate::forward::Routes;
 use crate::identify::{IpSource, Origin};
-use crate::listener::Conn;
-pub use request::Target;
+use crate::listener::{Conn, ListenerCtx};
+pub use reply::{full, marked, text, Body};
+pub use upgrade::Target;
 
 pub type DeviceWebSocket = WebSocketStream<TokioIo<Upgraded>>;
+
+/// Judges a client IP the router learned from a trusted proxy's header (bans, connect rate).
+pub type Admit = Arc<dyn Fn(IpAddr) -> bool + Send + Sync>;
+
+/// The answer to an HTTP device's request, produced by the pipeline's story of an upload.
+pub type Reply = Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
+
+/// `/push/{serial}` and `/checkin/{serial}`: given the request and who sent it.
+pub type DeviceHttp = Arc<dyn Fn(Request<Incoming>, Caller) -> Reply + Send + Sync>;
+
+/// Who sent a request, as far as the router can tell.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    pub ip: IpAddr,
+    pub ip_source: IpSource,
+    /// Whether the request reached us over TLS (ours, not a proxy's).
+    pub tls: bool,
+}
+
+/// What the router needs, snapshotted at accept: a reload in between does not tear a request.
+pub struct Inputs {
+    pub routes: Arc<Routes>,
+    pub admit: Admit,
+    pub websocket: Arc<WebSocketSettings>,
+    pub probe: Option<Arc<ProbeGate>>,
+    /// HTTP push and check-ins, when `[push]` is configured.
+    pub devices: Option<DeviceHttp>,
+}
 
 /// What the device asked for and who it is, as far as HTTP can tell.
 pub struct WsSession {
@@ -39,63 +75,45 @@ pub struct WsSession {
 
 pub enum Session {
     WebSocket(Box<WsSession>),
-    /// Only plain HTTP was served (health checks, refusals) and the client is gone.
+    /// Only plain HTTP was served (health checks, uploads, refusals) and the client is gone.
     Finished,
 }
 
-/// The part of an accepted upgrade that the service hands back once hyper lets go of the socket.
-struct Accepted {
-    on_upgrade: OnUpgrade,
-    target: Target,
-    client_ip: IpAddr,
-    ip_source: IpSource,
-    probe: Option<ProbeTicket>,
+/// One connection's router: the inputs, where the connection came from, and the slot an
+/// accepted upgrade leaves its socket in once hyper lets go of it.
+struct Router {
+    inputs: Inputs,
+    listener: Arc<ListenerCtx>,
+    origin: Origin,
+    accepted: Mutex<Option<upgrade::Upgrade>>,
 }
 
 /// Serve HTTP on the connection until it upgrades to a WebSocket or closes.
-pub async fn negotiate(conn: Conn, shared: Arc<Shared>) -> Result<Session> {
-    let accepted: Arc<Mutex<Option<Accepted>>> = Arc::default();
-    let listener = conn.listener.clone();
-    let origin = Origin {
-        addr: conn.source.ip(),
-        source: if conn.source == conn.peer {
-            IpSource::Peer
-        } else {
-            IpSource::ProxyProtocol
+pub async fn negotiate(conn: Conn, inputs: Inputs) -> Result<Session> {
+    let router = Arc::new(Router {
+        inputs,
+        listener: conn.listener.clone(),
+        origin: Origin {
+            addr: conn.source.ip(),
+            source: if conn.source == conn.peer {
+                IpSource::Peer
+            } else {
+                IpSource::ProxyProtocol
+            },
         },
-    };
+        accepted: Mutex::new(None),
+    });
     let service = {
-        let accepted = accepted.clone();
-        let shared = shared.clone();
+        let router = router.clone();
         hyper::service::service_fn(move |req: Request<Incoming>| {
-            let answer = request::answer(req, origin, &listener, &shared);
-            let accepted = accepted.clone();
-            async move {
-                let response = match answer {
-                    request::Answer::Upgrade(response, a) => {
-                        if let Ok(mut slot) = accepted.lock() {
-                            *slot = Some(Accepted {
-                                on_upgrade: a.on_upgrade,
-                                target: a.target,
-                                client_ip: a.client_ip,
-                                ip_source: a.ip_source,
-                                probe: a.probe,
-                            });
-                        }
-                        response
-                    }
-                    request::Answer::Plain(response) => response,
-                    request::Answer::CountBody(count) => count_body(*count).await,
-                };
-                Ok::<Response<Full<Bytes>>, Infallible>(response)
-            }
+            let router = router.clone();
+            async move { Ok::<_, Infallible>(router.route(req).await) }
         })
     };
     let timeout = conn.listener.handshake_timeout;
-    let accept_unmasked = conn.listener.accept_unmasked_frames;
     hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        // Slowloris guard: the request head must arrive within this time.
+        // Slowloris guard: each request head must arrive within this time.
         .header_read_timeout(timeout)
         .max_buf_size(16 * 1024)
         .serve_connection(TokioIo::new(conn.stream), service)
@@ -111,19 +129,20 @@ pub async fn negotiate(conn: Conn, shared: Arc<Shared>) -> Result<Session> {
                 Error::device(Kind::Protocol, format!("HTTP: {e}"))
             }
         })?;
-    let Some(a) = accepted.lock().ok().and_then(|mut slot| slot.take()) else {
+    let Some(a) = router.accepted.lock().ok().and_then(|mut slot| slot.take()) else {
         return Ok(Session::Finished);
     };
     let upgraded = a
         .on_upgrade
         .await
         .map_err(|e| Error::device(Kind::Protocol, format!("upgrade failed: {e}")))?;
-    let ws = WebSocketStream::from_raw_socket(
-        TokioIo::new(upgraded),
-        Role::Server,
-        Some(ws_config(&shared, &a.target, accept_unmasked)),
-    )
-    .await;
+    let config = ws_config(
+        &router.inputs,
+        &a.target,
+        router.listener.accept_unmasked_frames,
+    );
+    let ws =
+        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
     Ok(Session::WebSocket(Box::new(WsSession {
         ws,
         target: a.target,
@@ -133,47 +152,75 @@ pub async fn negotiate(conn: Conn, shared: Arc<Shared>) -> Result<Session> {
     })))
 }
 
-/// `POST /probe`: read and count the body, keeping none of it, up to the limit. A body that
-/// stalls for 10 s is given up (a total deadline would call a slow link a small limit).
-async fn count_body(count: request::BodyCount) -> Response<Full<Bytes>> {
-    use http_body_util::BodyExt;
-    const STALL: std::time::Duration = std::time::Duration::from_secs(10);
-    let request::BodyCount {
-        req, limit, view, ..
-    } = count;
-    let mut body = req.into_body();
-    let mut received = 0usize;
-    let outcome = loop {
-        match tokio::time::timeout(STALL, body.frame()).await {
-            Ok(Some(Ok(frame))) => {
-                received += frame.data_ref().map_or(0, |d| d.len());
-                // Read on a little past the limit, so the client is not reset before it reads
-                // the 413 (a close with unread data sends RST), but no further.
-                if received > limit.saturating_add(64 * 1024) {
-                    break Err(http::StatusCode::PAYLOAD_TOO_LARGE);
-                }
+impl Router {
+    /// One request → one answer: health, a refusal, an accepted upgrade, or a device's upload.
+    async fn route(&self, req: Request<Incoming>) -> Response<Body> {
+        let inputs = &self.inputs;
+        let path = req.uri().path();
+        if let Some(rest) = path
+            .strip_prefix("/push/")
+            .or(path.strip_prefix("/checkin/"))
+        {
+            let Some(devices) = &inputs.devices else {
+                return text(
+                    http::StatusCode::NOT_FOUND,
+                    "HTTP push is not enabled here\n",
+                );
+            };
+            if rest.is_empty() {
+                return text(http::StatusCode::NOT_FOUND, "the path names no serial\n");
             }
-            Ok(None) if received > limit => break Err(http::StatusCode::PAYLOAD_TOO_LARGE),
-            Ok(None) => break Ok(()),
-            Ok(Some(Err(_))) | Err(_) => break Err(http::StatusCode::BAD_REQUEST),
+            let (caller, believed) = self.caller(&req);
+            if believed && !(inputs.admit)(caller.ip) {
+                return text(http::StatusCode::FORBIDDEN, upgrade::BANNED);
+            }
+            return devices(req, caller).await;
         }
-    };
-    match outcome {
-        Ok(()) => {
-            let receipt = crate::probe::BodyReceipt { received, view };
-            request::json(&receipt)
+        match path {
+            "/healthz" => text(http::StatusCode::OK, "ok\n"),
+            "/readyz" => match inputs.routes.values().any(|p| p.any_healthy()) {
+                true => text(http::StatusCode::OK, "ready\n"),
+                false => text(
+                    http::StatusCode::SERVICE_UNAVAILABLE,
+                    "no healthy upstream\n",
+                ),
+            },
+            crate::probe::PATH if inputs.probe.is_some() && req.method() == http::Method::POST => {
+                probe_body::count(req, self).await
+            }
+            _ => match upgrade::accept(req, self) {
+                Ok((response, accepted)) => {
+                    if let Ok(mut slot) = self.accepted.lock() {
+                        *slot = Some(accepted);
+                    }
+                    response
+                }
+                Err(refusal) => refusal,
+            },
         }
-        Err(http::StatusCode::PAYLOAD_TOO_LARGE) => request::text(
-            http::StatusCode::PAYLOAD_TOO_LARGE,
-            "probe: body over [probe] max_body_size\n",
-        ),
-        Err(status) => request::text(status, "probe: the body broke off or stalled for 10 s\n"),
+    }
+
+    /// The client IP, and whether it was believed from a trusted proxy's header (and so was
+    /// not judged at accept).
+    fn caller<B>(&self, req: &Request<B>) -> (Caller, bool) {
+        let (ip, ip_source) = crate::identify::client_ip(
+            self.origin,
+            req.headers(),
+            &self.listener.trusted_proxies(),
+            self.listener.client_ip_header,
+        );
+        let caller = Caller {
+            ip,
+            ip_source,
+            tls: self.listener.is_tls(),
+        };
+        (caller, ip_source != self.origin.source)
     }
 }
 
-fn ws_config(shared: &Shared, target: &Target, accept_unmasked: bool) -> WebSocketConfig {
-    let s = shared.websocket();
-    let (max_frame, max_message) = match (target, &shared.probe) {
+fn ws_config(inputs: &Inputs, target: &Target, accept_unmasked: bool) -> WebSocketConfig {
+    let s = &inputs.websocket;
+    let (max_frame, max_message) = match (target, &inputs.probe) {
         // The probe steps its messages up to 1 MiB to find what the path passes.
         (Target::Probe, Some(p)) => (p.settings.max_message_size, p.settings.max_message_size),
         _ => (s.max_frame_size, s.max_message_size),

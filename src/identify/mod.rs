@@ -158,5 +158,51 @@ fn parse_ip(s: &str) -> Option<IpAddr> {
     host.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4)
 }
 
+/// An HTTP push device's serial: the path's last segment (`/push/{serial}`), else the
+/// configured header. Letters, digits, `.`, `_`, `-`, `:`; 1 to 128 of them: a serial ends
+/// up in ban records, logs and collector headers, so nothing else is believed.
+pub fn serial(
+    path_rest: &str,
+    headers: &HeaderMap,
+    header: Option<&str>,
+) -> Option<std::sync::Arc<str>> {
+    let candidate = match path_rest {
+        "" => headers.get(header?)?.to_str().ok()?,
+        rest => rest,
+    };
+    let ok = (1..=128).contains(&candidate.len())
+        && candidate
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'));
+    ok.then(|| candidate.into())
+}
+
+/// An upload's transaction id, from the header (an RFC 8941 string, quotes optional, as the
+/// IETF draft and Stripe send it) or else the query parameter. `Some(Err)`: one came and is not
+/// 1 to 255 visible ASCII characters.
+pub fn transaction(
+    headers: &HeaderMap,
+    header: &str,
+    query: Option<&str>,
+    param: Option<&str>,
+) -> Option<Result<String, ()>> {
+    let raw: String = match headers.get(header) {
+        Some(v) => v.to_str().map_err(|_| ()).map(str::to_owned).ok()?,
+        None => {
+            let (query, param) = (query?, param?);
+            form_urlencoded::parse(query.as_bytes())
+                .find(|(k, _)| k == param)
+                .map(|(_, v)| v.into_owned())?
+        }
+    };
+    let raw = raw.trim();
+    let id = raw
+        .strip_prefix('"')
+        .and_then(|r| r.strip_suffix('"'))
+        .unwrap_or(raw);
+    let ok = (1..=255).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic());
+    Some(if ok { Ok(id.to_owned()) } else { Err(()) })
+}
+
 #[cfg(test)]
 mod tests;

@@ -168,3 +168,38 @@ fn cidr_file_parses_comments_and_names_bad_lines() {
     assert!(e.contains("line 2") && e.contains("not-an-ip"), "{e}");
     let _ = std::fs::remove_file(&dir);
 }
+
+#[test]
+fn serials_from_path_or_header_only_in_their_alphabet() {
+    let mut h = HeaderMap::new();
+    assert_eq!(
+        serial("AB-12.x:y_z", &h, None).as_deref(),
+        Some("AB-12.x:y_z")
+    );
+    assert_eq!(serial("", &h, Some("x-serial")), None);
+    h.insert("x-serial", "SN9".parse().unwrap());
+    assert_eq!(serial("", &h, Some("x-serial")).as_deref(), Some("SN9"));
+    assert_eq!(
+        serial("PATH1", &h, Some("x-serial")).as_deref(),
+        Some("PATH1")
+    );
+    for bad in ["a/b", "a b", "é", "a%2f", &"x".repeat(129)] {
+        assert_eq!(serial(bad, &h, None), None, "{bad:?}");
+    }
+}
+
+#[test]
+fn transaction_ids_from_header_quoted_or_not_else_query() {
+    let mut h = HeaderMap::new();
+    let t = |h: &HeaderMap, q| transaction(h, "idempotency-key", q, Some("txid"));
+    assert_eq!(t(&h, None), None);
+    assert_eq!(t(&h, Some("a=1&txid=t%2D1")), Some(Ok("t-1".into())));
+    h.insert("idempotency-key", "\"8e03978e-40d5\"".parse().unwrap());
+    assert_eq!(t(&h, Some("txid=other")), Some(Ok("8e03978e-40d5".into())));
+    h.insert("idempotency-key", "plain-key".parse().unwrap());
+    assert_eq!(t(&h, None), Some(Ok("plain-key".into())));
+    h.insert("idempotency-key", "has space".parse().unwrap());
+    assert_eq!(t(&h, None), Some(Err(())));
+    h.insert("idempotency-key", "k".repeat(256).parse().unwrap());
+    assert_eq!(t(&h, None), Some(Err(())));
+}

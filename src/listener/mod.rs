@@ -62,6 +62,12 @@ pub struct Listener {
 
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
 
+/// A fresh id from the connections' sequence (also for entries that are not one connection,
+/// such as a push device in the clients list).
+pub fn next_conn_id() -> u64 {
+    NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed)
+}
+
 /// Bind a listener and prepare its TLS.
 pub async fn bind(cfg: &ListenerConfig) -> std::result::Result<Listener, String> {
     let tcp = TcpListener::bind(cfg.bind).await.map_err(|e| {
@@ -218,7 +224,7 @@ pub async fn establish(
         )
     })??;
     Ok(Conn {
-        id: NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed),
+        id: next_conn_id(),
         stream,
         peer,
         source,

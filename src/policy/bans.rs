@@ -29,6 +29,8 @@ pub enum Subject {
     ClientIdRe(Arc<str>),
     /// A regex over usernames.
     UsernameRe(Arc<str>),
+    /// An HTTP push device's serial.
+    Serial(Arc<str>),
 }
 
 impl Subject {
@@ -65,6 +67,7 @@ impl Subject {
             Subject::Cidr(_) => "peerhost_net",
             Subject::ClientIdRe(_) => "clientid_re",
             Subject::UsernameRe(_) => "username_re",
+            Subject::Serial(_) => "serial",
         }
     }
 
@@ -86,6 +89,7 @@ impl fmt::Display for Subject {
             Subject::Cidr(net) => write!(f, "cidr:{net}"),
             Subject::ClientIdRe(p) => write!(f, "client_id_re:{p}"),
             Subject::UsernameRe(p) => write!(f, "username_re:{p}"),
+            Subject::Serial(s) => write!(f, "serial:{s}"),
         }
     }
 }

@@ -145,7 +145,7 @@ impl<C: Clock + Clone> Policy<C> {
     fn identity_ban(&self, id: &Identity) -> Option<Ban> {
         let now = self.wall.now();
         self.bans
-            .get(&Subject::ClientId(Arc::clone(&id.client_id)), now)
+            .get(&id.device_subject(), now)
             .or_else(|| {
                 let user = id.username.as_ref()?;
                 self.bans.get(&Subject::Username(Arc::clone(user)), now)

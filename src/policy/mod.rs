@@ -54,7 +54,7 @@ pub use clock::{FakeWallClock, SystemWallClock, WallClock};
 pub use live::DeviceClassView;
 pub use session::Session;
 pub use stats::{DeviceSnapshot, Stats, StatsSnapshot};
-pub use types::{Admit, Decision, Identity, PublishFacts, Reason, Refusal, Verdict};
+pub use types::{Admit, Decision, Identity, Naming, PublishFacts, Reason, Refusal, Verdict};
 
 use crate::config::policy::PolicyConfig;
 

@@ -76,9 +76,29 @@ impl<C: Clock + Clone> Policy<C> {
             return Decision::FORWARD;
         }
         self.follow_reload(s);
+        let sample = s.class.topics.matches(p.topic);
+        self.judge(s, sample, p.len)
+    }
+
+    /// One HTTP upload of `len` body bytes by a push device, on its session (which the
+    /// gateway keeps across uploads, so the rhythm spans them). Every upload is a rhythm
+    /// sample: uploads have no topic for `rhythm_topics` to choose by.
+    pub fn on_upload(&self, s: &mut Session, len: usize) -> Decision {
+        self.follow_reload(s);
+        self.judge(s, true, len)
+    }
+
+    /// A push device's check-in: counted against its message rate, not a rhythm sample.
+    pub fn on_checkin(&self, s: &mut Session) -> Decision {
+        self.follow_reload(s);
+        self.judge(s, false, 0)
+    }
+
+    /// Rhythm (when `sample`), then rates, then the verdict (see the module's order).
+    fn judge(&self, s: &mut Session, sample: bool, len: usize) -> Decision {
         let now = self.now();
         let timing = match s.class.rhythm {
-            Some(r) if s.class.topics.matches(p.topic) => Timing::of(r, s.last_accepted, now),
+            Some(r) if sample => Timing::of(r, s.last_accepted, now),
             _ => Timing::Skip,
         };
         s.device.touch(now);
@@ -94,7 +114,7 @@ impl<C: Clock + Clone> Policy<C> {
             );
             return Decision::discard(Reason::Early, ban);
         }
-        if let Some(reason) = s.rates.over(now, p.len) {
+        if let Some(reason) = s.rates.over(now, len) {
             inc(&s.device.rate_limited);
             inc(&self.stats.rate_limited);
             let why = match reason {

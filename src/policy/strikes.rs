@@ -141,7 +141,7 @@ impl<C: Clock + Clone> Policy<C> {
             return None;
         }
         let mut widest = self.issue_ban(
-            Subject::ClientId(Arc::clone(&id.client_id)),
+            id.device_subject(),
             now,
             rule.clone(),
             format!(

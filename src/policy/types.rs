@@ -4,15 +4,47 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use super::bans::Ban;
+use super::bans::{Ban, Subject};
 
-/// Who is connecting, as far as the gateway knows at CONNECT.
+/// Who is connecting, as far as the gateway knows at CONNECT (or at an HTTP upload).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
+    /// The device's name: its MQTT client ID, or its serial for HTTP push (see `named`). Its
+    /// class, counters and rate limits are keyed by it.
     pub client_id: Arc<str>,
     pub username: Option<Arc<str>>,
     /// The real client IP (after trusted-proxy resolution).
     pub ip: IpAddr,
+    pub named: Naming,
+}
+
+/// What kind of name `Identity::client_id` is, so that bans and strikes name it as such.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Naming {
+    /// An MQTT client ID (bans `as = clientid`).
+    ClientId,
+    /// An HTTP push device's serial (bans `as = serial`).
+    Serial,
+}
+
+impl Identity {
+    /// An HTTP push device: named by its serial, no username.
+    pub fn serial(serial: Arc<str>, ip: IpAddr) -> Identity {
+        Identity {
+            client_id: serial,
+            username: None,
+            ip,
+            named: Naming::Serial,
+        }
+    }
+
+    /// The ban subject that names this device itself (the first in the seed's order).
+    pub fn device_subject(&self) -> Subject {
+        match self.named {
+            Naming::ClientId => Subject::ClientId(Arc::clone(&self.client_id)),
+            Naming::Serial => Subject::Serial(Arc::clone(&self.client_id)),
+        }
+    }
 }
 
 /// Outcome of the accept-stage check.

@@ -11,6 +11,7 @@
 
 mod bootstrap;
 mod record;
+mod uploads;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -24,6 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::policy::{Ban, BanList, MemoryBanList, Subject};
 pub use bootstrap::read_bootstrap;
 pub use record::{subject, subject_words, Record, KINDS};
+pub use uploads::{UploadStore, SWEEP_EVERY};
 
 /// key: `as\0who`; value: the record as JSON.
 const BANS: TableDefinition<&str, &str> = TableDefinition::new("bans");
@@ -163,6 +165,17 @@ impl BanStore {
             Ok(())
         })?;
         Ok(subjects.len())
+    }
+
+    /// One durable write transaction over any tables of the file.
+    fn commit_with(
+        &self,
+        work: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
+    ) -> Result<(), String> {
+        let fail = |e: &dyn std::fmt::Display| format!("store {}: {e}", self.path.display());
+        let txn = self.db.begin_write().map_err(|e| fail(&e))?;
+        work(&txn).map_err(|e| fail(&e))?;
+        txn.commit().map_err(|e| fail(&e))
     }
 
     fn commit(

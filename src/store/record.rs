@@ -60,19 +60,20 @@ pub fn key(subject: &Subject) -> String {
 }
 
 /// Every `as`, in EMQX's words.
-pub const KINDS: [&str; 6] = [
+pub const KINDS: [&str; 7] = [
     "clientid",
     "username",
     "peerhost",
     "peerhost_net",
     "clientid_re",
     "username_re",
+    "serial",
 ];
 
 /// `as` and `who` of a subject, as EMQX writes them.
 pub fn subject_words(s: &Subject) -> (&'static str, String) {
     let who = match s {
-        Subject::ClientId(v) | Subject::Username(v) => v.to_string(),
+        Subject::ClientId(v) | Subject::Username(v) | Subject::Serial(v) => v.to_string(),
         Subject::ClientIdRe(p) | Subject::UsernameRe(p) => p.to_string(),
         Subject::Ip(ip) => ip.to_string(),
         Subject::Cidr(net) => net.to_string(),
@@ -86,7 +87,8 @@ pub fn subject(kind: &str, who: &str) -> Result<Subject, String> {
     let s = match kind {
         "clientid" if !who.is_empty() => Subject::ClientId(who.into()),
         "username" if !who.is_empty() => Subject::Username(who.into()),
-        "clientid" | "username" => return Err("who: empty".into()),
+        "serial" if !who.is_empty() => Subject::Serial(who.into()),
+        "clientid" | "username" | "serial" => return Err("who: empty".into()),
         "peerhost" => Subject::Ip(who.trim().parse().map_err(|_| bad("an IP address"))?),
         "peerhost_net" => Subject::Cidr(who.trim().parse().map_err(|_| bad("a CIDR"))?),
         "clientid_re" | "username_re" => {

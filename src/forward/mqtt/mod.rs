@@ -103,6 +103,7 @@ pub async fn relay<R: DeviceRx, T: DeviceTx>(mut rx: R, mut tx: T, ctx: MqttCtx<
         client_id: Arc::from(c.client_id),
         username: c.username.map(Arc::from),
         ip: ctx.client_ip,
+        named: crate::policy::Naming::ClientId,
     };
     let span = tracing::Span::current();
     span.record("client_id", &*identity.client_id);

@@ -136,6 +136,7 @@ pub(super) fn ident(client_id: &str) -> Identity {
         client_id: client_id.into(),
         username: None,
         ip: ip("10.0.0.1"),
+        named: Naming::ClientId,
     }
 }
 
@@ -144,6 +145,7 @@ pub(super) fn ident_full(client_id: &str, username: Option<&str>, addr: &str) ->
         client_id: client_id.into(),
         username: username.map(Into::into),
         ip: ip(addr),
+        named: Naming::ClientId,
     }
 }
 

@@ -15,6 +15,7 @@ fn crowd(h: &Harness, n: u32) {
             client_id: format!("c{i}").into(),
             username: Some(format!("u{i}").into()),
             ip: IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i)),
+            named: Naming::ClientId,
         };
         assert_eq!(h.policy.admit_ip(id.ip), Admit::Ok);
         let mut s = h.connect_as(&id);

@@ -1,22 +1,21 @@
-//! One HTTP request → one answer: a refusal, a health response, or an accepted upgrade.
+//! WebSocket upgrades: the strict RFC 6455 checks, the route a device may reach, the 101.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, StatusCode};
-use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
+use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper::{Request, Response};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
+use super::reply::{text, Body};
+use super::{Caller, Router};
 use crate::forward::probe::{ProbeRefusal, ProbeTicket};
-use crate::gateway::Shared;
-use crate::identify::{self, IpSource, Origin};
-use crate::listener::ListenerCtx;
+use crate::identify::IpSource;
 use crate::probe;
-use tokio::sync::OwnedSemaphorePermit;
 
 /// Where an accepted WebSocket goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,62 +45,39 @@ pub(super) struct Upgrade {
     pub probe: Option<ProbeTicket>,
 }
 
-pub(super) enum Answer {
-    Plain(Response<Full<Bytes>>),
-    Upgrade(Response<Full<Bytes>>, Upgrade),
-    /// `POST /probe`: count the body (up to the limit), which takes reading it.
-    CountBody(Box<BodyCount>),
-}
-
-/// An admitted `POST /probe`: its session slot is held until the body is read.
-pub(super) struct BodyCount {
-    pub req: Request<Incoming>,
-    pub limit: usize,
-    pub view: probe::Hello,
-    pub _slot: OwnedSemaphorePermit,
-}
-
 /// MQTT over WebSocket subprotocols we speak, in the order we prefer them.
 const MQTT_SUBPROTOCOLS: [&str; 3] = ["mqtt", "mqttv3.1", "mqttv5"];
 
-pub(super) fn answer(
+/// A WebSocket upgrade on `/mqtt`, `/tunnel/{route}` or `/probe`: the 101 and what to hand
+/// over once hyper lets go of the socket, or the refusal.
+// The refusal is the response itself, sent at once by the caller, never carried up a stack.
+#[allow(clippy::result_large_err)]
+pub(super) fn accept(
     mut req: Request<Incoming>,
-    origin: Origin,
-    listener: &ListenerCtx,
-    shared: &Shared,
-) -> Answer {
-    let path = req.uri().path();
-    let target = match path {
-        "/healthz" => return Answer::Plain(text(StatusCode::OK, "ok\n")),
-        "/readyz" => {
-            return Answer::Plain(if shared.any_upstream_healthy() {
-                text(StatusCode::OK, "ready\n")
-            } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n")
-            })
-        }
-        "/mqtt" => match shared.has_route(&listener.mqtt_route) {
+    router: &Router,
+) -> Result<(Response<Body>, Upgrade), Response<Body>> {
+    let inputs = &router.inputs;
+    let listener = &router.listener;
+    let target = match req.uri().path() {
+        "/mqtt" => match inputs.routes.contains_key(&listener.mqtt_route) {
             true => Target::Mqtt {
                 route: listener.mqtt_route.as_str().into(),
             },
             false => {
-                return Answer::Plain(text(
+                return Err(text(
                     StatusCode::NOT_FOUND,
                     "no MQTT route is configured here\n",
                 ))
             }
         },
-        probe::PATH if shared.probe.is_some() => {
-            if req.method() == Method::POST {
-                return count_body(req, origin, listener, shared);
-            }
-            Target::Probe
-        }
+        probe::PATH if inputs.probe.is_some() => Target::Probe,
         p => match p.strip_prefix("/tunnel/") {
             // Only names from the config: a device can never name a host or a port.
-            Some(name) if shared.has_route(name) => Target::Tunnel { route: name.into() },
-            Some(_) => return Answer::Plain(text(StatusCode::NOT_FOUND, "unknown tunnel route\n")),
-            None => return Answer::Plain(text(StatusCode::NOT_FOUND, "not found\n")),
+            Some(name) if inputs.routes.get(name).is_some_and(|p| p.carries_streams()) => {
+                Target::Tunnel { route: name.into() }
+            }
+            Some(_) => return Err(text(StatusCode::NOT_FOUND, "unknown tunnel route\n")),
+            None => return Err(text(StatusCode::NOT_FOUND, "not found\n")),
         },
     };
 
@@ -113,13 +89,13 @@ pub(super) fn answer(
         );
         r.headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static("GET"));
-        return Answer::Plain(r);
+        return Err(r);
     }
     if !has_token(headers, header::UPGRADE, "websocket") {
-        return Answer::Plain(text(StatusCode::BAD_REQUEST, probe::NO_UPGRADE));
+        return Err(text(StatusCode::BAD_REQUEST, probe::NO_UPGRADE));
     }
     if !has_token(headers, header::CONNECTION, "upgrade") {
-        return Answer::Plain(text(
+        return Err(text(
             StatusCode::BAD_REQUEST,
             "WebSocket upgrade needs Connection: Upgrade\n",
         ));
@@ -137,53 +113,45 @@ pub(super) fn answer(
             header::SEC_WEBSOCKET_VERSION,
             HeaderValue::from_static("13"),
         );
-        return Answer::Plain(r);
+        return Err(r);
     }
     let Some(key) = headers
         .get(header::SEC_WEBSOCKET_KEY)
         .filter(|k| valid_key(k.as_bytes()))
     else {
-        return Answer::Plain(text(
+        return Err(text(
             StatusCode::BAD_REQUEST,
             "missing or malformed Sec-WebSocket-Key\n",
         ));
     };
     let subprotocol = match &target {
-        Target::Mqtt { .. } => match choose_mqtt_subprotocol(headers) {
-            Ok(p) => p,
-            Err(()) => {
-                return Answer::Plain(text(
-                    StatusCode::BAD_REQUEST,
-                    "MQTT over WebSocket: offer the subprotocol mqtt (or mqttv3.1, mqttv5)\n",
-                ))
-            }
-        },
+        Target::Mqtt { .. } => choose_mqtt_subprotocol(headers).map_err(|()| {
+            text(
+                StatusCode::BAD_REQUEST,
+                "MQTT over WebSocket: offer the subprotocol mqtt (or mqttv3.1, mqttv5)\n",
+            )
+        })?,
         // The probe checks that the path passes the subprotocol both ways, as /mqtt needs.
         Target::Probe => choose_mqtt_subprotocol(headers).unwrap_or(None),
         Target::Tunnel { .. } => None,
     };
 
-    let (client_ip, ip_source) = identify::client_ip(
-        origin,
-        headers,
-        &listener.trusted_proxies(),
-        listener.client_ip_header,
-    );
     // Behind a trusted proxy the client was unknown at accept: judge its IP now.
-    if ip_source != origin.source && !shared.admit_ip(client_ip) {
-        return Answer::Plain(text(StatusCode::FORBIDDEN, BANNED));
+    let (caller, believed) = router.caller(&req);
+    if believed && !(inputs.admit)(caller.ip) {
+        return Err(text(StatusCode::FORBIDDEN, BANNED));
     }
-    let probe = match (&target, &shared.probe) {
+    let probe = match (&target, &inputs.probe) {
         (Target::Probe, Some(gate)) => match gate.admit() {
             Ok(slot) => Some(ProbeTicket {
                 slot,
-                hello: probe_hello(headers, client_ip, ip_source, listener, shared),
+                hello: probe_hello(headers, caller, router),
             }),
-            Err(refusal) => return Answer::Plain(probe_refused(refusal)),
+            Err(refusal) => return Err(probe_refused(refusal)),
         },
         _ => None,
     };
-    let mut response = Response::new(Full::new(Bytes::new()));
+    let mut response = Response::new(super::reply::full(Bytes::new()));
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = response.headers_mut();
     h.insert(probe::MARKER_HEADER, HeaderValue::from_static("gateway"));
@@ -196,73 +164,33 @@ pub(super) fn answer(
         h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p));
     }
     let on_upgrade = hyper::upgrade::on(&mut req);
-    Answer::Upgrade(
+    Ok((
         response,
         Upgrade {
             on_upgrade,
             target,
-            client_ip,
-            ip_source,
+            client_ip: caller.ip,
+            ip_source: caller.ip_source,
             probe,
         },
-    )
+    ))
 }
 
-/// `POST /probe`: judged like an upgrade (a client IP from a trusted proxy's header meets the
-/// bans and connect rate), then admitted against the probe's caps.
-fn count_body(
-    req: Request<Incoming>,
-    origin: Origin,
-    listener: &ListenerCtx,
-    shared: &Shared,
-) -> Answer {
-    let Some(gate) = &shared.probe else {
-        return Answer::Plain(text(StatusCode::NOT_FOUND, "not found\n"));
-    };
-    let (client_ip, ip_source) = identify::client_ip(
-        origin,
-        req.headers(),
-        &listener.trusted_proxies(),
-        listener.client_ip_header,
-    );
-    if ip_source != origin.source && !shared.admit_ip(client_ip) {
-        return Answer::Plain(text(StatusCode::FORBIDDEN, BANNED));
-    }
-    match gate.admit() {
-        Ok(slot) => {
-            let view = probe_hello(req.headers(), client_ip, ip_source, listener, shared);
-            Answer::CountBody(Box::new(BodyCount {
-                req,
-                limit: gate.settings.max_body_size,
-                view,
-                _slot: slot,
-            }))
-        }
-        Err(refusal) => Answer::Plain(probe_refused(refusal)),
-    }
-}
-
-const BANNED: &str = "refused: banned or connecting too often\n";
+pub(super) const BANNED: &str = "refused: banned or connecting too often\n";
 
 /// What the gateway sees of this connection, for the probe to compare with what it sent.
-fn probe_hello(
-    headers: &HeaderMap,
-    client_ip: IpAddr,
-    ip_source: IpSource,
-    listener: &ListenerCtx,
-    shared: &Shared,
-) -> probe::Hello {
-    let settings = shared.probe.as_ref().map(|g| &g.settings);
+pub(super) fn probe_hello(headers: &HeaderMap, caller: Caller, router: &Router) -> probe::Hello {
+    let settings = router.inputs.probe.as_ref().map(|g| &g.settings);
     probe::Hello {
-        client_ip: client_ip.to_string(),
-        ip_source: match ip_source {
+        client_ip: caller.ip.to_string(),
+        ip_source: match caller.ip_source {
             IpSource::Peer => "peer".into(),
             IpSource::ProxyProtocol => "proxy-protocol".into(),
             IpSource::CfConnectingIp => "header cf-connecting-ip".into(),
             IpSource::XForwardedFor => "header x-forwarded-for".into(),
             IpSource::XRealIp => "header x-real-ip".into(),
         },
-        tls_at_gateway: listener.is_tls(),
+        tls_at_gateway: caller.tls,
         headers: headers
             .iter()
             .map(|(name, value)| {
@@ -279,14 +207,14 @@ fn probe_hello(
             })
             .take(100)
             .collect(),
-        ping_interval_secs: shared.websocket().ping_interval_secs,
+        ping_interval_secs: router.inputs.websocket.ping_interval_secs,
         max_message_size: settings.map_or(0, |s| s.max_message_size),
         max_body_size: settings.map_or(0, |s| s.max_body_size),
         max_session_secs: settings.map_or(0, |s| s.max_session_secs),
     }
 }
 
-fn probe_refused(refusal: ProbeRefusal) -> Response<Full<Bytes>> {
+pub(super) fn probe_refused(refusal: ProbeRefusal) -> Response<Body> {
     match refusal {
         ProbeRefusal::RateLimited => {
             let mut r = text(
@@ -302,30 +230,6 @@ fn probe_refused(refusal: ProbeRefusal) -> Response<Full<Bytes>> {
             "probe: too many probe sessions open, try again shortly\n",
         ),
     }
-}
-
-pub(super) fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    marked(
-        status,
-        "text/plain; charset=utf-8",
-        Bytes::from_static(body.as_bytes()),
-    )
-}
-
-/// 200 with `value` as JSON.
-pub(super) fn json(value: &impl serde::Serialize) -> Response<Full<Bytes>> {
-    let body = serde_json::to_vec(value).unwrap_or_default();
-    marked(StatusCode::OK, "application/json", Bytes::from(body))
-}
-
-fn marked(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(body));
-    *r.status_mut() = status;
-    let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    // Tells `portcullis probe` (and an admin with curl) that this answer is ours, not a hop's.
-    h.insert(probe::MARKER_HEADER, HeaderValue::from_static("gateway"));
-    r
 }
 
 /// Does a comma-separated header contain `token` (case-insensitive)?

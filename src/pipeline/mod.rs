@@ -11,6 +11,9 @@
 //! Each stage is a folder with one entry point; this file only strings them together and says
 //! how every connection ends, in one log line with its id, client IP and route. On MQTT routes
 //! the policy judges packets inside the relay (`forward::mqtt`), since that is where they are.
+//! HTTP push devices never upgrade: their story, one request each, is in [`upload`].
+
+pub mod upload;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -83,9 +86,10 @@ async fn story(
         false => Transport::Ws,
     };
 
-    // 2. handshake: HTTP/1.1 until a WebSocket upgrade; health checks are answered in there.
+    // 2. the router: HTTP/1.1 until a WebSocket upgrade; health checks and HTTP push
+    // requests are answered in there (push: see `upload`).
     let negotiated = tokio::select! {
-        n = handshake::negotiate(conn, shared.clone()) => n,
+        n = handshake::negotiate(conn, router_inputs(&shared)) => n,
         () = shared.drain.started() => return,
     };
     let session = match negotiated {
@@ -147,6 +151,27 @@ async fn story(
     let ending =
         forward::relay_websocket(ws, upstream, &settings, &shared.drain, kick, traffic).await;
     log_ending(&ending);
+}
+
+/// What the router gets: snapshots and functions, not the gateway's state.
+fn router_inputs(shared: &Arc<Shared>) -> handshake::Inputs {
+    let admit = {
+        let shared = shared.clone();
+        Arc::new(move |ip| shared.admit_ip(ip))
+    };
+    let devices: Option<handshake::DeviceHttp> = shared.push.as_ref().map(|_| {
+        let shared = shared.clone();
+        Arc::new(move |req, caller| {
+            Box::pin(upload::serve(shared.clone(), req, caller)) as handshake::Reply
+        }) as handshake::DeviceHttp
+    });
+    handshake::Inputs {
+        routes: shared.routes(),
+        admit,
+        websocket: shared.websocket(),
+        probe: shared.probe.clone(),
+        devices,
+    }
 }
 
 /// Resolves when a ban comes to cover this raw tunnel (it names no client ID: an IP or CIDR

@@ -1,0 +1,265 @@
+//! The way to the collectors: hyper's HTTP/1.1 client over a connection from the route's pool
+//! (balanced and health checked by pingora-load-balancing), idle connections kept for the next
+//! upload. A request goes out once: a connection that turns out dead before the request left
+//! is replaced and the request sent again; once its body started, never.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::SendRequest;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+
+use crate::error::{Error, Kind, Result};
+use crate::forward::Pool;
+use crate::handshake::Body;
+
+/// Idle connections kept per collector address.
+const MAX_IDLE_PER_ADDR: usize = 64;
+/// Requests sent again on a connection found dead, before giving up.
+const MAX_SENDS: usize = 3;
+
+/// A connection to one collector, ready for one request.
+pub struct Conn {
+    sender: SendRequest<Body>,
+    addr: SocketAddr,
+}
+
+#[derive(Default)]
+pub struct Collectors {
+    idle: Mutex<HashMap<SocketAddr, Vec<SendRequest<Body>>>>,
+}
+
+impl Collectors {
+    /// Send `req` to a collector of `pool` and wait for the head of its answer. `key` keeps
+    /// a device on one collector where the route balances consistently.
+    pub async fn send(
+        &self,
+        pool: &Pool,
+        key: &[u8],
+        mut req: Request<Body>,
+    ) -> Result<(Response<Incoming>, Conn)> {
+        for _ in 0..MAX_SENDS {
+            let mut conn = match self.idle_conn() {
+                Some(c) => c,
+                None => self.connect(pool, key).await?,
+            };
+            match conn.sender.try_send_request(req).await {
+                Ok(response) => return Ok((response, conn)),
+                Err(mut e) => match e.take_message() {
+                    // Not sent: the connection was dead (a collector's keep-alive timeout).
+                    Some(unsent) => req = unsent,
+                    None => {
+                        return Err(Error::upstream(
+                            Kind::UpstreamIo,
+                            format!("collector {}: {}", conn.addr, e.error()),
+                        ))
+                    }
+                },
+            }
+        }
+        Err(Error::upstream(
+            Kind::NoUpstream,
+            format!("route {}: no live collector connection", pool.name),
+        ))
+    }
+
+    /// Keep `conn` for the next request, once its answer was read whole.
+    pub fn give_back(&self, conn: Conn) {
+        if conn.sender.is_closed() || !conn.sender.is_ready() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let list = idle.entry(conn.addr).or_default();
+        if list.len() < MAX_IDLE_PER_ADDR {
+            list.push(conn.sender);
+        }
+    }
+
+    fn idle_conn(&self) -> Option<Conn> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        for (addr, list) in idle.iter_mut() {
+            while let Some(sender) = list.pop() {
+                if sender.is_ready() && !sender.is_closed() {
+                    return Some(Conn {
+                        sender,
+                        addr: *addr,
+                    });
+                }
+            }
+        }
+        None
+    }
+
+    /// Forget idle connections (a reload may have removed their collectors).
+    pub fn clear(&self) {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    async fn connect(&self, pool: &Pool, key: &[u8]) -> Result<Conn> {
+        let (tcp, addr) = pool.connect(key).await?;
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| Error::upstream(Kind::UpstreamIo, format!("collector {addr}: {e}")))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%addr, "collector connection ended: {e}");
+            }
+        });
+        Ok(Conn { sender, addr })
+    }
+}
+
+/// Why a device's upload body stopped short.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFault {
+    TooLarge,
+    Stalled,
+    Broken,
+}
+
+impl std::fmt::Display for BodyFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BodyFault::TooLarge => "the body crossed push.max_body_size",
+            BodyFault::Stalled => "the body stalled for push.body_stall_secs",
+            BodyFault::Broken => "the body broke off",
+        })
+    }
+}
+
+impl std::error::Error for BodyFault {}
+
+/// What the device's body came to, once read.
+#[derive(Debug, Clone)]
+pub struct BodyReport {
+    pub bytes: u64,
+    /// SHA-256, hex; `None` if the body did not arrive whole.
+    pub fingerprint: Option<String>,
+    pub fault: Option<BodyFault>,
+}
+
+/// The device's body on its way to the collector: counted, fingerprinted, cut off past the
+/// maximum or after a stall (which aborts the request to the collector). Its report is
+/// readable through the shared slot once it ends.
+pub struct Metered {
+    inner: Incoming,
+    hash: Option<ring::digest::Context>,
+    bytes: u64,
+    max: u64,
+    stall: Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    report: Arc<Mutex<Option<BodyReport>>>,
+}
+
+impl Metered {
+    pub fn new(
+        inner: Incoming,
+        max: u64,
+        stall: Duration,
+    ) -> (Metered, Arc<Mutex<Option<BodyReport>>>) {
+        let report = Arc::new(Mutex::new(None));
+        let body = Metered {
+            inner,
+            hash: Some(ring::digest::Context::new(&ring::digest::SHA256)),
+            bytes: 0,
+            max,
+            stall,
+            timer: Box::pin(tokio::time::sleep(stall)),
+            report: report.clone(),
+        };
+        (body, report)
+    }
+
+    fn end(&mut self, fault: Option<BodyFault>) {
+        let fingerprint = match fault {
+            None => self.hash.take().map(|h| hex(h.finish().as_ref())),
+            Some(_) => None,
+        };
+        let mut slot = self.report.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            *slot = Some(BodyReport {
+                bytes: self.bytes,
+                fingerprint,
+                fault,
+            });
+        }
+    }
+}
+
+impl HttpBody for Metered {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<std::result::Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.bytes += data.len() as u64;
+                    if this.bytes > this.max {
+                        this.end(Some(BodyFault::TooLarge));
+                        return Poll::Ready(Some(Err(Box::new(BodyFault::TooLarge))));
+                    }
+                    if let Some(h) = this.hash.as_mut() {
+                        h.update(data);
+                    }
+                }
+                let deadline = tokio::time::Instant::now() + this.stall;
+                this.timer.as_mut().reset(deadline);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(_))) => {
+                this.end(Some(BodyFault::Broken));
+                Poll::Ready(Some(Err(Box::new(BodyFault::Broken))))
+            }
+            Poll::Ready(None) => {
+                this.end(None);
+                Poll::Ready(None)
+            }
+            Poll::Pending => match this.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    this.end(Some(BodyFault::Stalled));
+                    Poll::Ready(Some(Err(Box::new(BodyFault::Stalled))))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        // Polled to its end even when empty: the end is where the report is made.
+        false
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Read a metered body to its end without sending it anywhere (a replay's fingerprint, a
+/// discarded upload, so the device's socket stays usable).
+pub async fn drain(mut body: Metered) {
+    use http_body_util::BodyExt;
+    while let Some(Ok(_)) = body.frame().await {}
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
