@@ -324,6 +324,9 @@ impl Gateway {
         if let Some(admin) = self.admin {
             admin.stop().await;
         }
+        if let Some(push) = &self.shared.push {
+            push.ledger.close().await;
+        }
         self.shared.bans.close().await;
         if let Some(cluster) = self.shared.bans.cluster() {
             cluster.stop();

@@ -104,8 +104,15 @@ async fn story(
     }
 
     // 4. the transaction: on record, in flight, or ours to deliver.
-    let too_large = content_length(&req).is_some_and(|n| n > settings.max_body_size);
-    if too_large {
+    if let Some(announced) = content_length(&req).filter(|n| *n > settings.max_body_size) {
+        // Read on (and drop) what is coming, within reason: a proxy in front that streams the
+        // body (nginx with request buffering off) would otherwise be reset mid-send and turn
+        // the 413 into a 502.
+        if announced <= settings.max_body_size.saturating_mul(2) {
+            let stall = Duration::from_secs(settings.body_stall_secs);
+            let (body, _) = Metered::new(req.into_body(), announced, stall);
+            tokio::spawn(drain(body));
+        }
         return Err(PushRefusal::TooLarge);
     }
     let txid = match crate::identify::transaction(
@@ -146,11 +153,7 @@ async fn story(
     };
 
     // 5. policy: rhythm and rate, for a new transaction only (a retry is not a new sample).
-    let len = content_length(&req).unwrap_or(0) as usize;
-    let decision = {
-        let mut d = push::lock(&device);
-        shared.policy.on_upload(&mut d.session, len)
-    };
+    let decision = shared.policy.on_upload(&mut push::lock(&device).session);
     if let Some(ban) = &decision.ban {
         tracing::info!(serial = %serial, reason = %ban.reason, "push device banned");
     }

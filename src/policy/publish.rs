@@ -80,12 +80,14 @@ impl<C: Clock + Clone> Policy<C> {
         self.judge(s, sample, p.len)
     }
 
-    /// One HTTP upload of `len` body bytes by a push device, on its session (which the
-    /// gateway keeps across uploads, so the rhythm spans them). Every upload is a rhythm
-    /// sample: uploads have no topic for `rhythm_topics` to choose by.
-    pub fn on_upload(&self, s: &mut Session, len: usize) -> Decision {
+    /// One HTTP upload by a push device, on its session (which the gateway keeps across
+    /// uploads, so the rhythm spans them). Every upload is a rhythm sample: uploads have no
+    /// topic for `rhythm_topics` to choose by. It counts against the message rate only: the
+    /// class's byte limits are sized for MQTT publishes, and an upload's size has its own
+    /// bound (`[push] max_body_size`).
+    pub fn on_upload(&self, s: &mut Session) -> Decision {
         self.follow_reload(s);
-        self.judge(s, true, len)
+        self.judge(s, true, 0)
     }
 
     /// A push device's check-in: counted against its message rate, not a rhythm sample.

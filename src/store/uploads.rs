@@ -28,11 +28,18 @@ struct Put {
     done: oneshot::Sender<Result<(), String>>,
 }
 
-/// The outcome records, open, with their writer.
+enum Op {
+    Put(Put),
+    /// Stop after what was sent before, letting go of the file.
+    Close(oneshot::Sender<()>),
+}
+
+/// The outcome records, open, with their writer. Closed, it reads nothing and lets go of the
+/// file, so the next gateway on the same dir can open it.
 #[derive(Clone)]
 pub struct UploadStore {
-    store: BanStore,
-    tx: mpsc::Sender<Put>,
+    store: std::sync::Arc<std::sync::Mutex<Option<BanStore>>>,
+    tx: mpsc::Sender<Op>,
 }
 
 impl UploadStore {
@@ -46,15 +53,29 @@ impl UploadStore {
         let (tx, rx) = mpsc::channel(4 * BATCH);
         tokio::spawn(write_loop(store.clone(), rx));
         Ok(UploadStore {
-            store: store.clone(),
+            store: std::sync::Arc::new(std::sync::Mutex::new(Some(store.clone()))),
             tx,
         })
+    }
+
+    fn file(&self) -> Option<BanStore> {
+        self.store.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Write what was sent, then let go of the file (a clean shutdown).
+    pub async fn close(&self) {
+        self.store.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Op::Close(done)).await.is_ok() {
+            let _ = wait.await;
+        }
     }
 
     /// The record of `key` unless it expired before `now_ms`.
     pub fn get(&self, key: &str, now_ms: u64) -> Result<Option<Vec<u8>>, String> {
         let fail = |e: &dyn std::fmt::Display| format!("upload records: {e}");
-        let txn = self.store.db.begin_read().map_err(|e| fail(&e))?;
+        let store = self.file().ok_or("the upload records are closed")?;
+        let txn = store.db.begin_read().map_err(|e| fail(&e))?;
         let table = txn.open_table(UPLOADS).map_err(|e| fail(&e))?;
         let found = table.get(key).map_err(|e| fail(&e))?;
         Ok(found.and_then(|v| {
@@ -73,7 +94,7 @@ impl UploadStore {
             done,
         };
         self.tx
-            .send(put)
+            .send(Op::Put(put))
             .await
             .map_err(|_| "the upload records are closed".to_string())?;
         wait.await
@@ -83,7 +104,10 @@ impl UploadStore {
     /// Delete every record that expired before `now_ms`; returns how many.
     pub fn sweep(&self, now_ms: u64) -> Result<usize, String> {
         let mut n = 0;
-        self.store.commit_with(|txn| {
+        let Some(store) = self.file() else {
+            return Ok(0);
+        };
+        store.commit_with(|txn| {
             let mut expiry = txn.open_table(EXPIRY)?;
             let mut uploads = txn.open_table(UPLOADS)?;
             let gone: Vec<(u64, String)> = expiry
@@ -110,10 +134,17 @@ impl UploadStore {
     }
 }
 
-async fn write_loop(store: BanStore, mut rx: mpsc::Receiver<Put>) {
+async fn write_loop(store: BanStore, mut rx: mpsc::Receiver<Op>) {
     let mut batch = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
-        let puts: Vec<Put> = std::mem::take(&mut batch);
+        let mut puts = Vec::with_capacity(batch.len());
+        let mut closing = None;
+        for op in batch.drain(..) {
+            match op {
+                Op::Put(p) => puts.push(p),
+                Op::Close(done) => closing = Some(done),
+            }
+        }
         let s = store.clone();
         // redb commits wait for fsync: off the async workers.
         let outcome = tokio::task::spawn_blocking(move || {
@@ -139,6 +170,11 @@ async fn write_loop(store: BanStore, mut rx: mpsc::Receiver<Put>) {
                 }
             }
             Err(e) => tracing::error!("upload record writer: {e}"),
+        }
+        if let Some(done) = closing {
+            drop(store);
+            let _ = done.send(());
+            return;
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod mosquitto_clients;
 pub mod mqtt_wss;
 pub mod nginx;
 pub mod policy_gw;
+pub mod push;
 pub mod raw_mqtt;
 pub mod raw_peers;
 pub mod redis;

@@ -156,6 +156,10 @@ pub struct Metered {
     max: u64,
     stall: Duration,
     timer: Pin<Box<tokio::time::Sleep>>,
+    /// `Content-Length`, when known: the body is whole once that many bytes came, whether or
+    /// not the reader asks for the end after them (hyper's client does not).
+    expected: Option<u64>,
+    ended: bool,
     report: Arc<Mutex<Option<BodyReport>>>,
 }
 
@@ -166,7 +170,10 @@ impl Metered {
         stall: Duration,
     ) -> (Metered, Arc<Mutex<Option<BodyReport>>>) {
         let report = Arc::new(Mutex::new(None));
+        let expected = inner.size_hint().exact();
         let body = Metered {
+            expected,
+            ended: false,
             inner,
             hash: Some(ring::digest::Context::new(&ring::digest::SHA256)),
             bytes: 0,
@@ -179,6 +186,7 @@ impl Metered {
     }
 
     fn end(&mut self, fault: Option<BodyFault>) {
+        self.ended = true;
         let fingerprint = match fault {
             None => self.hash.take().map(|h| hex(h.finish().as_ref())),
             Some(_) => None,
@@ -214,6 +222,9 @@ impl HttpBody for Metered {
                     if let Some(h) = this.hash.as_mut() {
                         h.update(data);
                     }
+                    if this.expected == Some(this.bytes) {
+                        this.end(None);
+                    }
                 }
                 let deadline = tokio::time::Instant::now() + this.stall;
                 this.timer.as_mut().reset(deadline);
@@ -224,7 +235,9 @@ impl HttpBody for Metered {
                 Poll::Ready(Some(Err(Box::new(BodyFault::Broken))))
             }
             Poll::Ready(None) => {
-                this.end(None);
+                if !this.ended {
+                    this.end(None);
+                }
                 Poll::Ready(None)
             }
             Poll::Pending => match this.timer.as_mut().poll(cx) {
@@ -239,7 +252,7 @@ impl HttpBody for Metered {
 
     fn is_end_stream(&self) -> bool {
         // Polled to its end even when empty: the end is where the report is made.
-        false
+        self.ended
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -191,6 +191,13 @@ impl Ledger {
         }
     }
 
+    /// Write what is pending and let go of the store's file (a clean shutdown).
+    pub async fn close(&self) {
+        if let Some(disk) = &self.disk {
+            disk.close().await;
+        }
+    }
+
     /// Transactions in flight on this node.
     pub fn in_flight(&self) -> usize {
         lock(&self.flights).len()

@@ -1,0 +1,374 @@
+//! HTTP push against real parts: real collectors (hyper servers counting every body they
+//! receive whole), the real gateway, HTTP clients over plain TCP and TLS, a real redis-server
+//! for two gateways, a real nginx from the shipped profile in front.
+
+mod support;
+
+use std::time::{Duration, SystemTime};
+
+use portcullis::policy::{Ban, BanSource, Subject};
+use support::certs::Ca;
+use support::push::{self, Collector, Mode, Reply, Send};
+use support::redis::Redis;
+use support::TestGateway;
+
+const KEY: &str = "idempotency-key";
+
+async fn upload(gw: &TestGateway, serial: &str, txid: &str, body: &[u8]) -> Reply {
+    push::post(gw.addr(), &format!("/push/{serial}"), &[(KEY, txid)], body).await
+}
+
+/// Every answer the same as the first, which was not a replay; all later ones replays.
+fn same_answers(answers: &[Reply]) {
+    let first = &answers[0];
+    assert_eq!(first.status, 200, "{first:?}");
+    for a in answers {
+        assert_eq!((a.status, &a.body), (first.status, &first.body), "{a:?}");
+        assert_eq!(a.header("content-type"), first.header("content-type"));
+    }
+}
+
+#[tokio::test]
+async fn the_same_transaction_five_times_over_tls_reaches_the_collector_once() {
+    let collector = Collector::spawn(Mode::Ok).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new();
+    let leaf = ca.leaf(dir.path(), "gw", &["localhost"]);
+    let tls = format!(
+        "[[listener.tls.certificates]]\ncert = \"{}\"\nkey = \"{}\"",
+        leaf.cert.display(),
+        leaf.key.display()
+    );
+    let config = push::config(&[collector.addr], "", "").replacen(
+        "handshake_timeout_secs = 5",
+        &format!("handshake_timeout_secs = 5\n{tls}"),
+        1,
+    );
+    let gw = TestGateway::start(&config).await;
+    let mut answers = Vec::new();
+    for _ in 0..5 {
+        let headers = [(KEY, "\"tx-0001\"")];
+        answers
+            .push(push::post_tls(gw.addr(), &ca.pem, "/push/SN-1", &headers, b"reading=42").await);
+    }
+    same_answers(&answers);
+    assert_eq!(answers[0].body, "stored 1");
+    assert!(!answers[0].replayed());
+    assert!(answers[1..].iter().all(Reply::replayed));
+    let got = collector.received();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].body, b"reading=42");
+    assert_eq!(got[0].path, "/push/SN-1");
+    let h = &got[0].headers;
+    assert_eq!(h["x-portcullis-serial"], "SN-1");
+    assert_eq!(h["x-portcullis-transaction"], "tx-0001");
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "https");
+}
+
+#[tokio::test]
+async fn concurrent_retries_deliver_once_and_the_rest_hear_409_then_the_same_answer() {
+    let collector = Collector::spawn(Mode::Slow(Duration::from_millis(600))).await;
+    let gw = TestGateway::start(&push::config(&[collector.addr], "", "")).await;
+    let sends = (0..5).map(|_| upload(&gw, "SN-2", "tx-c", b"batch"));
+    let answers = futures_util::future::join_all(sends).await;
+    let delivered: Vec<&Reply> = answers.iter().filter(|a| a.status == 200).collect();
+    assert!(
+        delivered.iter().filter(|a| !a.replayed()).count() == 1,
+        "{answers:?}"
+    );
+    for a in answers.iter().filter(|a| a.status != 200) {
+        assert_eq!(a.status, 409, "{a:?}");
+        assert!(a
+            .header("retry-after")
+            .is_some_and(|s| s.parse::<u64>().unwrap() >= 1));
+    }
+    // Retries once it is done: the stored answer, every time.
+    let mut after = vec![delivered[0].clone()];
+    for _ in 0..4 {
+        after.push(upload(&gw, "SN-2", "tx-c", b"batch").await);
+    }
+    same_answers(&after);
+    assert_eq!(collector.count(), 1);
+}
+
+#[tokio::test]
+async fn a_retry_after_a_restart_is_replayed_from_the_store() {
+    let collector = Collector::spawn(Mode::Ok).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("[store]\ndir = \"{}\"", dir.path().display());
+    let config = push::config(&[collector.addr], "", &store);
+    let mut gw = TestGateway::start(&config).await;
+    let first = upload(&gw, "SN-3", "tx-r", b"before").await;
+    gw.shutdown().await;
+    let gw = TestGateway::start(&config).await;
+    let again = upload(&gw, "SN-3", "tx-r", b"before").await;
+    assert!(again.replayed(), "{again:?}");
+    same_answers(&[first, again]);
+    assert_eq!(collector.count(), 1);
+}
+
+#[tokio::test]
+async fn two_gateways_sharing_redis_deliver_a_transaction_sent_to_both_at_once_once() {
+    let redis = Redis::spawn().await;
+    let collector = Collector::spawn(Mode::Slow(Duration::from_millis(600))).await;
+    let node = |n: &str| format!("[cluster]\nredis = \"{}\"\nnode = \"{n}\"", redis.url());
+    let a = TestGateway::start(&push::config(&[collector.addr], "", &node("gw-a"))).await;
+    let b = TestGateway::start(&push::config(&[collector.addr], "", &node("gw-b"))).await;
+    let (ra, rb) = tokio::join!(
+        upload(&a, "SN-4", "tx-2gw", b"x"),
+        upload(&b, "SN-4", "tx-2gw", b"x")
+    );
+    let statuses = [ra.status, rb.status];
+    assert!(statuses.contains(&200), "{ra:?} {rb:?}");
+    assert_eq!(collector.count(), 1, "{ra:?} {rb:?}");
+    let first = if ra.status == 200 { ra } else { rb };
+    // Whichever gateway a retry reaches, the same answer.
+    let from_a = upload(&a, "SN-4", "tx-2gw", b"x").await;
+    let from_b = upload(&b, "SN-4", "tx-2gw", b"x").await;
+    same_answers(&[first, from_a, from_b]);
+    assert_eq!(collector.count(), 1);
+}
+
+#[tokio::test]
+async fn a_collector_5xx_leaves_the_upload_retryable_and_the_retry_is_delivered_once() {
+    let collector = Collector::spawn(Mode::FailFirst(1)).await;
+    let gw = TestGateway::start(&push::config(&[collector.addr], "", "")).await;
+    let failed = upload(&gw, "SN-5", "tx-f", b"data").await;
+    assert_eq!(failed.status, 502, "{failed:?}");
+    assert!(failed.header("retry-after").is_some());
+    assert!(failed.body.contains("503"), "{failed:?}");
+    let retried = upload(&gw, "SN-5", "tx-f", b"data").await;
+    assert_eq!(
+        (retried.status, retried.replayed()),
+        (200, false),
+        "{retried:?}"
+    );
+    let again = upload(&gw, "SN-5", "tx-f", b"data").await;
+    assert!(again.replayed());
+    assert_eq!(collector.count(), 1);
+    assert_eq!(collector.requests(), 2);
+}
+
+#[tokio::test]
+async fn a_collector_that_is_down_leaves_the_upload_retryable() {
+    let up = Collector::spawn(Mode::Ok).await;
+    // Nothing listens on `down` (bound, then closed).
+    let down = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let gw = TestGateway::start(&push::config(&[down], "", "")).await;
+    let failed = upload(&gw, "SN-6", "tx-d", b"data").await;
+    assert_eq!(failed.status, 502, "{failed:?}");
+    drop(gw);
+    let gw = TestGateway::start(&push::config(&[up.addr], "", "")).await;
+    let ok = upload(&gw, "SN-6", "tx-d", b"data").await;
+    assert_eq!(ok.status, 200);
+    assert_eq!(up.count(), 1);
+}
+
+#[tokio::test]
+async fn bodies_over_the_maximum_are_refused_with_413_and_never_delivered() {
+    let collector = Collector::spawn(Mode::Ok).await;
+    let gw = TestGateway::start(&push::config(&[collector.addr], "max_body_size = 1024", "")).await;
+    // Announced: refused before a byte is forwarded.
+    let announced = upload(&gw, "SN-7", "tx-big", &[b'x'; 2048]).await;
+    assert_eq!(announced.status, 413, "{announced:?}");
+    assert_eq!(collector.requests(), 0);
+    // Chunked: cut off when it crosses the maximum; the collector never gets it whole.
+    let tcp = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    let pieces = vec![vec![b'y'; 600]; 4];
+    let chunked = push::request_on(
+        tcp,
+        "POST",
+        "/push/SN-7",
+        &[(KEY, "tx-chunk")],
+        Send::Chunked(pieces),
+    )
+    .await;
+    assert_eq!(chunked.status, 413, "{chunked:?}");
+    assert_eq!(collector.count(), 0);
+    // Nothing recorded: the same transaction with a body that fits goes through.
+    let ok = upload(&gw, "SN-7", "tx-chunk", b"small").await;
+    assert_eq!(ok.status, 200, "{ok:?}");
+    assert_eq!(collector.count(), 1);
+}
+
+#[tokio::test]
+async fn transaction_ids_missing_reused_with_another_body_or_from_the_query() {
+    let collector = Collector::spawn(Mode::Ok).await;
+    let keys = "idempotency_query = \"txid\"";
+    let gw = TestGateway::start(&push::config(&[collector.addr], keys, "")).await;
+    let none = push::post(gw.addr(), "/push/SN-8", &[], b"a").await;
+    assert_eq!(none.status, 400);
+    assert!(none.body.contains("Idempotency-Key"), "{none:?}");
+    let first = upload(&gw, "SN-8", "tx-m", b"one body").await;
+    assert_eq!(first.status, 200);
+    let other = upload(&gw, "SN-8", "tx-m", b"another body").await;
+    assert_eq!(other.status, 422, "{other:?}");
+    // The same id under another serial is another transaction.
+    assert_eq!(upload(&gw, "SN-9", "tx-m", b"x").await.status, 200);
+    let by_query = push::post(gw.addr(), "/push/SN-8?txid=q-1", &[], b"q").await;
+    let again = push::post(gw.addr(), "/push/SN-8?txid=q-1", &[], b"q").await;
+    assert_eq!((by_query.status, again.replayed()), (200, true));
+    assert_eq!(collector.count(), 3);
+    let bad = push::post(gw.addr(), "/push/bad%2Fserial", &[(KEY, "k")], b"q").await;
+    assert_eq!(bad.status, 400);
+}
+
+#[tokio::test]
+async fn redirect_rules_send_a_customers_serials_to_their_server() {
+    let collector = Collector::spawn(Mode::Ok).await;
+    let keys = r#"
+[push.customers]
+acme = ["^AC-"]
+[[push.redirect]]
+customer = "acme"
+to = ["https://acme-1.example", "https://acme-2.example"]
+"#;
+    let gw = TestGateway::start(&push::config(&[collector.addr], keys, "")).await;
+    let a = upload(&gw, "AC-100", "t1", b"x").await;
+    let b = upload(&gw, "AC-100", "t2", b"x").await;
+    assert_eq!((a.status, b.status), (307, 307));
+    assert_eq!(
+        a.header("location"),
+        Some("https://acme-1.example/push/AC-100")
+    );
+    assert_eq!(
+        b.header("location"),
+        Some("https://acme-2.example/push/AC-100")
+    );
+    assert_eq!(upload(&gw, "ZZ-1", "t1", b"x").await.status, 200);
+    assert_eq!(collector.count(), 1);
+}
+
+#[tokio::test]
+async fn a_banned_serial_gets_403_with_retry_after() {
+    let collector = Collector::spawn(Mode::Ok).await;
+    let gw = TestGateway::start(&push::config(&[collector.addr], "", "")).await;
+    assert_eq!(upload(&gw, "SN-B", "t0", b"x").await.status, 200);
+    let now = SystemTime::now();
+    let ban = Ban {
+        subject: Subject::Serial("SN-B".into()),
+        reason: "test".into(),
+        source: BanSource::admin("ops"),
+        created: now,
+        expires: Some(now + Duration::from_secs(600)),
+    };
+    gw.gw().ban(ban).await.unwrap();
+    let refused = upload(&gw, "SN-B", "t1", b"x").await;
+    assert_eq!(refused.status, 403, "{refused:?}");
+    let secs: u64 = refused.header("retry-after").unwrap().parse().unwrap();
+    assert!((590..=600).contains(&secs), "{secs}");
+    assert_eq!(collector.count(), 1);
+}
+
+#[tokio::test]
+async fn a_serial_posting_too_often_is_discarded_then_banned() {
+    let collector = Collector::spawn(Mode::Ok).await;
+    let policy = r#"
+[policy.classes.default]
+[policy.classes.logger]
+push_interval_secs = 60.0
+tolerance_secs = 5.0
+[[policy.device_prefixes]]
+prefix = "LOG-"
+class = "logger"
+[policy.strikes]
+threshold = 3
+"#;
+    let gw = TestGateway::start(&push::config(&[collector.addr], "", policy)).await;
+    // The first upload arms the rhythm and is delivered.
+    assert_eq!(upload(&gw, "LOG-1", "t0", b"x").await.status, 200);
+    // Early ones: accepted, discarded, struck.
+    for i in 1..3 {
+        let early = upload(&gw, "LOG-1", &format!("t{i}"), b"x").await;
+        assert_eq!(early.status, 202, "{early:?}");
+        assert_eq!(early.header("x-portcullis-discarded"), Some("early"));
+        // A retry of a discarded upload hears the same.
+        let again = upload(&gw, "LOG-1", &format!("t{i}"), b"x").await;
+        assert_eq!((again.status, again.replayed()), (202, true));
+    }
+    // The third strike bans the serial: that upload is still answered, the next is refused.
+    assert_eq!(upload(&gw, "LOG-1", "t3", b"x").await.status, 202);
+    let banned = upload(&gw, "LOG-1", "t4", b"x").await;
+    assert_eq!(banned.status, 403, "{banned:?}");
+    assert!(banned.header("retry-after").is_some());
+    assert_eq!(collector.count(), 1);
+    let bans = gw.gw().policy().bans().list(SystemTime::now());
+    assert!(
+        bans.iter()
+            .any(|b| b.subject == Subject::Serial("LOG-1".into())),
+        "{bans:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_checkin_carries_the_time_and_the_update_services_answer() {
+    let collector = Collector::spawn(Mode::Ok).await;
+    let updates = Collector::spawn(Mode::Update("{\"firmware\":\"2.1.0\"}")).await;
+    let extra = format!(
+        "[routes.updates]\nupstreams = [\"{}\"]\nprotocol = \"http\"",
+        updates.addr
+    );
+    let gw = TestGateway::start(&push::config(
+        &[collector.addr],
+        "checkin_route = \"updates\"",
+        &extra,
+    ))
+    .await;
+    let before = SystemTime::now();
+    let answer = push::get(gw.addr(), "/checkin/SN-C").await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.body, "{\"firmware\":\"2.1.0\"}");
+    assert!(answer.header("date").is_some());
+    let time = answer.header("x-portcullis-time").unwrap();
+    let t: chrono::DateTime<chrono::Utc> = time.parse().unwrap();
+    let t = SystemTime::from(t);
+    assert!(
+        t >= before - Duration::from_secs(1) && t <= SystemTime::now() + Duration::from_secs(1),
+        "{time}"
+    );
+    let seen = updates.received();
+    assert_eq!(seen[0].headers["x-portcullis-serial"], "SN-C");
+    assert_eq!(collector.count(), 0);
+    // Uploads are POST, check-ins GET.
+    let wrong = push::post(gw.addr(), "/checkin/SN-C", &[], b"").await;
+    assert_eq!(wrong.status, 405);
+}
+
+#[tokio::test]
+async fn through_nginx_from_the_shipped_profile() {
+    use support::edge::{Edge, Fault, Product};
+    let collector = Collector::spawn(Mode::Ok).await;
+    let proxies = "trusted_proxies = [\"127.0.0.1/32\"]";
+    let config = push::config(&[collector.addr], "max_body_size = 4194304", "").replacen(
+        "handshake_timeout_secs = 5",
+        &format!("handshake_timeout_secs = 5\n{proxies}"),
+        1,
+    );
+    let gw = TestGateway::start(&config).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new();
+    let leaf = ca.leaf(dir.path(), "edge", &["localhost"]);
+    let edge = Edge::spawn(Product::Nginx, Fault::None, &leaf, &ca.pem, gw.addr()).await;
+    // 3 MiB: over nginx's default 1m, under the profile's 16m and the gateway's 4 MiB.
+    let big = vec![b'z'; 3 << 20];
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        answers
+            .push(push::post_tls(edge.addr, &ca.pem, "/push/SN-N", &[(KEY, "tx-n")], &big).await);
+    }
+    same_answers(&answers);
+    let got = collector.received();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].body.len(), 3 << 20);
+    assert_eq!(got[0].headers["x-forwarded-for"], "127.0.0.1");
+    // Over the gateway's maximum: 413 from the gateway, through nginx.
+    let huge = vec![b'z'; 5 << 20];
+    let refused =
+        push::post_tls(edge.addr, &ca.pem, "/push/SN-N", &[(KEY, "tx-huge")], &huge).await;
+    assert_eq!(refused.status, 413, "{refused:?}");
+    assert_eq!(collector.count(), 1);
+}
