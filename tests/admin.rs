@@ -296,7 +296,7 @@ async fn a_body_over_the_limit_is_a_413_before_it_is_read() {
 async fn bad_input_is_a_400_naming_the_field_and_changes_nothing() {
     let s = setup().await;
     let bodies = [
-        (json!({ "as": "serial", "who": "x" }), "as:"),
+        (json!({ "as": "macaddr", "who": "x" }), "as:"),
         (
             json!({ "as": "clientid_re", "who": "" }),
             "who: must be 1 to 1024 bytes",
@@ -373,7 +373,7 @@ async fn bad_input_is_a_400_naming_the_field_and_changes_nothing() {
     let a = ops(s.api, "DELETE", "/api/v1/clients/%FF", None).await;
     assert_eq!((a.status, &a.json["code"]), (400, &json!("BAD_REQUEST")));
     let a = ops(s.api, "GET", "/api/v1/clients?transport=udp", None).await;
-    assert_eq!(a.json["message"], "transport: must be ws, wss or tcp");
+    assert_eq!(a.json["message"], "transport: must be ws, wss, tcp or http");
     let a = ops(s.api, "GET", "/api/v1/monitor?latest=5", None).await;
     assert_eq!(
         (a.status, a.json["message"].as_str()),

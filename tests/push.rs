@@ -372,3 +372,33 @@ async fn through_nginx_from_the_shipped_profile() {
     assert_eq!(refused.status, 413, "{refused:?}");
     assert_eq!(collector.count(), 1);
 }
+
+#[tokio::test]
+async fn the_admin_api_lists_push_devices_bans_serials_and_counts_uploads() {
+    use support::admin::{ops, text, AdminFiles};
+    let collector = Collector::spawn(Mode::Ok).await;
+    let admin = AdminFiles::new();
+    let gw = TestGateway::start(&push::config(&[collector.addr], "", &admin.toml())).await;
+    let api = gw.gw().admin_addr().unwrap();
+    upload(&gw, "SN-A", "t1", b"x").await;
+    upload(&gw, "SN-A", "t1", b"x").await;
+    let clients = ops(api, "GET", "/api/v1/clients?transport=http", None).await;
+    assert_eq!(clients.status, 200, "{clients:?}");
+    let row = &clients.json["data"][0];
+    assert_eq!(row["serial"], "SN-A", "{clients:?}");
+    assert_eq!(row["transport"], "http");
+    assert_eq!(row["messages"]["forwarded"], 1);
+    let stats = ops(api, "GET", "/api/v1/stats", None).await;
+    assert_eq!(stats.json["push_uploads"]["delivered"], 1, "{stats:?}");
+    assert_eq!(stats.json["push_uploads"]["replayed"], 1);
+    let metrics = text(api, "/metrics").await;
+    assert!(metrics.contains("portcullis_push_uploads_total{outcome=\"delivered\"} 1"), "{metrics}");
+    assert!(metrics.contains("portcullis_push_collector_seconds_count 1"), "{metrics}");
+    // `as = serial` through the API: the next upload is refused.
+    let ban = serde_json::json!({"as": "serial", "who": "SN-A", "reason": "stolen meter"});
+    let made = ops(api, "POST", "/api/v1/banned", Some(ban)).await;
+    assert_eq!(made.status, 201, "{made:?}");
+    assert_eq!(upload(&gw, "SN-A", "t2", b"x").await.status, 403);
+    let listed = ops(api, "GET", "/api/v1/banned?as=serial", None).await;
+    assert_eq!(listed.json["data"][0]["who"], "SN-A", "{listed:?}");
+}

@@ -22,8 +22,8 @@ pub struct ClientsQuery {
     like_clientid: Option<String>,
     like_username: Option<String>,
     route: Option<String>,
-    /// `ws`, `wss` or `tcp`.
-    #[param(pattern = "^(ws|wss|tcp)$")]
+    /// `ws`, `wss`, `tcp` or `http` (push devices).
+    #[param(pattern = "^(ws|wss|tcp|http)$")]
     transport: Option<String>,
     #[param(minimum = 1)]
     page: Option<usize>,
@@ -39,6 +39,8 @@ pub struct ClientView {
     id: u64,
     clientid: Option<String>,
     username: Option<String>,
+    /// An HTTP push device's serial (transport `http`).
+    serial: Option<String>,
     /// The client IP (believed from a header only behind a trusted proxy).
     ip_address: String,
     listener: String,
@@ -95,8 +97,10 @@ pub async fn list(
     let q: ClientsQuery = query(raw)?;
     let (page, limit) = paging(q.page, q.limit)?;
     if let Some(t) = q.transport.as_deref() {
-        if !["ws", "wss", "tcp"].contains(&t) {
-            return Err(ApiError::bad_request("transport: must be ws, wss or tcp"));
+        if !["ws", "wss", "tcp", "http"].contains(&t) {
+            return Err(ApiError::bad_request(
+                "transport: must be ws, wss, tcp or http",
+            ));
         }
     }
     let is =
@@ -129,11 +133,13 @@ pub async fn list(
         .iter()
         .map(|c| {
             let mqtt = c.mqtt();
-            let device = mqtt.and_then(|m| stats.device(&m.client_id));
+            let name = mqtt.map(|m| &m.client_id).or(c.serial.as_ref());
+            let device = name.and_then(|n| stats.device(n));
             ClientView {
                 id: c.id,
                 clientid: mqtt.map(|m| m.client_id.to_string()),
                 username: mqtt.and_then(|m| m.username.as_deref().map(String::from)),
+                serial: c.serial.as_deref().map(String::from),
                 ip_address: c.ip.to_string(),
                 listener: c.listener.to_string(),
                 route: c.route.to_string(),

@@ -215,6 +215,9 @@ pub fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
             h,
         );
     }
+    if let Some(push) = &shared.push {
+        push_metrics(&mut reg, push);
+    }
     gauge(
         &mut reg,
         "build_info",
@@ -225,6 +228,63 @@ pub fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
     let mut out = String::new();
     encode(&mut out, &reg)?;
     Ok(out)
+}
+
+/// HTTP push: uploads by outcome, check-ins, transactions in flight, devices known, the
+/// records' health, collector answer times. (Collector health: `upstream_healthy{route}`.)
+fn push_metrics(reg: &mut Registry, push: &crate::forward::push::Push) {
+    let rows = push
+        .stats
+        .outcomes()
+        .map(|(outcome, n)| (l(&[("outcome", outcome)]), n))
+        .collect();
+    counter(
+        reg,
+        "push_uploads",
+        "HTTP push uploads by outcome: delivered, replayed, conflict (409), mismatch (422), discarded, redirected, refusals",
+        rows,
+    );
+    let n = push.stats.checkins.load(Relaxed);
+    counter(
+        reg,
+        "push_checkins",
+        "Check-ins answered",
+        vec![(vec![], n)],
+    );
+    let flights = vec![(vec![], push.ledger.in_flight() as i64)];
+    gauge(
+        reg,
+        "push_in_flight",
+        "Transactions being delivered by this gateway",
+        flights,
+    );
+    let devices = vec![(vec![], push.devices() as i64)];
+    gauge(
+        reg,
+        "push_devices",
+        "Push devices known (uploaded within device_idle_secs)",
+        devices,
+    );
+    let n = vec![(vec![], push.ledger.evicted.load(Relaxed))];
+    counter(
+        reg,
+        "push_records_evicted",
+        "Outcomes dropped before their retention (no [store], over max_records_in_memory)",
+        n,
+    );
+    let n = vec![(vec![], push.ledger.redis_fallbacks.load(Relaxed))];
+    counter(
+        reg,
+        "push_redis_fallbacks",
+        "Transactions this gateway arbitrated alone because Redis could not be asked",
+        n,
+    );
+    reg.register_with_unit(
+        "push_collector",
+        "Time from sending an upload to a collector to its whole answer",
+        prometheus_client::registry::Unit::Seconds,
+        push.stats.collector_seconds.clone(),
+    );
 }
 
 pub async fn scrape(State(state): State<AdminState>) -> Response {

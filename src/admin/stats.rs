@@ -22,6 +22,10 @@ pub struct Stats {
     bans: Bans,
     /// A reconnect storm is on: per-client connect strikes are suspended.
     storm_active: bool,
+    /// HTTP push uploads by outcome (`delivered`, `replayed`, `conflict`, …), with `[push]`.
+    /// Push devices are among `connections` (transport `http`) while they keep uploading.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    push_uploads: Option<BTreeMap<String, u64>>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -127,6 +131,10 @@ fn collect(shared: &Shared) -> Stats {
             kicks: shared.clients.kicks(),
         },
         storm_active: s.storm_active,
+        push_uploads: shared
+            .push
+            .as_ref()
+            .map(|p| p.stats.outcomes().map(|(o, n)| (o.to_owned(), n)).collect()),
     }
 }
 

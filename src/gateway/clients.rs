@@ -60,6 +60,8 @@ pub struct Client {
     pub ip: IpAddr,
     pub connected_at: SystemTime,
     pub traffic: Traffic,
+    /// An HTTP push device's serial.
+    pub serial: Option<Arc<str>>,
     /// Set once, after the policy admitted the CONNECT (MQTT routes only).
     mqtt: OnceLock<MqttIdentity>,
     kick: CancellationToken,
@@ -114,6 +116,7 @@ pub struct Arrival {
     pub route: Arc<str>,
     pub transport: Transport,
     pub ip: IpAddr,
+    pub serial: Option<Arc<str>>,
 }
 
 #[derive(Default)]
@@ -176,6 +179,7 @@ impl Clients {
             ip,
             connected_at: SystemTime::now(),
             traffic: Traffic::default(),
+            serial: a.serial,
             mqtt: OnceLock::new(),
             kick: CancellationToken::new(),
             kick_reason: OnceLock::new(),
@@ -312,6 +316,7 @@ mod tests {
             route: "mqtt".into(),
             transport: Transport::Ws,
             ip: ip.parse().unwrap(),
+            serial: None,
         })
     }
 

@@ -125,6 +125,7 @@ async fn story(
         route: target.route().into(),
         transport,
         ip: client_ip,
+        serial: None,
     });
 
     // 4 and 5. forward, with the policy judging MQTT routes packet by packet.
@@ -227,6 +228,7 @@ async fn raw_mqtt(conn: Conn, shared: &Shared) {
         route: conn.listener.mqtt_route.as_str().into(),
         transport: Transport::Tcp,
         ip: client_ip,
+        serial: None,
     });
     let (rx, tx) = tokio::io::split(conn.stream);
     let ctx = mqtt_ctx(shared, &pool, &settings, client_ip, &registration);

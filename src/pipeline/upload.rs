@@ -92,6 +92,7 @@ async fn story(
                 route: settings.route.as_str().into(),
                 transport: Transport::Http,
                 ip: caller.ip,
+                serial: Some(serial.clone()),
             })
         })
         .map_err(|r| refusal(&r))?;

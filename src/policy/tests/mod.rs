@@ -5,6 +5,7 @@ mod bans;
 mod config;
 mod connect;
 mod live;
+mod push;
 mod rates;
 mod storm;
 mod strikes;

@@ -1,0 +1,118 @@
+//! HTTP push devices: named by serial (bans `as = serial`), the rhythm spanning uploads on one
+//! session, every upload a sample whatever the class's topics, check-ins counted but never
+//! samples.
+
+use super::*;
+use crate::config::policy::DeviceClass;
+
+const EARLY: Verdict = Verdict::Discard(Reason::Early);
+
+fn serial(s: &str) -> Identity {
+    Identity::serial(s.into(), ip("10.0.0.9"))
+}
+
+#[test]
+fn uploads_follow_the_rhythm_inclusively() {
+    let h = Harness::rhythm();
+    let mut s = h.connect_as(&serial("SN-1"));
+    assert_eq!(h.policy.on_upload(&mut s).verdict, Verdict::Forward, "arms");
+    h.advance_nanos(55_000_000_000 - 1);
+    assert_eq!(h.policy.on_upload(&mut s).verdict, EARLY);
+    h.advance_nanos(1);
+    assert_eq!(
+        h.policy.on_upload(&mut s).verdict,
+        Verdict::Forward,
+        "T − E"
+    );
+    h.advance(65.0);
+    assert_eq!(
+        h.policy.on_upload(&mut s).verdict,
+        Verdict::Forward,
+        "T + E"
+    );
+    h.advance_nanos(65_000_000_001);
+    assert_eq!(
+        h.policy.on_upload(&mut s).verdict,
+        Verdict::Discard(Reason::Late)
+    );
+}
+
+#[test]
+fn every_upload_is_a_sample_even_when_the_class_names_topics() {
+    let mut cfg = rhythm_config();
+    if let Some(c) = cfg.classes.get_mut("default") {
+        c.rhythm_topics = vec!["tele/#".into()];
+    }
+    let h = Harness::new(cfg);
+    let mut s = h.connect_as(&serial("SN-2"));
+    h.policy.on_upload(&mut s);
+    assert_eq!(h.policy.on_upload(&mut s).verdict, EARLY);
+}
+
+#[test]
+fn checkins_are_counted_against_the_rate_but_never_samples() {
+    let mut cfg = rhythm_config();
+    cfg.classes.insert(
+        "default".into(),
+        DeviceClass {
+            push_interval_secs: Some(60.0),
+            tolerance_secs: 5.0,
+            messages_per_sec: 1,
+            message_burst: 2,
+            ..DeviceClass::default()
+        },
+    );
+    let h = Harness::new(cfg);
+    let mut s = h.connect_as(&serial("SN-3"));
+    assert_eq!(h.policy.on_checkin(&mut s).verdict, Verdict::Forward);
+    // Not armed by the check-in: the first upload arms, it is not early.
+    assert_eq!(h.policy.on_upload(&mut s).verdict, Verdict::Forward);
+    // The burst of 2 is spent: the next check-in is over the rate.
+    assert_eq!(
+        h.policy.on_checkin(&mut s).verdict,
+        Verdict::Discard(Reason::MessageRate)
+    );
+}
+
+#[test]
+fn strikes_ban_the_serial_not_a_client_id() {
+    let h = Harness::rhythm();
+    let mut s = h.connect_as(&serial("SN-4"));
+    let last = {
+        h.policy.on_upload(&mut s);
+        let mut d = h.policy.on_upload(&mut s);
+        for _ in 0..4 {
+            d = h.policy.on_upload(&mut s);
+        }
+        d
+    };
+    let ban = last.ban.expect("five strikes ban");
+    assert_eq!(ban.subject, Subject::Serial("SN-4".into()));
+    assert_eq!(ban.source, BanSource::Rhythm);
+    assert!(h.ban_on(Subject::ClientId("SN-4".into())).is_none());
+    // The serial is refused at its next admission, and its live session is reported banned.
+    assert!(matches!(
+        h.policy.on_connect(&serial("SN-4")),
+        Err(Refusal::Banned(_))
+    ));
+    assert!(h.policy.banned(&s).is_some());
+}
+
+#[test]
+fn a_serial_ban_does_not_touch_an_mqtt_device_of_the_same_name() {
+    let h = Harness::rhythm();
+    h.bans
+        .insert(
+            Ban {
+                subject: Subject::Serial("X-1".into()),
+                reason: "t".into(),
+                source: BanSource::File,
+                created: h.wall(),
+                expires: None,
+            },
+            h.wall(),
+        )
+        .unwrap();
+    assert!(h.policy.on_connect(&serial("X-1")).is_err());
+    assert!(h.policy.on_connect(&ident("X-1")).is_ok());
+}
