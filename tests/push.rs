@@ -392,8 +392,14 @@ async fn the_admin_api_lists_push_devices_bans_serials_and_counts_uploads() {
     assert_eq!(stats.json["push_uploads"]["delivered"], 1, "{stats:?}");
     assert_eq!(stats.json["push_uploads"]["replayed"], 1);
     let metrics = text(api, "/metrics").await;
-    assert!(metrics.contains("portcullis_push_uploads_total{outcome=\"delivered\"} 1"), "{metrics}");
-    assert!(metrics.contains("portcullis_push_collector_seconds_count 1"), "{metrics}");
+    assert!(
+        metrics.contains("portcullis_push_uploads_total{outcome=\"delivered\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("portcullis_push_collector_seconds_count 1"),
+        "{metrics}"
+    );
     // `as = serial` through the API: the next upload is refused.
     let ban = serde_json::json!({"as": "serial", "who": "SN-A", "reason": "stolen meter"});
     let made = ops(api, "POST", "/api/v1/banned", Some(ban)).await;
@@ -401,4 +407,27 @@ async fn the_admin_api_lists_push_devices_bans_serials_and_counts_uploads() {
     assert_eq!(upload(&gw, "SN-A", "t2", b"x").await.status, 403);
     let listed = ops(api, "GET", "/api/v1/banned?as=serial", None).await;
     assert_eq!(listed.json["data"][0]["who"], "SN-A", "{listed:?}");
+}
+
+#[tokio::test]
+async fn redirect_rules_change_with_a_reload() {
+    let collector = Collector::spawn(Mode::Ok).await;
+    let gw = TestGateway::start(&push::config(&[collector.addr], "", "")).await;
+    assert_eq!(upload(&gw, "MOVE-1", "t1", b"x").await.status, 200);
+    let rule = "[[push.redirect]]\nserials = \"^MOVE-\"\nto = [\"https://new-site.example\"]";
+    let config =
+        portcullis::Config::parse(&push::config(&[collector.addr], rule, ""), None).unwrap();
+    gw.gw().reload(&config).unwrap();
+    let moved = upload(&gw, "MOVE-1", "t2", b"x").await;
+    assert_eq!(moved.status, 307);
+    assert_eq!(
+        moved.header("location"),
+        Some("https://new-site.example/push/MOVE-1")
+    );
+    // A reload whose rule does not compile (past the config's own check) changes nothing.
+    let mut bad = config.clone();
+    bad.push.as_mut().unwrap().redirect[0].serials = Some("(".into());
+    assert!(gw.gw().reload(&bad).is_err());
+    assert_eq!(upload(&gw, "MOVE-1", "t3", b"x").await.status, 307);
+    assert_eq!(collector.count(), 1);
 }

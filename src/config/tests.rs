@@ -143,3 +143,37 @@ fn probe_and_store_settings_are_checked_by_key() {
         std::path::Path::new("/etc/portcullis/bans.csv")
     );
 }
+
+#[test]
+fn push_settings_are_checked_with_the_key_named() {
+    let base = format!(
+        "{MINIMAL}\n[routes.collectors]\nupstreams = [\"127.0.0.1:8080\"]\nprotocol = \"http\"\n"
+    );
+    let ok = Config::parse(&format!("{base}\n[push]\nroute = \"collectors\"\n"), None).unwrap();
+    let p = ok.push.expect("push");
+    assert_eq!(p.idempotency_header, "Idempotency-Key");
+    assert!(p.require_idempotency_key);
+    assert_eq!(
+        (p.retention_secs, p.lease_secs, p.discard_status),
+        (86_400, 60, 202)
+    );
+    for (push, key) in [
+        ("route = \"nowhere\"", "push.route"),
+        ("route = \"mqtt\"", "push.route"),
+        ("route = \"collectors\"\ncheckin_route = \"mqtt\"", "push.checkin_route"),
+        ("route = \"collectors\"\nidempotency_header = \"bad header\"", "push.idempotency_header"),
+        ("route = \"collectors\"\nmax_body_size = 0", "push.max_body_size"),
+        ("route = \"collectors\"\nlease_secs = 5\ncollector_timeout_secs = 30", "push.lease_secs"),
+        ("route = \"collectors\"\ndiscard_status = 403", "push.discard_status"),
+        ("route = \"collectors\"\n[[push.redirect]]\nto = [\"https://x.example\"]", "push.redirect[0].serials"),
+        ("route = \"collectors\"\n[[push.redirect]]\nserials = \"(\"\nto = [\"https://x.example\"]", "push.redirect[0].serials"),
+        ("route = \"collectors\"\n[[push.redirect]]\ncustomer = \"acme\"\nto = [\"https://x.example\"]", "push.redirect[0].customer"),
+        ("route = \"collectors\"\n[[push.redirect]]\nserials = \"^A\"\nto = [\"ftp://x\"]", "push.redirect[0].to[0]"),
+        ("route = \"collectors\"\n[[push.redirect]]\nserials = \"^A\"\nto = []", "push.redirect[0].to"),
+        ("route = \"collectors\"\n[push.customers]\nacme = [\"[\"]", "push.customers.acme[0]"),
+        ("route = \"collectors\"\nunknown_key = 1", "unknown_key"),
+    ] {
+        let e = err(&format!("{base}\n[push]\n{push}\n"));
+        assert!(e.contains(key), "{push}: {e}");
+    }
+}
