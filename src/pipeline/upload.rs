@@ -34,6 +34,9 @@ const DISCARDED: HeaderName = HeaderName::from_static("x-portcullis-discarded");
 /// What the collector learns of the device.
 const SERIAL: HeaderName = HeaderName::from_static("x-portcullis-serial");
 const TRANSACTION: HeaderName = HeaderName::from_static("x-portcullis-transaction");
+/// Bodies up to this size (by `Content-Length`) are read whole before the collector is
+/// contacted; larger and chunked ones are streamed.
+const BUFFERED_BODY: u64 = 64 * 1024;
 /// The gateway's UTC time to the microsecond, for devices that set their clock by it.
 const TIME: HeaderName = HeaderName::from_static("x-portcullis-time");
 
@@ -205,7 +208,7 @@ async fn discard(
         status: settings.discard_status,
         content_type: Some("text/plain; charset=utf-8".into()),
         discarded: Some(word.into()),
-        body: base64_encode(format!("accepted and discarded: {reason}\n").as_bytes()),
+        body: Bytes::from(format!("accepted and discarded: {reason}\n")),
         fingerprint,
         at: push::ledger::unix_ms(SystemTime::now()),
     };
@@ -236,7 +239,24 @@ async fn deliver(
     let stall = Duration::from_secs(settings.body_stall_secs);
     let (metered, report) = Metered::new(body, settings.max_body_size, stall);
     forwarded_headers(&mut parts.headers, caller, &serial, txid.as_deref());
-    let upstream = Request::from_parts(parts, metered.boxed_unsync());
+    let small = content_length_of(&parts.headers).is_some_and(|n| n <= BUFFERED_BODY);
+    let body = match small {
+        // Read whole first (as nginx's proxy_request_buffering does): a device trickling its
+        // body over GPRS does not hold a collector connection meanwhile, and the collector
+        // gets the request in one write.
+        true => match metered.collect().await {
+            Ok(whole) => crate::handshake::full(whole.to_bytes()),
+            Err(_) => {
+                let fault = push::lock(&report).as_ref().and_then(|r| r.fault);
+                return Err(match fault {
+                    Some(push::BodyFault::TooLarge) => PushRefusal::TooLarge,
+                    _ => PushRefusal::BodyBroken,
+                });
+            }
+        },
+        false => metered.boxed_unsync(),
+    };
+    let upstream = Request::from_parts(parts, body);
     let started = Instant::now();
     let exchange = async {
         let (response, conn) = push
@@ -287,7 +307,7 @@ async fn deliver(
         status: status.as_u16(),
         content_type: content_type.and_then(|v| v.to_str().ok().map(str::to_owned)),
         discarded: None,
-        body: base64_encode(&body),
+        body,
         // A collector that answered before reading the whole body: any retry replays it.
         fingerprint: report.and_then(|r| r.fingerprint).unwrap_or_default(),
         at: push::ledger::unix_ms(SystemTime::now()),
@@ -428,12 +448,8 @@ async fn read_answer(mut body: Incoming, max: usize) -> Result<Bytes, usize> {
 }
 
 fn answer(outcome: &Outcome, replayed: bool) -> Response<Body> {
-    use base64::Engine;
-    let body = base64::engine::general_purpose::STANDARD
-        .decode(&outcome.body)
-        .unwrap_or_default();
     let status = StatusCode::from_u16(outcome.status).unwrap_or(StatusCode::OK);
-    let mut r = marked(status, "application/octet-stream", Bytes::from(body));
+    let mut r = marked(status, "application/octet-stream", outcome.body.clone());
     let h = r.headers_mut();
     match outcome.content_type.as_deref().map(HeaderValue::from_str) {
         Some(Ok(ct)) => {
@@ -506,15 +522,9 @@ fn retry_after(ban: &crate::policy::Ban) -> Option<u64> {
 }
 
 fn content_length<B>(req: &Request<B>) -> Option<u64> {
-    req.headers()
-        .get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
+    content_length_of(req.headers())
 }
 
-fn base64_encode(bytes: &[u8]) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(bytes)
+fn content_length_of(h: &http::HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }

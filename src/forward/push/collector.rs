@@ -47,7 +47,7 @@ impl Collectors {
         mut req: Request<Body>,
     ) -> Result<(Response<Incoming>, Conn)> {
         for _ in 0..MAX_SENDS {
-            let mut conn = match self.idle_conn() {
+            let mut conn = match self.idle_conn().await {
                 Some(c) => c,
                 None => self.connect(pool, key).await?,
             };
@@ -73,7 +73,9 @@ impl Collectors {
 
     /// Keep `conn` for the next request, once its answer was read whole.
     pub fn give_back(&self, conn: Conn) {
-        if conn.sender.is_closed() || !conn.sender.is_ready() {
+        // Not `is_ready()`: right after an answer was read the connection task may not have
+        // marked the connection idle yet; `idle_conn` waits for that.
+        if conn.sender.is_closed() {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
@@ -83,19 +85,23 @@ impl Collectors {
         }
     }
 
-    fn idle_conn(&self) -> Option<Conn> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        for (addr, list) in idle.iter_mut() {
-            while let Some(sender) = list.pop() {
-                if sender.is_ready() && !sender.is_closed() {
-                    return Some(Conn {
-                        sender,
-                        addr: *addr,
-                    });
+    /// An idle connection that is still open, once it is ready for a request.
+    async fn idle_conn(&self) -> Option<Conn> {
+        loop {
+            let mut conn = {
+                let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+                let (addr, list) = idle.iter_mut().find(|(_, l)| !l.is_empty())?;
+                let sender = list.pop()?;
+                Conn {
+                    sender,
+                    addr: *addr,
                 }
+            };
+            // At once for an idle connection; an error for one the collector closed.
+            if conn.sender.ready().await.is_ok() {
+                return Some(conn);
             }
         }
-        None
     }
 
     /// Forget idle connections (a reload may have removed their collectors).

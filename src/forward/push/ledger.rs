@@ -26,8 +26,9 @@ pub struct Outcome {
     /// Set when the gateway itself discarded the upload (out of rhythm): why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub discarded: Option<String>,
-    /// Base64.
-    pub body: String,
+    /// Base64 when written down.
+    #[serde(with = "base64_bytes")]
+    pub body: bytes::Bytes,
     /// SHA-256 of the upload's body as sent (hex): a retry must carry the same body.
     pub fingerprint: String,
     /// Unix ms.
@@ -283,6 +284,23 @@ impl Ledger {
                 self.evicted.fetch_add(1, Relaxed);
             }
         }
+    }
+}
+
+mod base64_bytes {
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(b: &bytes::Bytes, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(b))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<bytes::Bytes, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text.as_bytes())
+            .map(bytes::Bytes::from)
+            .map_err(serde::de::Error::custom)
     }
 }
 
