@@ -431,3 +431,44 @@ async fn redirect_rules_change_with_a_reload() {
     assert_eq!(upload(&gw, "MOVE-1", "t3", b"x").await.status, 307);
     assert_eq!(collector.count(), 1);
 }
+
+#[tokio::test]
+async fn a_dead_collector_in_the_pool_is_passed_over_and_gzip_bodies_go_as_sent() {
+    let up = Collector::spawn(Mode::Ok).await;
+    let down = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let gw = TestGateway::start(&push::config(&[down, up.addr], "", "")).await;
+    // Not a real gzip stream: the gateway neither inflates nor checks it, it forwards bytes.
+    let gz = [0x1f, 0x8b, 8, 0, 1, 2, 3, 4];
+    for i in 0..6 {
+        let headers = [(KEY, &*format!("gz-{i}")), ("content-encoding", "gzip")];
+        let a = push::post(gw.addr(), "/push/SN-G", &headers, &gz).await;
+        assert_eq!(a.status, 200, "{a:?}");
+    }
+    let got = up.received();
+    assert_eq!(got.len(), 6);
+    assert!(got
+        .iter()
+        .all(|r| r.body == gz && r.headers["content-encoding"] == "gzip"));
+}
+
+#[tokio::test]
+async fn a_collector_too_slow_to_answer_leaves_the_upload_retryable_under_the_same_id() {
+    let slow = Collector::spawn(Mode::Slow(Duration::from_secs(3))).await;
+    let keys = "collector_timeout_secs = 1\nlease_secs = 1";
+    let gw = TestGateway::start(&push::config(&[slow.addr], keys, "")).await;
+    let first = upload(&gw, "SN-S", "tx-slow", b"data").await;
+    assert_eq!(first.status, 502, "{first:?}");
+    assert!(first.header("retry-after").is_some());
+    // The collector did get that body (it only answered late): the retry reaches it again,
+    // under the same transaction id, which is how a collector closes this gap itself.
+    let second = upload(&gw, "SN-S", "tx-slow", b"data").await;
+    assert_eq!(second.status, 502);
+    let got = slow.received();
+    assert_eq!(got.len(), 2);
+    assert!(got
+        .iter()
+        .all(|r| r.headers["x-portcullis-transaction"] == "tx-slow"));
+}
