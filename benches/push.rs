@@ -101,17 +101,20 @@ async fn collector() -> SocketAddr {
 /// The gateway process, with `[push]` to `collector`; returns it and its two listeners
 /// (plain, TLS).
 struct Gateway {
-    child: Child,
+    _child: Reaped,
     pid: u32,
     plain: SocketAddr,
     tls: SocketAddr,
     _dir: tempfile::TempDir,
 }
 
-impl Drop for Gateway {
+/// A child process killed with its owner.
+struct Reaped(Child);
+
+impl Drop for Reaped {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -203,7 +206,7 @@ require_idempotency_key = {require_key}
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Gateway {
-        child,
+        _child: Reaped(child),
         pid,
         plain,
         tls,
@@ -213,17 +216,10 @@ require_idempotency_key = {require_key}
 
 /// nginx as a plain reverse proxy to `collector`: one worker, keep-alive upstream.
 struct Nginx {
-    child: Child,
+    _child: Reaped,
     pid: u32,
     addr: SocketAddr,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 async fn nginx(collector: SocketAddr) -> Option<Nginx> {
@@ -284,7 +280,7 @@ http {{
     }
     Some(Nginx {
         pid: child.id(),
-        child,
+        _child: Reaped(child),
         addr,
         _dir: dir,
     })

@@ -212,11 +212,7 @@ async fn discard(
         fingerprint,
         at: push::ledger::unix_ms(SystemTime::now()),
     };
-    if let Some(ticket) = ticket {
-        ticket.complete(&outcome).await;
-    }
-    push.stats.count("discarded");
-    Ok(answer(&outcome, false))
+    Ok(settle(push, ticket, &outcome, "discarded").await)
 }
 
 /// Send the upload to a collector, record the outcome, answer it. A collector that fails
@@ -312,11 +308,21 @@ async fn deliver(
         fingerprint: report.and_then(|r| r.fingerprint).unwrap_or_default(),
         at: push::ledger::unix_ms(SystemTime::now()),
     };
+    Ok(settle(&push, ticket, &outcome, "delivered").await)
+}
+
+/// Put the outcome on record (before the device hears it), count it, answer it.
+async fn settle(
+    push: &Push,
+    ticket: Option<Ticket>,
+    outcome: &Outcome,
+    counted: &str,
+) -> Response<Body> {
     if let Some(ticket) = ticket {
-        ticket.complete(&outcome).await;
+        ticket.complete(outcome).await;
     }
-    push.stats.count("delivered");
-    Ok(answer(&outcome, false))
+    push.stats.count(counted);
+    answer(outcome, false)
 }
 
 /// `GET /checkin/{serial}`: counted against the device's rate; answered with the time and the
