@@ -210,6 +210,8 @@ pub enum PushRefusal {
     CollectorError(u16),
     /// Only POST uploads, GET check-ins.
     Method(&'static str),
+    /// `[push] max_devices` devices are known already: a new one must wait.
+    TooManyDevices,
 }
 
 #[cfg(feature = "gateway")]
@@ -229,6 +231,7 @@ impl PushRefusal {
             PushRefusal::CollectorFailed => S::BAD_GATEWAY,
             PushRefusal::CollectorError(_) => S::BAD_GATEWAY,
             PushRefusal::Method(_) => S::METHOD_NOT_ALLOWED,
+            PushRefusal::TooManyDevices => S::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -238,6 +241,7 @@ impl PushRefusal {
             PushRefusal::Banned(secs) => *secs,
             PushRefusal::RateLimited(s) | PushRefusal::InFlight(s) => Some(*s),
             PushRefusal::CollectorFailed | PushRefusal::CollectorError(_) => Some(5),
+            PushRefusal::TooManyDevices => Some(60),
             _ => None,
         }
     }
@@ -256,7 +260,27 @@ impl PushRefusal {
             PushRefusal::BodyBroken => "body_broken",
             PushRefusal::CollectorFailed | PushRefusal::CollectorError(_) => "collector_failed",
             PushRefusal::Method(_) => "method",
+            PushRefusal::TooManyDevices => "too_many_devices",
         }
+    }
+
+    /// A device the policy refused at admission.
+    pub fn from_policy(r: &crate::policy::Refusal) -> PushRefusal {
+        use crate::policy::Refusal;
+        match r {
+            Refusal::Banned(ban) => PushRefusal::banned(ban),
+            Refusal::UnknownDevice => PushRefusal::UnknownDevice,
+            Refusal::ConnectRate | Refusal::TooManyConnections => PushRefusal::RateLimited(1),
+        }
+    }
+
+    /// Banned: `Retry-After` is the time until the ban ends (none for a ban until lifted).
+    pub fn banned(ban: &crate::policy::Ban) -> PushRefusal {
+        let left = ban.expires.map(|until| {
+            let left = until.duration_since(std::time::SystemTime::now());
+            left.unwrap_or_default().as_secs().max(1)
+        });
+        PushRefusal::Banned(left)
     }
 }
 
@@ -290,6 +314,9 @@ impl fmt::Display for PushRefusal {
                 "the collector answered {s}: retry later (nothing was recorded)"
             ),
             PushRefusal::Method(m) => write!(f, "this endpoint takes {m}"),
+            PushRefusal::TooManyDevices => {
+                f.write_str("too many push devices at once: retry later")
+            }
         }
     }
 }

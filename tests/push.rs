@@ -318,8 +318,13 @@ async fn a_checkin_carries_the_time_and_the_update_services_answer() {
         &extra,
     ))
     .await;
+    // An upload first: the connection it leaves idle is the collectors', not the update
+    // service's, and must not carry the check-in.
+    assert_eq!(upload(&gw, "SN-C", "t0", b"x").await.status, 200);
     let before = SystemTime::now();
-    let answer = push::get(gw.addr(), "/checkin/SN-C").await;
+    // A GET announcing a body it does not send: the update service is not told of one.
+    let tcp = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    let answer = push::request_on(tcp, "GET", "/checkin/SN-C", &[], Send::Whole(Vec::new())).await;
     assert_eq!(answer.status, 200, "{answer:?}");
     assert_eq!(answer.body, "{\"firmware\":\"2.1.0\"}");
     assert!(answer.header("date").is_some());
@@ -331,8 +336,9 @@ async fn a_checkin_carries_the_time_and_the_update_services_answer() {
         "{time}"
     );
     let seen = updates.received();
+    assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].headers["x-portcullis-serial"], "SN-C");
-    assert_eq!(collector.count(), 0);
+    assert_eq!(collector.count(), 1);
     // Uploads are POST, check-ins GET.
     let wrong = push::post(gw.addr(), "/checkin/SN-C", &[], b"").await;
     assert_eq!(wrong.status, 405);
@@ -471,4 +477,53 @@ async fn a_collector_too_slow_to_answer_leaves_the_upload_retryable_under_the_sa
     assert!(got
         .iter()
         .all(|r| r.headers["x-portcullis-transaction"] == "tx-slow"));
+}
+
+#[tokio::test]
+async fn the_serial_can_come_in_a_configured_header() {
+    let collector = Collector::spawn(Mode::Ok).await;
+    let keys = "serial_header = \"X-Serial\"";
+    let gw = TestGateway::start(&push::config(&[collector.addr], keys, "")).await;
+    let a = push::post(
+        gw.addr(),
+        "/push",
+        &[(KEY, "h1"), ("x-serial", "HDR-1")],
+        b"x",
+    )
+    .await;
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(
+        collector.received()[0].headers["x-portcullis-serial"],
+        "HDR-1"
+    );
+    let none = push::post(gw.addr(), "/push", &[(KEY, "h2")], b"x").await;
+    assert_eq!(none.status, 400, "{none:?}");
+    assert!(none.body.contains("no serial"), "{none:?}");
+    let bad = push::post(
+        gw.addr(),
+        "/push",
+        &[(KEY, "h3"), ("x-serial", "a b")],
+        b"x",
+    )
+    .await;
+    assert_eq!(bad.status, 400);
+    assert_eq!(collector.count(), 1);
+}
+
+#[tokio::test]
+async fn a_failed_delivery_gives_its_rhythm_sample_back_so_its_retry_is_not_early() {
+    let collector = Collector::spawn(Mode::FailFirst(1)).await;
+    let policy = r#"
+[policy.classes.default]
+push_interval_secs = 60.0
+tolerance_secs = 5.0
+"#;
+    let gw = TestGateway::start(&push::config(&[collector.addr], "", policy)).await;
+    assert_eq!(upload(&gw, "R-1", "t0", b"x").await.status, 502);
+    let retry = upload(&gw, "R-1", "t0", b"x").await;
+    assert_eq!((retry.status, retry.replayed()), (200, false), "{retry:?}");
+    assert_eq!(collector.count(), 1);
+    // A new transaction right after is early: the delivered one armed the rhythm.
+    let early = upload(&gw, "R-1", "t1", b"x").await;
+    assert_eq!(early.status, 202, "{early:?}");
 }

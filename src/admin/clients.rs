@@ -133,8 +133,12 @@ pub async fn list(
         .iter()
         .map(|c| {
             let mqtt = c.mqtt();
-            let name = mqtt.map(|m| &m.client_id).or(c.serial.as_ref());
-            let device = name.and_then(|n| stats.device(n));
+            let key = match (mqtt, &c.serial) {
+                (Some(m), _) => Some(m.client_id.clone()),
+                (None, Some(serial)) => Some(crate::policy::serial_key(serial)),
+                (None, None) => None,
+            };
+            let device = key.and_then(|k| stats.device(&k));
             ClientView {
                 id: c.id,
                 clientid: mqtt.map(|m| m.client_id.to_string()),

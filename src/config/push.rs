@@ -52,9 +52,14 @@ pub struct PushSettings {
     /// A push device silent this long starts over (its next upload only arms the rhythm).
     #[serde(default = "default_idle")]
     pub device_idle_secs: u64,
-    /// Completed outcomes kept when there is no `[store]`: the oldest go first, counted.
+    /// Completed outcomes kept when there is no `[store]` (and at most 64 MiB of them): the
+    /// oldest go first, counted.
     #[serde(default = "default_memory_records")]
     pub max_records_in_memory: usize,
+    /// Push devices known at once (each holds a policy session until `device_idle_secs`);
+    /// past it a new device gets 503.
+    #[serde(default = "default_max_devices")]
+    pub max_devices: usize,
     /// Customer tags: name → serial patterns (regex), for redirect rules to name.
     #[serde(default)]
     pub customers: BTreeMap<String, Vec<String>>,
@@ -107,6 +112,9 @@ fn default_idle() -> u64 {
     3_600
 }
 fn default_memory_records() -> usize {
+    100_000
+}
+fn default_max_devices() -> usize {
     100_000
 }
 
@@ -164,6 +172,14 @@ impl PushSettings {
         ] {
             if !(1..=max).contains(&v) {
                 return Err((key(k), format!("must be between 1 and {max}")));
+            }
+        }
+        for (k, v) in [
+            ("max_records_in_memory", self.max_records_in_memory),
+            ("max_devices", self.max_devices),
+        ] {
+            if !(1..=10_000_000).contains(&v) {
+                return Err((key(k), "must be between 1 and 10000000".into()));
             }
         }
         if self.lease_secs < self.collector_timeout_secs {

@@ -71,7 +71,9 @@ impl Pool {
         }))
     }
 
-    fn select(&self, key: &[u8], tried: &[SocketAddr]) -> Option<SocketAddr> {
+    /// The healthy upstream for `key` (consistent hashing or the next in turn), other than
+    /// those already `tried`.
+    pub fn select(&self, key: &[u8], tried: &[SocketAddr]) -> Option<SocketAddr> {
         let accept =
             |b: &Backend, healthy: bool| healthy && inet(b).is_some_and(|a| !tried.contains(&a));
         let backend = match &self.balancer {
@@ -104,16 +106,9 @@ impl Pool {
                 break;
             };
             tried.push(addr);
-            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
-                Ok(Ok(stream)) => {
-                    let _ = stream.set_nodelay(true);
-                    return Ok((stream, addr));
-                }
-                Ok(Err(e)) => failures.push(format!("{addr}: {e}")),
-                Err(_) => failures.push(format!(
-                    "{addr}: connect timed out after {:?}",
-                    self.connect_timeout
-                )),
+            match self.connect_to(addr).await {
+                Ok(stream) => return Ok((stream, addr)),
+                Err(e) => failures.push(e),
             }
         }
         let detail = if failures.is_empty() {
@@ -126,6 +121,21 @@ impl Pool {
             )
         };
         Err(Error::upstream(Kind::NoUpstream, detail))
+    }
+
+    /// A connection to `addr` (one this pool selected), within the connect timeout.
+    pub async fn connect_to(&self, addr: SocketAddr) -> std::result::Result<TcpStream, String> {
+        match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                Ok(stream)
+            }
+            Ok(Err(e)) => Err(format!("{addr}: {e}")),
+            Err(_) => Err(format!(
+                "{addr}: connect timed out after {:?}",
+                self.connect_timeout
+            )),
+        }
     }
 
     /// Health checks run until the pool is dropped (a reload replaces it).

@@ -325,6 +325,18 @@ impl Gateway {
             admin.stop().await;
         }
         if let Some(push) = &self.shared.push {
+            // Deliveries under way finish (bounded by the collector timeout) and are recorded.
+            push.tasks.close();
+            let bound = Duration::from_secs(push.settings().collector_timeout_secs + 5);
+            if tokio::time::timeout(bound, push.tasks.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    left = push.tasks.len(),
+                    "push deliveries still under way at shutdown"
+                );
+            }
             push.ledger.close().await;
         }
         self.shared.bans.close().await;

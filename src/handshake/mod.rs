@@ -157,19 +157,19 @@ impl Router {
     async fn route(&self, req: Request<Incoming>) -> Response<Body> {
         let inputs = &self.inputs;
         let path = req.uri().path();
-        if let Some(rest) = path
-            .strip_prefix("/push/")
-            .or(path.strip_prefix("/checkin/"))
-        {
+        // `/push/{serial}`, or `/push` with the serial in a configured header (and the same
+        // for `/checkin`); the upload's story checks the serial.
+        let device_path = ["/push", "/checkin"].iter().any(|p| {
+            path.strip_prefix(p)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        });
+        if device_path {
             let Some(devices) = &inputs.devices else {
                 return text(
                     http::StatusCode::NOT_FOUND,
                     "HTTP push is not enabled here\n",
                 );
             };
-            if rest.is_empty() {
-                return text(http::StatusCode::NOT_FOUND, "the path names no serial\n");
-            }
             let (caller, believed) = self.caller(&req);
             if believed && !(inputs.admit)(caller.ip) {
                 return text(http::StatusCode::FORBIDDEN, upgrade::BANNED);

@@ -25,7 +25,7 @@ use crate::forward::push::{self, drain, Claim, Metered, Outcome, Push, PushDevic
 use crate::gateway::clients::{Arrival, Transport};
 use crate::gateway::Shared;
 use crate::handshake::{marked, Body, Caller};
-use crate::policy::{Decision, Reason, Refusal, Verdict};
+use crate::policy::{Decision, Reason, Verdict};
 
 /// Marks a replayed answer (a common header for it; Stripe's name).
 const REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
@@ -87,21 +87,22 @@ async fn story(
     }
 
     // 3. policy: bans (serial, then IP), device rules, connect rate; once per device.
-    let device = push
-        .device(&shared.policy, &serial, caller.ip, || {
-            shared.clients.register(Arrival {
-                id: crate::listener::next_conn_id(),
-                listener: "push".into(),
-                route: settings.route.as_str().into(),
-                transport: Transport::Http,
-                ip: caller.ip,
-                serial: Some(serial.clone()),
-            })
+    let device = push.device(&shared.policy, &serial, caller.ip, || {
+        shared.clients.register(Arrival {
+            id: crate::listener::next_conn_id(),
+            listener: "push".into(),
+            route: settings.route.as_str().into(),
+            transport: Transport::Http,
+            ip: caller.ip,
+            serial: Some(serial.clone()),
         })
-        .map_err(|r| refusal(&r))?;
-    if let Some(ban) = shared.policy.banned(&push::lock(&device).session) {
+    })?;
+    // Its own statement: the device's lock must be released before `forget` takes the map's
+    // (the map is always locked first).
+    let banned = shared.policy.banned(&push::lock(&device).session);
+    if let Some(ban) = banned {
         push.forget(&serial);
-        return Err(PushRefusal::Banned(retry_after(&ban)));
+        return Err(PushRefusal::banned(&ban));
     }
     if checkin {
         return checkin_answer(shared, push, req, caller, &serial, &device).await;
@@ -143,9 +144,10 @@ async fn story(
                 let (body, report) = Metered::new(req.into_body(), settings.max_body_size, stall);
                 drain(body).await;
                 let report = push::lock(&report).take();
-                let fingerprint = report.and_then(|r| r.fingerprint);
-                let same = outcome.fingerprint.is_empty()
-                    || fingerprint.is_some_and(|f| f == outcome.fingerprint);
+                let Some(fingerprint) = report.and_then(|r| r.fingerprint) else {
+                    return Err(PushRefusal::BodyBroken);
+                };
+                let same = outcome.fingerprint.is_empty() || fingerprint == outcome.fingerprint;
                 if !same {
                     return Err(PushRefusal::BodyMismatch);
                 }
@@ -156,18 +158,54 @@ async fn story(
         None => None,
     };
 
-    // 5. policy: rhythm and rate, for a new transaction only (a retry is not a new sample).
-    let decision = shared.policy.on_upload(&mut push::lock(&device).session);
+    // 5 and 6 run apart from this request (and are waited for at shutdown), so that a device
+    // that leaves mid-answer cannot cut a delivery from its record.
+    let after_claim = judge_and_deliver(
+        shared.clone(),
+        push.clone(),
+        device,
+        req,
+        caller,
+        serial,
+        txid,
+        ticket,
+    );
+    push.tasks
+        .spawn(after_claim)
+        .await
+        .unwrap_or(Err(PushRefusal::CollectorFailed))
+}
+
+/// Steps 5 and 6. The policy judges rhythm and rate, for a new transaction only: a retry of
+/// a delivered one is not a new sample. Then the upload is forwarded, delivered once, its
+/// outcome on record before the device hears it. An upload judged and then not delivered
+/// gives its rhythm sample back, so its retry is not "early" against itself.
+#[allow(clippy::too_many_arguments)]
+async fn judge_and_deliver(
+    shared: Arc<Shared>,
+    push: Arc<Push>,
+    device: Arc<std::sync::Mutex<PushDevice>>,
+    req: Request<Incoming>,
+    caller: Caller,
+    serial: Arc<str>,
+    txid: Option<String>,
+    ticket: Option<Ticket>,
+) -> Result<Response<Body>, PushRefusal> {
+    let settings = push.settings();
+    let stall = Duration::from_secs(settings.body_stall_secs);
+    let (decision, before, after) = {
+        let session = &mut push::lock(&device).session;
+        let before = session.rhythm_mark();
+        let decision = shared.policy.on_upload(session);
+        (decision, before, session.rhythm_mark())
+    };
     if let Some(ban) = &decision.ban {
         tracing::info!(serial = %serial, reason = %ban.reason, "push device banned");
     }
     if let Verdict::Discard(reason) = decision.verdict {
-        return discard(push, req, reason, ticket, &settings, stall).await;
+        return discard(&push, req, reason, ticket, &settings, stall).await;
     }
-
-    // 6. forward: delivered once, the outcome on record before the device hears it. Run
-    // apart from this request, so a device that leaves mid-answer does not cut the record.
-    let delivery = deliver(
+    let delivered = deliver(
         shared.clone(),
         push.clone(),
         req,
@@ -175,10 +213,12 @@ async fn story(
         serial,
         txid,
         ticket,
-    );
-    tokio::spawn(delivery)
-        .await
-        .unwrap_or(Err(PushRefusal::CollectorFailed))
+    )
+    .await;
+    if delivered.is_err() {
+        push::lock(&device).session.give_back_sample(before, after);
+    }
+    delivered
 }
 
 /// An accepted upload the policy discarded (out of rhythm): read, acknowledged, not delivered.
@@ -233,7 +273,8 @@ async fn deliver(
         .ok_or(PushRefusal::CollectorFailed)?;
     let (mut parts, body) = req.into_parts();
     let stall = Duration::from_secs(settings.body_stall_secs);
-    let (metered, report) = Metered::new(body, settings.max_body_size, stall);
+    let (mut metered, report) = Metered::new(body, settings.max_body_size, stall);
+    let mut body_sent = metered.ended();
     forwarded_headers(&mut parts.headers, caller, &serial, txid.as_deref());
     let small = content_length_of(&parts.headers).is_some_and(|n| n <= BUFFERED_BODY);
     let body = match small {
@@ -264,8 +305,17 @@ async fn deliver(
         let body = read_answer(response.into_body(), settings.max_answer_size).await;
         Ok::<_, crate::error::Error>((status, content_type, body, conn))
     };
+    // The collector's time runs from the end of the body: a large upload over a slow link
+    // is bounded by the body's stall timeout, not by this.
     let timeout = Duration::from_secs(settings.collector_timeout_secs);
-    let result = tokio::time::timeout(timeout, exchange).await;
+    tokio::pin!(exchange);
+    let result = tokio::select! {
+        r = &mut exchange => Ok(r),
+        () = async {
+            let _ = (&mut body_sent).await;
+            tokio::time::sleep(timeout).await;
+        } => Err(()),
+    };
     push.stats
         .collector_seconds
         .observe(started.elapsed().as_secs_f64());
@@ -357,6 +407,9 @@ async fn checkin_answer(
         Some(pool) => {
             let (mut parts, _) = req.into_parts();
             forwarded_headers(&mut parts.headers, caller, serial, None);
+            // A check-in carries no body: none is announced to the update service either.
+            parts.headers.remove(header::CONTENT_LENGTH);
+            parts.headers.remove(header::TRANSFER_ENCODING);
             let upstream = Request::from_parts(parts, crate::handshake::full(Bytes::new()));
             let timeout = Duration::from_secs(settings.collector_timeout_secs);
             let sent = tokio::time::timeout(
@@ -393,8 +446,11 @@ fn forwarded_headers(h: &mut http::HeaderMap, caller: Caller, serial: &str, txid
     strip_hop_by_hop(h);
     // Ours replace whatever the device wrote: a collector must be able to believe them.
     for name in [
+        "forwarded",
         "x-forwarded-for",
+        "x-forwarded-host",
         "x-forwarded-proto",
+        "x-real-ip",
         "x-portcullis-serial",
         "x-portcullis-transaction",
     ] {
@@ -510,21 +566,6 @@ fn refuse(refusal: &PushRefusal) -> Response<Body> {
         }
     }
     r
-}
-
-fn refusal(r: &Refusal) -> PushRefusal {
-    match r {
-        Refusal::Banned(ban) => PushRefusal::Banned(retry_after(ban)),
-        Refusal::UnknownDevice => PushRefusal::UnknownDevice,
-        Refusal::ConnectRate | Refusal::TooManyConnections => PushRefusal::RateLimited(1),
-    }
-}
-
-/// Seconds until the ban ends (at least 1); `None` for a ban until lifted.
-fn retry_after(ban: &crate::policy::Ban) -> Option<u64> {
-    let until = ban.expires?;
-    let left = until.duration_since(SystemTime::now()).unwrap_or_default();
-    Some(left.as_secs().max(1))
 }
 
 fn content_length<B>(req: &Request<B>) -> Option<u64> {

@@ -72,20 +72,21 @@ impl<C: Clock + Clone> Policy<C> {
             return Err(Refusal::UnknownDevice);
         };
         let now = self.now();
+        let state = id.state_key();
         let over = self
             .clock
-            .pinned(now, || self.per_client.check_key(&id.client_id).is_err());
+            .pinned(now, || self.per_client.check_key(&state).is_err());
         if over {
             inc(&self.stats.refused_connect_rate);
             if !self.storm_on(now) {
-                let key = DeviceKey::new(Arc::clone(&id.client_id), &self.hasher);
+                let key = DeviceKey::new(Arc::clone(&state), &self.hasher);
                 let _ =
                     self.strike_client(id, &key, now, BanSource::Flapping, "reconnecting too fast");
             }
             return Err(Refusal::ConnectRate);
         }
         let class = &resolved.class;
-        let (interned, device) = self.stats.device_entry(&id.client_id);
+        let (interned, device) = self.stats.device_entry(&state);
         if device.connections.fetch_add(1, Relaxed) >= class.max_connections {
             device.connections.fetch_sub(1, Relaxed);
             inc(&self.stats.refused_too_many);

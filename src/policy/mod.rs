@@ -52,9 +52,11 @@ use governor::RateLimiter;
 pub use bans::{Ban, BanError, BanList, BanSource, MemoryBanList, Subject, Tally};
 pub use clock::{FakeWallClock, SystemWallClock, WallClock};
 pub use live::DeviceClassView;
-pub use session::Session;
+pub use session::{RhythmMark, Session};
 pub use stats::{DeviceSnapshot, Stats, StatsSnapshot};
-pub use types::{Admit, Decision, Identity, Naming, PublishFacts, Reason, Refusal, Verdict};
+pub use types::{
+    serial_key, Admit, Decision, Identity, Naming, PublishFacts, Reason, Refusal, Verdict,
+};
 
 use crate::config::policy::PolicyConfig;
 

@@ -46,7 +46,26 @@ impl Session {
     pub fn class(&self) -> &str {
         &self.class.name
     }
+
+    /// The rhythm clock now: taken before an upload is judged, so that an upload judged and
+    /// then not delivered (a collector failure) can give its sample back.
+    pub fn rhythm_mark(&self) -> RhythmMark {
+        RhythmMark(self.last_accepted)
+    }
+
+    /// Undo the sample taken since `before` (whose judgement left the clock at `after`),
+    /// unless a later sample moved the clock again meanwhile. Its retry is then judged
+    /// against the last upload that was delivered, not against itself.
+    pub fn give_back_sample(&mut self, before: RhythmMark, after: RhythmMark) {
+        if self.last_accepted == after.0 {
+            self.last_accepted = before.0;
+        }
+    }
 }
+
+/// The rhythm clock of a session at one moment (see [`Session::rhythm_mark`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RhythmMark(Option<u64>);
 
 impl Drop for Session {
     fn drop(&mut self) {

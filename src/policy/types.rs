@@ -18,6 +18,11 @@ pub struct Identity {
     pub named: Naming,
 }
 
+/// The policy's state key for a push device's serial (see [`Identity::state_key`]).
+pub fn serial_key(serial: &str) -> Arc<str> {
+    format!("\u{0}serial:{serial}").into()
+}
+
 /// What kind of name `Identity::client_id` is, so that bans and strikes name it as such.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Naming {
@@ -35,6 +40,17 @@ impl Identity {
             username: None,
             ip,
             named: Naming::Serial,
+        }
+    }
+
+    /// The name the policy keeps this device's state under (counters, rate limiters, connect
+    /// rate, strikes). A serial gets its own namespace, starting with a NUL that no MQTT
+    /// client ID can contain (MQTT strings exclude U+0000), so an HTTP device naming itself
+    /// after an MQTT client ID shares none of its state or connection slots.
+    pub fn state_key(&self) -> Arc<str> {
+        match self.named {
+            Naming::ClientId => Arc::clone(&self.client_id),
+            Naming::Serial => serial_key(&self.client_id),
         }
     }
 

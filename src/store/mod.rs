@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::policy::{Ban, BanList, MemoryBanList, Subject};
 pub use bootstrap::read_bootstrap;
 pub use record::{subject, subject_words, Record, KINDS};
-pub use uploads::{UploadStore, SWEEP_EVERY};
+pub use uploads::UploadStore;
 
 /// key: `as\0who`; value: the record as JSON.
 const BANS: TableDefinition<&str, &str> = TableDefinition::new("bans");

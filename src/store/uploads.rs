@@ -6,8 +6,6 @@
 //! together share one commit (one fsync), which is what keeps this off the critical path at
 //! load. Expired records are deleted by time through a second table keyed by expiry.
 
-use std::time::Duration;
-
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 
@@ -178,6 +176,3 @@ async fn write_loop(store: BanStore, mut rx: mpsc::Receiver<Op>) {
         }
     }
 }
-
-/// How often expired records are deleted.
-pub const SWEEP_EVERY: Duration = Duration::from_secs(60);

@@ -13,6 +13,8 @@ pub mod mosquitto_clients;
 pub mod mqtt_wss;
 pub mod nginx;
 pub mod policy_gw;
+// Real HTTP collectors and clients: hyper is in the tree only with the gateway.
+#[cfg(feature = "gateway")]
 pub mod push;
 pub mod raw_mqtt;
 pub mod raw_peers;

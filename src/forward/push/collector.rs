@@ -21,36 +21,58 @@ use crate::error::{Error, Kind, Result};
 use crate::forward::Pool;
 use crate::handshake::Body;
 
-/// Idle connections kept per collector address.
+/// Idle connections kept per route and collector address.
 const MAX_IDLE_PER_ADDR: usize = 64;
+/// Collectors tried (connect failures) before giving up.
+const MAX_TRIES: usize = 3;
 /// Requests sent again on a connection found dead, before giving up.
-const MAX_SENDS: usize = 3;
+const MAX_SENDS: usize = 4;
 
-/// A connection to one collector, ready for one request.
+/// A connection to one collector of one route, ready for one request.
 pub struct Conn {
     sender: SendRequest<Body>,
+    route: Arc<str>,
     addr: SocketAddr,
 }
 
+type IdleKey = (Arc<str>, SocketAddr);
+
 #[derive(Default)]
 pub struct Collectors {
-    idle: Mutex<HashMap<SocketAddr, Vec<SendRequest<Body>>>>,
+    idle: Mutex<HashMap<IdleKey, Vec<SendRequest<Body>>>>,
 }
 
 impl Collectors {
-    /// Send `req` to a collector of `pool` and wait for the head of its answer. `key` keeps
-    /// a device on one collector where the route balances consistently.
+    /// Send `req` to a collector of `pool` and wait for the head of its answer. The pool picks
+    /// the collector for every request (round robin, or consistently by `key`), healthy ones
+    /// only; an idle connection to that collector is reused, else one is made, and a collector
+    /// that refuses the connection is passed over.
     pub async fn send(
         &self,
         pool: &Pool,
         key: &[u8],
         mut req: Request<Body>,
     ) -> Result<(Response<Incoming>, Conn)> {
-        for _ in 0..MAX_SENDS {
-            let mut conn = match self.idle_conn().await {
-                Some(c) => c,
-                None => self.connect(pool, key).await?,
+        let route: Arc<str> = pool.name.as_str().into();
+        let mut tried = Vec::new();
+        let mut failures = Vec::new();
+        let mut sends = 0;
+        while tried.len() < MAX_TRIES && sends < MAX_SENDS {
+            let Some(addr) = pool.select(key, &tried) else {
+                break;
             };
+            let mut conn = match self.idle_conn(&route, addr).await {
+                Some(c) => c,
+                None => match self.connect(pool, route.clone(), addr).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        failures.push(e);
+                        tried.push(addr);
+                        continue;
+                    }
+                },
+            };
+            sends += 1;
             match conn.sender.try_send_request(req).await {
                 Ok(response) => return Ok((response, conn)),
                 Err(mut e) => match e.take_message() {
@@ -65,10 +87,11 @@ impl Collectors {
                 },
             }
         }
-        Err(Error::upstream(
-            Kind::NoUpstream,
-            format!("route {}: no live collector connection", pool.name),
-        ))
+        let detail = match failures.is_empty() {
+            true => format!("route {}: no healthy collector", pool.name),
+            false => format!("route {}: {}", pool.name, failures.join("; ")),
+        };
+        Err(Error::upstream(Kind::NoUpstream, detail))
     }
 
     /// Keep `conn` for the next request, once its answer was read whole.
@@ -79,23 +102,23 @@ impl Collectors {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let list = idle.entry(conn.addr).or_default();
+        let list = idle.entry((conn.route, conn.addr)).or_default();
         if list.len() < MAX_IDLE_PER_ADDR {
             list.push(conn.sender);
         }
     }
 
-    /// An idle connection that is still open, once it is ready for a request.
-    async fn idle_conn(&self) -> Option<Conn> {
+    /// An idle connection to `addr` for `route` that is still open, once it is ready.
+    async fn idle_conn(&self, route: &Arc<str>, addr: SocketAddr) -> Option<Conn> {
         loop {
-            let mut conn = {
+            let sender = {
                 let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-                let (addr, list) = idle.iter_mut().find(|(_, l)| !l.is_empty())?;
-                let sender = list.pop()?;
-                Conn {
-                    sender,
-                    addr: *addr,
-                }
+                idle.get_mut(&(route.clone(), addr))?.pop()?
+            };
+            let mut conn = Conn {
+                sender,
+                route: route.clone(),
+                addr,
             };
             // At once for an idle connection; an error for one the collector closed.
             if conn.sender.ready().await.is_ok() {
@@ -109,17 +132,26 @@ impl Collectors {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
-    async fn connect(&self, pool: &Pool, key: &[u8]) -> Result<Conn> {
-        let (tcp, addr) = pool.connect(key).await?;
+    async fn connect(
+        &self,
+        pool: &Pool,
+        route: Arc<str>,
+        addr: SocketAddr,
+    ) -> std::result::Result<Conn, String> {
+        let tcp = pool.connect_to(addr).await?;
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
             .await
-            .map_err(|e| Error::upstream(Kind::UpstreamIo, format!("collector {addr}: {e}")))?;
+            .map_err(|e| format!("{addr}: {e}"))?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(%addr, "collector connection ended: {e}");
             }
         });
-        Ok(Conn { sender, addr })
+        Ok(Conn {
+            sender,
+            route,
+            addr,
+        })
     }
 }
 
@@ -166,6 +198,7 @@ pub struct Metered {
     /// not the reader asks for the end after them (hyper's client does not).
     expected: Option<u64>,
     ended: bool,
+    on_end: Option<tokio::sync::oneshot::Sender<()>>,
     report: Arc<Mutex<Option<BodyReport>>>,
 }
 
@@ -180,6 +213,7 @@ impl Metered {
         let body = Metered {
             expected,
             ended: false,
+            on_end: None,
             inner,
             hash: Some(ring::digest::Context::new(&ring::digest::SHA256)),
             bytes: 0,
@@ -191,8 +225,18 @@ impl Metered {
         (body, report)
     }
 
+    /// Resolves once the body has ended (whole or not), or the body was dropped.
+    pub fn ended(&mut self) -> tokio::sync::oneshot::Receiver<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.on_end = Some(tx);
+        rx
+    }
+
     fn end(&mut self, fault: Option<BodyFault>) {
         self.ended = true;
+        if let Some(tx) = self.on_end.take() {
+            let _ = tx.send(());
+        }
         let fingerprint = match fault {
             None => self.hash.take().map(|h| hex(h.finish().as_ref())),
             Some(_) => None,

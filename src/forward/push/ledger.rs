@@ -4,8 +4,9 @@
 //! A transaction is first marked in flight (here, and in Redis when clustered: `SET NX` with a
 //! lease, so two gateways receiving the same retry at once deliver once), then either completed
 //! (the outcome is written durably, then answered) or released (a collector failure: nothing
-//! recorded, the upload stays retryable). A gateway that dies mid-flight leaves a mark that
-//! expires with its lease. Redis unreachable: each gateway arbitrates alone (counted, logged).
+//! recorded, the upload stays retryable). A local mark lives exactly as long as its ticket;
+//! the Redis mark is renewed while its delivery runs, so a gateway that dies mid-flight leaves
+//! one that expires with its lease, and a slow delivery never does. Redis unreachable: each gateway arbitrates alone (counted, logged).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -52,6 +53,8 @@ pub struct Ticket {
     key: String,
     token: u64,
     finished: bool,
+    /// Stops renewing the Redis lease when the ticket goes.
+    _renewal: Option<tokio_util::sync::DropGuard>,
 }
 
 struct Flight {
@@ -64,6 +67,15 @@ struct Flight {
 struct Memory {
     records: HashMap<String, (u64, Outcome)>,
     order: VecDeque<(u64, String)>,
+    /// What the records hold, roughly (keys and bodies).
+    bytes: usize,
+}
+
+/// At most this much of outcomes in memory (no `[store]`), whatever their number.
+const MEMORY_BYTES: usize = 64 << 20;
+
+fn weight(key: &str, o: &Outcome) -> usize {
+    key.len() * 2 + o.body.len() + o.fingerprint.len() + 128
 }
 
 pub struct Ledger {
@@ -107,7 +119,8 @@ impl Ledger {
         {
             let mut flights = lock(&self.flights);
             let now = Instant::now();
-            if let Some(f) = flights.get(&key).filter(|f| f.until > now) {
+            // A local mark is a live ticket (dropping one removes it), however long it takes.
+            if let Some(f) = flights.get(&key) {
                 return Claim::Busy(secs_until(f.until, now));
             }
             if let Some(outcome) = self.local_outcome(&key) {
@@ -117,17 +130,21 @@ impl Ledger {
             let until = now + self.lease;
             flights.insert(key.clone(), Flight { token, until });
         }
-        let ticket = Ticket {
+        let mut ticket = Ticket {
             ledger: self.clone(),
             key,
             token,
             finished: false,
+            _renewal: None,
         };
         let Some(redis) = &self.redis else {
             return Claim::Go(ticket);
         };
         match redis.claim(&ticket.key, token, self.lease).await {
-            Ok(RedisClaim::Claimed) => Claim::Go(ticket),
+            Ok(RedisClaim::Claimed) => {
+                ticket._renewal = Some(redis.keep_renewed(&ticket.key, token, self.lease));
+                Claim::Go(ticket)
+            }
             Ok(RedisClaim::Done(outcome)) => {
                 ticket.forget();
                 Claim::Done(*outcome)
@@ -168,17 +185,13 @@ impl Ledger {
         outcome.at.saturating_add(self.retention.as_millis() as u64)
     }
 
-    /// Forget expired outcomes and marks whose lease ran out; call every minute or so.
+    /// Forget expired outcomes; call every few seconds. (Marks go with their tickets.)
     pub fn sweep(&self) {
-        let now = Instant::now();
-        lock(&self.flights).retain(|_, f| f.until > now);
         let now_ms = unix_ms(SystemTime::now());
         let mut memory = lock(&self.memory);
         while memory.order.front().is_some_and(|(t, _)| *t <= now_ms) {
             if let Some((t, key)) = memory.order.pop_front() {
-                if memory.records.get(&key).is_some_and(|(e, _)| *e == t) {
-                    memory.records.remove(&key);
-                }
+                memory.forget(&key, t);
             }
         }
         memory.records.shrink_to_fit();
@@ -271,16 +284,19 @@ impl Drop for Ticket {
 impl Ledger {
     fn remember(&self, key: &str, expires: u64, outcome: &Outcome) {
         let mut memory = lock(&self.memory);
-        memory
+        memory.bytes += weight(key, outcome);
+        let replaced = memory
             .records
             .insert(key.to_string(), (expires, outcome.clone()));
+        if let Some((_, old)) = replaced {
+            memory.bytes = memory.bytes.saturating_sub(weight(key, &old));
+        }
         memory.order.push_back((expires, key.to_string()));
-        while memory.records.len() > self.max_in_memory {
+        while memory.records.len() > self.max_in_memory || memory.bytes > MEMORY_BYTES {
             let Some((t, old)) = memory.order.pop_front() else {
                 break;
             };
-            if memory.records.get(&old).is_some_and(|(e, _)| *e == t) {
-                memory.records.remove(&old);
+            if memory.forget(&old, t) {
                 self.evicted.fetch_add(1, Relaxed);
             }
         }
@@ -301,6 +317,19 @@ mod base64_bytes {
             .decode(text.as_bytes())
             .map(bytes::Bytes::from)
             .map_err(serde::de::Error::custom)
+    }
+}
+
+impl Memory {
+    /// Drop the record of `key` if it is still the one that expires at `t`.
+    fn forget(&mut self, key: &str, t: u64) -> bool {
+        if self.records.get(key).is_none_or(|(e, _)| *e != t) {
+            return false;
+        }
+        if let Some((_, o)) = self.records.remove(key) {
+            self.bytes = self.bytes.saturating_sub(weight(key, &o));
+        }
+        true
     }
 }
 

@@ -17,8 +17,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::config::PushSettings;
+use crate::error::PushRefusal;
 use crate::gateway::clients::Registration;
-use crate::policy::{Policy, Refusal, Session};
+use crate::policy::{Admit, Policy, Session};
 
 pub use collector::{drain, hex, BodyFault, BodyReport, Collectors, Metered};
 pub use ledger::{Claim, Ledger, Outcome, Ticket};
@@ -26,7 +27,7 @@ pub use redirect::Redirects;
 pub use redis_ledger::RedisLedger;
 
 /// Uploads by how they ended, for `/metrics`.
-pub const OUTCOMES: [&str; 15] = [
+pub const OUTCOMES: [&str; 16] = [
     "delivered",
     "replayed",
     "discarded",
@@ -42,6 +43,7 @@ pub const OUTCOMES: [&str; 15] = [
     "bad_transaction",
     "no_serial",
     "method",
+    "too_many_devices",
 ];
 
 pub struct PushStats {
@@ -92,6 +94,9 @@ pub struct Push {
     pub collectors: Collectors,
     devices: Mutex<HashMap<Arc<str>, Arc<Mutex<PushDevice>>>>,
     pub stats: PushStats,
+    /// Deliveries under way, run apart from their requests: waited for at shutdown before
+    /// the records close, so none is delivered and then left unrecorded.
+    pub tasks: tokio_util::task::TaskTracker,
 }
 
 impl Push {
@@ -103,6 +108,7 @@ impl Push {
             collectors: Collectors::default(),
             devices: Mutex::default(),
             stats: PushStats::default(),
+            tasks: tokio_util::task::TaskTracker::new(),
         })
     }
 
@@ -146,14 +152,26 @@ impl Push {
         serial: &Arc<str>,
         ip: IpAddr,
         list: impl FnOnce() -> Registration,
-    ) -> Result<Arc<Mutex<PushDevice>>, Refusal> {
+    ) -> Result<Arc<Mutex<PushDevice>>, PushRefusal> {
         let mut devices = lock(&self.devices);
         if let Some(d) = devices.get(serial) {
             lock(d).last_seen = Instant::now();
             return Ok(d.clone());
         }
+        if devices.len() >= self.settings().max_devices {
+            return Err(PushRefusal::TooManyDevices);
+        }
+        // A new device counts against its address's connect rate, as a new connection would:
+        // one keep-alive connection must not mint serials without limit.
+        match policy.admit_ip(ip) {
+            Admit::Ok => {}
+            Admit::Banned(ban) => return Err(PushRefusal::banned(&ban)),
+            Admit::RateLimited => return Err(PushRefusal::RateLimited(1)),
+        }
         let identity = crate::policy::Identity::serial(serial.clone(), ip);
-        let session = policy.on_connect(&identity)?;
+        let session = policy
+            .on_connect(&identity)
+            .map_err(|r| PushRefusal::from_policy(&r))?;
         let device = Arc::new(Mutex::new(PushDevice {
             session,
             last_seen: Instant::now(),

@@ -20,6 +20,12 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return {'claimed', 0}
 ";
 
+/// Extends the mark's lease only if it is still ours.
+const RENEW: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+";
+
 /// Deletes the mark only if it is still ours.
 const RELEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -83,9 +89,15 @@ impl RedisLedger {
             return Ok(RedisClaim::Claimed);
         }
         if let Some(json) = value.strip_prefix("done:") {
-            let outcome = serde_json::from_str(json)
-                .map_err(|e| format!("a recorded outcome does not parse: {e}"))?;
-            return Ok(RedisClaim::Done(Box::new(outcome)));
+            return Ok(match serde_json::from_str(json) {
+                Ok(outcome) => RedisClaim::Done(Box::new(outcome)),
+                // Written by another version, say: delivered, but not replayable from here.
+                // Never a second delivery: the sender is told to come back later.
+                Err(e) => {
+                    tracing::warn!(key, "push: an outcome in Redis does not parse: {e}");
+                    RedisClaim::Busy(60)
+                }
+            });
         }
         let secs = u64::try_from(pttl).unwrap_or(0).div_ceil(1000).max(1);
         Ok(RedisClaim::Busy(secs))
@@ -105,6 +117,38 @@ impl RedisLedger {
             .arg(retention.as_millis() as u64);
         let _: () = self.run(set).await?;
         Ok(())
+    }
+
+    /// Renew the mark every third of its lease until the returned guard drops (the ticket
+    /// completes or is released).
+    pub fn keep_renewed(
+        &self,
+        key: &str,
+        token: u64,
+        lease: Duration,
+    ) -> tokio_util::sync::DropGuard {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let (me, key, done) = (self.clone(), key.to_string(), stop.clone());
+        tokio::spawn(async move {
+            let every = lease / 3;
+            loop {
+                tokio::select! {
+                    () = done.cancelled() => return,
+                    () = tokio::time::sleep(every) => {}
+                }
+                let mut renew = redis::cmd("EVAL");
+                renew
+                    .arg(RENEW)
+                    .arg(1)
+                    .arg(me.key(&key))
+                    .arg(me.mark(token))
+                    .arg(lease.as_millis() as u64);
+                if let Err(e) = me.run::<i64>(renew).await {
+                    tracing::debug!(key, "push: renewing a lease in Redis: {e}");
+                }
+            }
+        });
+        stop.drop_guard()
     }
 
     pub async fn release(&self, key: &str, token: u64) -> Result<(), String> {

@@ -116,3 +116,44 @@ fn a_serial_ban_does_not_touch_an_mqtt_device_of_the_same_name() {
     assert!(h.policy.on_connect(&serial("X-1")).is_err());
     assert!(h.policy.on_connect(&ident("X-1")).is_ok());
 }
+
+#[test]
+fn a_serial_named_like_a_client_id_shares_none_of_its_state() {
+    let mut cfg = rhythm_config();
+    if let Some(c) = cfg.classes.get_mut("default") {
+        c.max_connections = 1;
+    }
+    let h = Harness::new(cfg);
+    let mut push = h.connect_as(&serial("meter-1"));
+    // The MQTT device of that name still gets its one connection slot...
+    let mut mqtt = h.connect("meter-1");
+    // ...and its own rhythm clock and counters.
+    h.policy.on_upload(&mut push);
+    assert_eq!(h.verdict(&mut mqtt), Verdict::Forward, "arms its own clock");
+    let dev = h
+        .policy
+        .stats()
+        .device("meter-1")
+        .expect("the MQTT device's counters");
+    assert_eq!(dev.forwarded, 1);
+    let key = crate::policy::serial_key("meter-1");
+    assert_eq!(h.policy.stats().device(&key).map(|d| d.forwarded), Some(1));
+}
+
+#[test]
+fn a_retry_after_a_failed_delivery_is_judged_against_the_last_delivered_upload() {
+    let h = Harness::rhythm();
+    let mut s = h.connect_as(&serial("SN-5"));
+    h.policy.on_upload(&mut s); // delivered, arms
+    h.advance(60.0);
+    let before = s.rhythm_mark();
+    assert_eq!(h.policy.on_upload(&mut s).verdict, Verdict::Forward);
+    let after = s.rhythm_mark();
+    s.give_back_sample(before, after); // that one was not delivered
+    h.advance(2.0);
+    assert_eq!(
+        h.policy.on_upload(&mut s).verdict,
+        Verdict::Forward,
+        "62 s after the last delivered"
+    );
+}
