@@ -527,3 +527,25 @@ tolerance_secs = 5.0
     let early = upload(&gw, "R-1", "t1", b"x").await;
     assert_eq!(early.status, 202, "{early:?}");
 }
+
+#[tokio::test]
+async fn a_collector_that_stops_reading_is_given_up_and_the_transaction_freed() {
+    // Accepts, never reads, never answers.
+    let stuck = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = stuck.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = stuck.accept().await {
+            held.push(s);
+        }
+    });
+    let keys = "collector_timeout_secs = 1\nlease_secs = 1";
+    let gw = TestGateway::start(&push::config(&[addr], keys, "")).await;
+    // Streamed (over 64 KiB), larger than loopback's socket buffers take at once.
+    let big = vec![b'b'; 6 << 20];
+    let first = upload(&gw, "SN-X", "tx-stuck", &big).await;
+    assert_eq!(first.status, 502, "{first:?}");
+    // Not "in flight" for ever: the retry is tried again (and fails the same way).
+    let again = upload(&gw, "SN-X", "tx-stuck", &big).await;
+    assert_eq!(again.status, 502, "{again:?}");
+}

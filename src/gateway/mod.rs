@@ -327,7 +327,7 @@ impl Gateway {
         if let Some(push) = &self.shared.push {
             // Deliveries under way finish (bounded by the collector timeout) and are recorded.
             push.tasks.close();
-            let bound = Duration::from_secs(push.settings().collector_timeout_secs + 5);
+            let bound = crate::pipeline::upload::max_delivery(&push.settings());
             if tokio::time::timeout(bound, push.tasks.wait())
                 .await
                 .is_err()

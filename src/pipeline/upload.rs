@@ -34,6 +34,11 @@ const DISCARDED: HeaderName = HeaderName::from_static("x-portcullis-discarded");
 /// What the collector learns of the device.
 const SERIAL: HeaderName = HeaderName::from_static("x-portcullis-serial");
 const TRANSACTION: HeaderName = HeaderName::from_static("x-portcullis-transaction");
+/// The longest a delivery may take, however slowly its body keeps coming.
+pub fn max_delivery(settings: &crate::config::PushSettings) -> Duration {
+    Duration::from_secs(settings.collector_timeout_secs.saturating_mul(10))
+}
+
 /// Bodies up to this size (by `Content-Length`) are read whole before the collector is
 /// contacted; larger and chunked ones are streamed.
 const BUFFERED_BODY: u64 = 64 * 1024;
@@ -202,23 +207,25 @@ async fn judge_and_deliver(
     if let Some(ban) = &decision.ban {
         tracing::info!(serial = %serial, reason = %ban.reason, "push device banned");
     }
-    if let Verdict::Discard(reason) = decision.verdict {
-        return discard(&push, req, reason, ticket, &settings, stall).await;
-    }
-    let delivered = deliver(
-        shared.clone(),
-        push.clone(),
-        req,
-        caller,
-        serial,
-        txid,
-        ticket,
-    )
-    .await;
-    if delivered.is_err() {
+    let outcome = match decision.verdict {
+        Verdict::Discard(reason) => discard(&push, req, reason, ticket, &settings, stall).await,
+        Verdict::Forward => {
+            deliver(
+                shared.clone(),
+                push.clone(),
+                req,
+                caller,
+                serial,
+                txid,
+                ticket,
+            )
+            .await
+        }
+    };
+    if outcome.is_err() {
         push::lock(&device).session.give_back_sample(before, after);
     }
-    delivered
+    outcome
 }
 
 /// An accepted upload the policy discarded (out of rhythm): read, acknowledged, not delivered.
@@ -273,8 +280,8 @@ async fn deliver(
         .ok_or(PushRefusal::CollectorFailed)?;
     let (mut parts, body) = req.into_parts();
     let stall = Duration::from_secs(settings.body_stall_secs);
-    let (mut metered, report) = Metered::new(body, settings.max_body_size, stall);
-    let mut body_sent = metered.ended();
+    let (metered, report) = Metered::new(body, settings.max_body_size, stall);
+    let progress = metered.progress();
     forwarded_headers(&mut parts.headers, caller, &serial, txid.as_deref());
     let small = content_length_of(&parts.headers).is_some_and(|n| n <= BUFFERED_BODY);
     let body = match small {
@@ -305,16 +312,15 @@ async fn deliver(
         let body = read_answer(response.into_body(), settings.max_answer_size).await;
         Ok::<_, crate::error::Error>((status, content_type, body, conn))
     };
-    // The collector's time runs from the end of the body: a large upload over a slow link
-    // is bounded by the body's stall timeout, not by this.
+    // The collector's time runs from the body's last progress: a large upload over a slow
+    // link is not cut for being slow, a collector that stops reading or answering is. The
+    // whole delivery is capped too, so a transaction's mark cannot be held for ever.
     let timeout = Duration::from_secs(settings.collector_timeout_secs);
     tokio::pin!(exchange);
     let result = tokio::select! {
         r = &mut exchange => Ok(r),
-        () = async {
-            let _ = (&mut body_sent).await;
-            tokio::time::sleep(timeout).await;
-        } => Err(()),
+        () = progress.stalled_for(timeout) => Err(()),
+        () = tokio::time::sleep(max_delivery(&settings)) => Err(()),
     };
     push.stats
         .collector_seconds
@@ -450,7 +456,10 @@ fn forwarded_headers(h: &mut http::HeaderMap, caller: Caller, serial: &str, txid
         "x-forwarded-for",
         "x-forwarded-host",
         "x-forwarded-proto",
+        "x-forwarded-port",
         "x-real-ip",
+        "true-client-ip",
+        "cf-connecting-ip",
         "x-portcullis-serial",
         "x-portcullis-transaction",
     ] {

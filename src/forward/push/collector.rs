@@ -120,8 +120,10 @@ impl Collectors {
                 route: route.clone(),
                 addr,
             };
-            // At once for an idle connection; an error for one the collector closed.
-            if conn.sender.ready().await.is_ok() {
+            // At once for an idle connection; an error for one the collector closed. One not
+            // ready within a second is given up (dropped).
+            let ready = tokio::time::timeout(Duration::from_secs(1), conn.sender.ready()).await;
+            if matches!(ready, Ok(Ok(()))) {
                 return Some(conn);
             }
         }
@@ -198,7 +200,9 @@ pub struct Metered {
     /// not the reader asks for the end after them (hyper's client does not).
     expected: Option<u64>,
     ended: bool,
-    on_end: Option<tokio::sync::oneshot::Sender<()>>,
+    /// When the body last moved: ms since `born` (a watchdog on the collector reads it).
+    born: std::time::Instant,
+    moved_ms: Arc<std::sync::atomic::AtomicU64>,
     report: Arc<Mutex<Option<BodyReport>>>,
 }
 
@@ -213,7 +217,8 @@ impl Metered {
         let body = Metered {
             expected,
             ended: false,
-            on_end: None,
+            born: std::time::Instant::now(),
+            moved_ms: Arc::default(),
             inner,
             hash: Some(ring::digest::Context::new(&ring::digest::SHA256)),
             bytes: 0,
@@ -225,18 +230,23 @@ impl Metered {
         (body, report)
     }
 
-    /// Resolves once the body has ended (whole or not), or the body was dropped.
-    pub fn ended(&mut self) -> tokio::sync::oneshot::Receiver<()> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.on_end = Some(tx);
-        rx
+    /// When the body last moved (its start, a frame read, its end).
+    pub fn progress(&self) -> Progress {
+        Progress {
+            born: self.born,
+            moved_ms: self.moved_ms.clone(),
+        }
+    }
+
+    fn moved(&self) {
+        let ms = self.born.elapsed().as_millis() as u64;
+        self.moved_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn end(&mut self, fault: Option<BodyFault>) {
         self.ended = true;
-        if let Some(tx) = self.on_end.take() {
-            let _ = tx.send(());
-        }
+        self.moved();
         let fingerprint = match fault {
             None => self.hash.take().map(|h| hex(h.finish().as_ref())),
             Some(_) => None,
@@ -278,6 +288,7 @@ impl HttpBody for Metered {
                 }
                 let deadline = tokio::time::Instant::now() + this.stall;
                 this.timer.as_mut().reset(deadline);
+                this.moved();
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(_))) => {
@@ -307,6 +318,27 @@ impl HttpBody for Metered {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// When a body last moved, readable while it is on its way.
+pub struct Progress {
+    born: std::time::Instant,
+    moved_ms: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Progress {
+    /// Resolves once neither the body nor anything else has moved for `quiet`: a collector
+    /// that stops reading the body, or stops answering after it, is given up on.
+    pub async fn stalled_for(&self, quiet: Duration) {
+        loop {
+            let moved = self.moved_ms.load(std::sync::atomic::Ordering::Relaxed);
+            let due = self.born + Duration::from_millis(moved) + quiet;
+            if std::time::Instant::now() >= due {
+                return;
+            }
+            tokio::time::sleep_until(due.into()).await;
+        }
     }
 }
 

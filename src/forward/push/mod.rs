@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 use crate::config::PushSettings;
 use crate::error::PushRefusal;
 use crate::gateway::clients::Registration;
-use crate::policy::{Admit, Policy, Session};
+use crate::policy::{Policy, Session};
 
-pub use collector::{drain, hex, BodyFault, BodyReport, Collectors, Metered};
+pub use collector::{drain, hex, BodyFault, BodyReport, Collectors, Metered, Progress};
 pub use ledger::{Claim, Ledger, Outcome, Ticket};
 pub use redirect::Redirects;
 pub use redis_ledger::RedisLedger;
@@ -160,13 +160,6 @@ impl Push {
         }
         if devices.len() >= self.settings().max_devices {
             return Err(PushRefusal::TooManyDevices);
-        }
-        // A new device counts against its address's connect rate, as a new connection would:
-        // one keep-alive connection must not mint serials without limit.
-        match policy.admit_ip(ip) {
-            Admit::Ok => {}
-            Admit::Banned(ban) => return Err(PushRefusal::banned(&ban)),
-            Admit::RateLimited => return Err(PushRefusal::RateLimited(1)),
         }
         let identity = crate::policy::Identity::serial(serial.clone(), ip);
         let session = policy

@@ -91,11 +91,18 @@ impl RedisLedger {
         if let Some(json) = value.strip_prefix("done:") {
             return Ok(match serde_json::from_str(json) {
                 Ok(outcome) => RedisClaim::Done(Box::new(outcome)),
-                // Written by another version, say: delivered, but not replayable from here.
-                // Never a second delivery: the sender is told to come back later.
+                // Written by another version, say: delivered, but its answer cannot be read
+                // here. Never a second delivery: the sender hears that it was delivered.
                 Err(e) => {
                     tracing::warn!(key, "push: an outcome in Redis does not parse: {e}");
-                    RedisClaim::Busy(60)
+                    RedisClaim::Done(Box::new(Outcome {
+                        status: 200,
+                        content_type: Some("text/plain; charset=utf-8".into()),
+                        discarded: None,
+                        body: bytes::Bytes::from_static(b"delivered earlier\n"),
+                        fingerprint: String::new(),
+                        at: 0,
+                    }))
                 }
             });
         }
@@ -131,10 +138,11 @@ impl RedisLedger {
         let (me, key, done) = (self.clone(), key.to_string(), stop.clone());
         tokio::spawn(async move {
             let every = lease / 3;
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             loop {
                 tokio::select! {
                     () = done.cancelled() => return,
-                    () = tokio::time::sleep(every) => {}
+                    _ = tick.tick() => {}
                 }
                 let mut renew = redis::cmd("EVAL");
                 renew
@@ -143,8 +151,17 @@ impl RedisLedger {
                     .arg(me.key(&key))
                     .arg(me.mark(token))
                     .arg(lease.as_millis() as u64);
-                if let Err(e) = me.run::<i64>(renew).await {
-                    tracing::debug!(key, "push: renewing a lease in Redis: {e}");
+                // Bounded by the tick: a renewal must not outlast the lease it renews.
+                match tokio::time::timeout(every, me.run::<i64>(renew)).await {
+                    Ok(Ok(1)) => {}
+                    Ok(Ok(_)) => {
+                        tracing::warn!(key, "push: the Redis mark of a delivery under way was lost (a Redis failover?); another gateway may deliver it too");
+                        return;
+                    }
+                    Ok(Err(e)) => tracing::debug!(key, "push: renewing a lease in Redis: {e}"),
+                    Err(_) => {
+                        tracing::debug!(key, "push: renewing a lease in Redis: no answer in time")
+                    }
                 }
             }
         });
