@@ -42,6 +42,8 @@ pub(crate) enum Kind {
     Refused,
     /// A connected device was banned and is being kicked.
     Kicked,
+    /// A new connection with the same client ID took this one's place.
+    TakenOver,
     /// More unacknowledged packets than any client window allows.
     Overflow,
     /// The device closed cleanly (WebSocket Close, DISCONNECT, FIN).
@@ -116,7 +118,7 @@ impl Error {
     pub fn close_code(&self) -> CloseCode {
         match self.kind {
             Kind::Protocol | Kind::Malformed | Kind::BadAlias => CloseCode::Protocol,
-            Kind::Refused | Kind::Kicked | Kind::Overflow => CloseCode::Policy,
+            Kind::Refused | Kind::Kicked | Kind::Overflow | Kind::TakenOver => CloseCode::Policy,
             Kind::DeviceClosed | Kind::UpstreamClosed => CloseCode::Normal,
             Kind::Gone => CloseCode::Abnormal,
             Kind::Shutdown => CloseCode::Away,
@@ -135,6 +137,7 @@ impl Error {
                 http::StatusCode::BAD_REQUEST
             }
             Kind::Refused | Kind::Kicked => http::StatusCode::FORBIDDEN,
+            Kind::TakenOver => http::StatusCode::CONFLICT,
             Kind::Overflow => http::StatusCode::TOO_MANY_REQUESTS,
             Kind::UpstreamClosed => http::StatusCode::BAD_GATEWAY,
             Kind::Shutdown => http::StatusCode::SERVICE_UNAVAILABLE,
@@ -170,6 +173,7 @@ impl Error {
             Kind::TooBig => reason::PACKET_TOO_LARGE,
             Kind::Timeout => reason::KEEP_ALIVE_TIMEOUT,
             Kind::Kicked => reason::ADMINISTRATIVE_ACTION,
+            Kind::TakenOver => reason::SESSION_TAKEN_OVER,
             Kind::Overflow => reason::RECEIVE_MAXIMUM_EXCEEDED,
             Kind::Shutdown => reason::SERVER_SHUTTING_DOWN,
             Kind::NoUpstream | Kind::UpstreamIo | Kind::UpstreamClosed => {

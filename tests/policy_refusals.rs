@@ -524,7 +524,9 @@ async fn websocket_text_frame_after_connect_is_closed_1002() {
 /// the twin flaps until the ID is banned. The ban covers the live session: it must be kicked.
 #[tokio::test]
 async fn flapping_ban_kicks_the_live_session_of_that_client_id() {
-    let policy = "[policy.connects]\nper_client_per_minute = 3\n[policy.strikes]\nthreshold = 2\n";
+    // Duplicates refused (not taken over), so that the twin flaps against the live one.
+    let policy = "[policy.classes.default]\non_duplicate = \"refuse\"\n\
+                  [policy.connects]\nper_client_per_minute = 3\n[policy.strikes]\nthreshold = 2\n";
     let (_broker, gw) = start(policy).await;
     let mut live = RawClient::tcp(gw.addrs[1], Version::V5).await;
     assert_eq!(

@@ -116,6 +116,25 @@ pub struct DeviceClass {
     /// Concurrent connections per client ID.
     #[serde(default = "defaults::max_connections")]
     pub max_connections: u32,
+    /// A CONNECT for a client ID whose `max_connections` are in use: `takeover` (the MQTT
+    /// spec's behaviour: the oldest connection is closed, DISCONNECT 0x8E on MQTT 5) or
+    /// `refuse` (CONNACK 0x97 / 0x03).
+    #[serde(default)]
+    pub on_duplicate: OnDuplicate,
+}
+
+/// What a CONNECT for a client ID already at its `max_connections` does.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum OnDuplicate {
+    /// The new connection takes over: a device whose old connection died silently behind a
+    /// NAT is back at once, not after the broker's keep-alive.
+    #[default]
+    Takeover,
+    /// The new connection is refused while the old one lives.
+    Refuse,
 }
 
 impl Default for DeviceClass {
@@ -129,6 +148,7 @@ impl Default for DeviceClass {
             bytes_per_sec: defaults::bytes_per_sec(),
             byte_burst: defaults::byte_burst(),
             max_connections: defaults::max_connections(),
+            on_duplicate: OnDuplicate::default(),
         }
     }
 }

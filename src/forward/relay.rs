@@ -387,3 +387,22 @@ impl From<&crate::config::WebSocketSettings> for RelaySettings {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::truncate_reason;
+
+    #[test]
+    fn close_reasons_fit_a_close_frame_in_bytes_at_a_character_boundary() {
+        // 60 euro signs are 180 bytes: cut to at most 120 (a frame's 125 minus the code and
+        // margin), never inside a character.
+        let euros = "€".repeat(60);
+        let cut = truncate_reason(&euros);
+        assert!(cut.len() <= 120, "{}", cut.len());
+        assert_eq!(cut, "€".repeat(40));
+        assert_eq!(truncate_reason("short"), "short");
+        let mixed = format!("a{}", "é".repeat(100));
+        let cut = truncate_reason(&mixed);
+        assert!(cut.len() <= 120 && mixed.starts_with(&cut));
+    }
+}

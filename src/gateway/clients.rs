@@ -66,11 +66,20 @@ pub struct Client {
     mqtt: OnceLock<MqttIdentity>,
     kick: CancellationToken,
     kick_reason: OnceLock<String>,
+    /// Set when the kick is a session takeover (MQTT 5 DISCONNECT 0x8E, not 0x98).
+    taken_over: std::sync::atomic::AtomicBool,
+    /// Cancelled when the connection is gone (its registration dropped).
+    gone: CancellationToken,
 }
 
 impl Client {
     pub fn mqtt(&self) -> Option<&MqttIdentity> {
         self.mqtt.get()
+    }
+
+    /// Whether its kick was a session takeover.
+    pub fn taken_over(&self) -> bool {
+        self.taken_over.load(Relaxed)
     }
 
     /// Resolves when this connection is to be closed (a ban covering it, an admin's kick), with
@@ -183,6 +192,8 @@ impl Clients {
             mqtt: OnceLock::new(),
             kick: CancellationToken::new(),
             kick_reason: OnceLock::new(),
+            taken_over: Default::default(),
+            gone: CancellationToken::new(),
         });
         let mut index = self.write();
         index.all.insert(a.id, client.clone());
@@ -226,6 +237,39 @@ impl Clients {
             }
         }
         kicked
+    }
+
+    /// A new connection of `client_id` takes over: the `n` oldest connections of it other than
+    /// `except` are closed as taken over. Resolves once they are gone (their policy slots
+    /// free), or after `wait`, with how many were closed.
+    pub async fn take_over(
+        &self,
+        client_id: &str,
+        except: u64,
+        n: u32,
+        wait: std::time::Duration,
+    ) -> usize {
+        let victims: Vec<Arc<Client>> = {
+            let index = self.read();
+            index
+                .by_client_id
+                .get(client_id)
+                .into_iter()
+                .flatten()
+                .filter(|id| **id != except)
+                .filter_map(|id| index.all.get(id).cloned())
+                .take(n as usize)
+                .collect()
+        };
+        for v in &victims {
+            v.taken_over.store(true, Relaxed);
+            if v.kick("session taken over by a new connection") {
+                self.kicks.fetch_add(1, Relaxed);
+            }
+        }
+        let all_gone = futures_util::future::join_all(victims.iter().map(|v| v.gone.cancelled()));
+        let _ = tokio::time::timeout(wait, all_gone).await;
+        victims.len()
     }
 
     /// Kick every connection of this client ID; returns how many.
@@ -272,6 +316,13 @@ impl Registration {
         &self.client
     }
 
+    /// This connection takes over from `n` others of `client_id` (see [`Clients::take_over`]).
+    pub async fn take_over(&self, client_id: &str, n: u32, wait: std::time::Duration) -> usize {
+        self.clients
+            .take_over(client_id, self.client.id, n, wait)
+            .await
+    }
+
     /// The CONNECT was admitted: index the connection by client ID and username too. The caller
     /// checks for a ban once more after this, so that a ban issued meanwhile is not missed.
     pub fn identify(&self, mqtt: MqttIdentity) {
@@ -302,6 +353,9 @@ impl Drop for Registration {
                 forget(&mut index.by_username, u, c.id);
             }
         }
+        drop(index);
+        // After the relay (and its policy session) ended: a takeover waiting on it may go on.
+        c.gone.cancel();
     }
 }
 

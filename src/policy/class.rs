@@ -20,6 +20,8 @@ pub(crate) struct ClassRules {
     pub(crate) rhythm: Option<Rhythm>,
     pub(crate) topics: TopicFilters,
     pub(crate) max_connections: u32,
+    /// A CONNECT over `max_connections` takes over (else it is refused).
+    pub(crate) takeover: bool,
 }
 
 /// In rhythm iff `lo ≤ Δ ≤ hi` (nanoseconds, both inclusive: T − E and T + E).
@@ -156,6 +158,7 @@ fn compile_class(
         rhythm,
         topics: TopicFilters::new(topics),
         max_connections: c.max_connections,
+        takeover: c.on_duplicate == crate::config::policy::OnDuplicate::Takeover,
     };
     Ok((rules, rate))
 }

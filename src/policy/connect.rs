@@ -135,6 +135,20 @@ impl<C: Clock + Clone> Policy<C> {
         }
     }
 
+    /// How many connections of `id` must close before it can be admitted, if its class takes
+    /// over rather than refuses: the oldest go. `None`: refuse (or nothing to take over).
+    pub fn takeover_needed(&self, id: &Identity) -> Option<u32> {
+        let resolved = self.live.resolve(&id.client_id)?;
+        // A banned identity takes nothing over: `on_connect` refuses it first thing.
+        if !resolved.class.takeover || self.identity_ban(id).is_some() {
+            return None;
+        }
+        let device = self.stats.devices.get(&id.state_key())?;
+        let live = device.connections.load(Relaxed);
+        let max = resolved.class.max_connections;
+        (live >= max).then(|| live - max + 1)
+    }
+
     /// Whether this connection's identity is banned now, e.g. by an admin or a peer gateway
     /// after it connected: the gateway kicks it.
     pub fn banned(&self, s: &Session) -> Option<Ban> {

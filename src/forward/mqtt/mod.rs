@@ -108,7 +108,16 @@ pub async fn relay<R: DeviceRx, T: DeviceTx>(mut rx: R, mut tx: T, ctx: MqttCtx<
     let span = tracing::Span::current();
     span.record("client_id", &*identity.client_id);
 
-    // 2. policy: bans, unknown devices, flapping, concurrent connections.
+    // 2. policy: bans, unknown devices, flapping, concurrent connections. A client ID at its
+    // class's max_connections takes over from its oldest connection (MQTT spec, 3.1.4) unless
+    // the class refuses duplicates; the old one's slot is free once it is gone (bounded wait).
+    if let Some(n) = ctx.policy.takeover_needed(&identity) {
+        let closed = ctx
+            .client
+            .take_over(&identity.client_id, n, Duration::from_secs(3))
+            .await;
+        tracing::info!(closed, "session taken over");
+    }
     let session = match ctx.policy.on_connect(&identity) {
         Ok(s) => s,
         Err(refusal) => {

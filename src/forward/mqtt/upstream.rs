@@ -118,7 +118,13 @@ pub async fn run<R: DeviceRx>(mut u: Up<'_, R>) -> Error {
                 RxEvent::Gone => return Error::new(Kind::Gone, Side::Device, "device went away without a close"),
                 RxEvent::Failed(e) => return e,
             },
-            why = &mut kicked => return Error::device(Kind::Kicked, why),
+            why = &mut kicked => {
+                let kind = match ctx.client.client().taken_over() {
+                    true => Kind::TakenOver,
+                    false => Kind::Kicked,
+                };
+                return Error::device(kind, why);
+            }
             _ = tick.tick(), if u.keep_alive > 0 => {
                 if last_from_device.elapsed() > keep_alive + keep_alive / 2 {
                     return Error::device(Kind::Timeout, "nothing from the device within 1.5 × its keep-alive");

@@ -188,3 +188,42 @@ fn concurrent_publishers_share_nothing_but_counters() {
     });
     assert_eq!(h.stats().forwarded, 400);
 }
+
+#[test]
+fn a_client_id_at_its_max_connections_takes_over_unless_its_class_refuses() {
+    let h = Harness::rhythm();
+    assert_eq!(
+        h.policy.takeover_needed(&ident("d")),
+        None,
+        "nothing to take over"
+    );
+    let _first = h.connect("d");
+    assert_eq!(h.policy.takeover_needed(&ident("d")), Some(1));
+    let mut cfg = rhythm_config();
+    if let Some(c) = cfg.classes.get_mut("default") {
+        c.on_duplicate = crate::config::policy::OnDuplicate::Refuse;
+    }
+    let h = Harness::new(cfg);
+    let _first = h.connect("d");
+    assert_eq!(h.policy.takeover_needed(&ident("d")), None);
+}
+
+#[test]
+fn a_banned_identity_takes_nothing_over() {
+    let h = Harness::rhythm();
+    let _first = h.connect("d");
+    let banned = ident_full("d", Some("evil"), "10.0.0.1");
+    h.bans
+        .insert(
+            Ban {
+                subject: Subject::Username("evil".into()),
+                reason: "t".into(),
+                source: BanSource::File,
+                created: h.wall(),
+                expires: None,
+            },
+            h.wall(),
+        )
+        .unwrap();
+    assert_eq!(h.policy.takeover_needed(&banned), None);
+}
