@@ -11,6 +11,10 @@
 //!   strike threshold is raised to its maximum (1000) so that the measurement is the steady
 //!   discard-and-strike path; the ban issued every 1000 strikes is amortised into it.
 //!
+//! - `acl/…`: one device's publish with and without topic permissions on its class (two
+//!   filters with placeholders; the topic matches the second, the longer path), on a small
+//!   policy of its own: what the permission check adds per publish.
+//!
 //! To keep every publish in rhythm on a real clock, the meters' class has T = 1 s and
 //! E = 1 s − 1 ns: a sample is in rhythm iff 1 ns ≤ Δ ≤ 2 s − 1 ns, so the full rhythm check
 //! runs and passes. Run: `cargo bench --bench policy`.
@@ -203,5 +207,62 @@ fn report(policy: &Policy, before: &StatsSnapshot, name: &str) {
     );
 }
 
-criterion_group!(benches, bench);
+/// One device, its class with or without `publish_topics`.
+fn bench_acl(c: &mut Criterion) {
+    let mut group = c.benchmark_group("acl");
+    for (name, topics) in [
+        ("without_permissions", vec![]),
+        (
+            "with_permissions",
+            vec![
+                "plant/{clientid}/#".to_string(),
+                "fleet/{username}/status".to_string(),
+            ],
+        ),
+    ] {
+        let mut cfg = PolicyConfig::default();
+        cfg.classes.insert(
+            "default".into(),
+            DeviceClass {
+                push_interval_secs: Some(1.0),
+                tolerance_secs: 0.999_999_999,
+                messages_per_sec: 1_000_000_000,
+                message_burst: 1_000_000,
+                bytes_per_sec: 1_000_000_000,
+                byte_burst: 100_000_000,
+                publish_topics: topics,
+                ..DeviceClass::default()
+            },
+        );
+        let policy: Policy =
+            match Policy::new(&cfg, Arc::new(MemoryBanList::new()), Default::default()) {
+                Ok(p) => p,
+                Err(e) => panic!("config: {e}"),
+            };
+        let identity = Identity {
+            client_id: "m1".into(),
+            username: Some("acme".into()),
+            ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            named: portcullis::policy::Naming::ClientId,
+        };
+        let mut s = match policy.on_connect(&identity) {
+            Ok(s) => s,
+            Err(r) => panic!("{r}"),
+        };
+        let p = PublishFacts {
+            topic: "fleet/acme/status",
+            qos: 1,
+            len: 120,
+            retransmit: false,
+        };
+        policy.on_publish(&mut s, &p);
+        assert_eq!(policy.on_publish(&mut s, &p).verdict, Verdict::Forward);
+        group.bench_function(name, |b| {
+            b.iter(|| black_box(policy.on_publish(&mut s, black_box(&p))))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench, bench_acl);
 criterion_main!(benches);

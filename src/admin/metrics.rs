@@ -87,6 +87,7 @@ pub fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
             publish("forwarded", "late", s.late_forwarded),
             publish("forwarded", "retransmit", s.retransmits),
             publish("discarded", "early", s.discarded_early),
+            publish("discarded", "not_authorized", s.discarded_not_authorized),
             publish("discarded", "late", s.discarded_late),
             publish("discarded", "rate_limited", s.rate_limited),
         ],

@@ -42,6 +42,8 @@ pub struct Messages {
     retransmits: u64,
     discarded_early: u64,
     discarded_late: u64,
+    /// Outside the class's `publish_topics`.
+    discarded_not_authorized: u64,
     late_forwarded: u64,
     discarded_rate_limited: u64,
 }
@@ -109,6 +111,7 @@ fn collect(shared: &Shared) -> Stats {
             forwarded: s.forwarded,
             retransmits: s.retransmits,
             discarded_early: s.discarded_early,
+            discarded_not_authorized: s.discarded_not_authorized,
             discarded_late: s.discarded_late,
             late_forwarded: s.late_forwarded,
             discarded_rate_limited: s.rate_limited,
@@ -187,7 +190,10 @@ impl Monitor {
             time: rfc3339(now),
             connections: shared.clients.len(),
             messages_forwarded: s.forwarded,
-            messages_discarded: s.discarded_early + s.discarded_late + s.rate_limited,
+            messages_discarded: s.discarded_early
+                + s.discarded_late
+                + s.rate_limited
+                + s.discarded_not_authorized,
             bytes_in,
             bytes_out,
             bans_active: shared.bans.tally(now).active,

@@ -121,6 +121,11 @@ pub struct DeviceClass {
     /// `refuse` (CONNACK 0x97 / 0x03).
     #[serde(default)]
     pub on_duplicate: OnDuplicate,
+    /// Topic filters a device of this class may publish to; `{clientid}` and `{username}`
+    /// stand for its own (a whole level each). Empty: anywhere the broker allows. A publish
+    /// outside is acknowledged, not forwarded (PUBACK/PUBREC 0x87 on MQTT 5), and a strike.
+    #[serde(default)]
+    pub publish_topics: Vec<String>,
 }
 
 /// What a CONNECT for a client ID already at its `max_connections` does.
@@ -149,6 +154,7 @@ impl Default for DeviceClass {
             byte_burst: defaults::byte_burst(),
             max_connections: defaults::max_connections(),
             on_duplicate: OnDuplicate::default(),
+            publish_topics: Vec::new(),
         }
     }
 }

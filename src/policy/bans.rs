@@ -103,6 +103,8 @@ pub enum BanSource {
     Rate,
     /// The policy: reconnecting too fast.
     Flapping,
+    /// The policy: publishing outside the class's topic permissions.
+    Acl,
     /// The admin API, by the name of the caller's token.
     Admin(Arc<str>),
     /// A seed file.
@@ -117,10 +119,11 @@ impl BanSource {
     }
 
     /// The issuers, for counting: `Admin` and `Peer` without their names.
-    pub const FAMILIES: [&'static str; 6] = [
+    pub const FAMILIES: [&'static str; 7] = [
         "portcullis:rhythm",
         "portcullis:rate",
         "portcullis:flapping",
+        "portcullis:acl",
         "admin",
         "file",
         "peer",
@@ -132,15 +135,16 @@ impl BanSource {
             BanSource::Rhythm => 0,
             BanSource::Rate => 1,
             BanSource::Flapping => 2,
-            BanSource::Admin(_) => 3,
-            BanSource::File => 4,
-            BanSource::Peer(_) => 5,
+            BanSource::Acl => 3,
+            BanSource::Admin(_) => 4,
+            BanSource::File => 5,
+            BanSource::Peer(_) => 6,
         }
     }
 
     /// Issued by this gateway's policy (as opposed to a person, a file or a peer).
     pub fn is_policy(&self) -> bool {
-        self.family() < 3
+        self.family() < 4
     }
 
     /// The `by` text.
@@ -159,6 +163,7 @@ impl BanSource {
         match by.split_once(':') {
             Some(("portcullis", "rhythm")) => BanSource::Rhythm,
             Some(("portcullis", "flapping")) => BanSource::Flapping,
+            Some(("portcullis", "acl")) => BanSource::Acl,
             Some(("portcullis", _)) => BanSource::Rate,
             Some(("admin", name)) => BanSource::admin(name),
             // Earlier releases wrote a bare `admin`.

@@ -22,6 +22,8 @@ pub(crate) struct ClassRules {
     pub(crate) max_connections: u32,
     /// A CONNECT over `max_connections` takes over (else it is refused).
     pub(crate) takeover: bool,
+    /// Where its devices may publish.
+    pub(crate) publish: super::acl::Acl,
 }
 
 /// In rhythm iff `lo ≤ Δ ≤ hi` (nanoseconds, both inclusive: T − E and T + E).
@@ -159,6 +161,7 @@ fn compile_class(
         topics: TopicFilters::new(topics),
         max_connections: c.max_connections,
         takeover: c.on_duplicate == crate::config::policy::OnDuplicate::Takeover,
+        publish: super::acl::Acl::compile(&format!("{key}.publish_topics"), &c.publish_topics)?,
     };
     Ok((rules, rate))
 }

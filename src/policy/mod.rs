@@ -16,6 +16,7 @@
 //!
 //! Everything keyed by something a device controls is swept by [`Policy::sweep`].
 
+mod acl;
 mod bans;
 mod class;
 mod clock;

@@ -76,6 +76,19 @@ impl<C: Clock + Clone> Policy<C> {
             return Decision::FORWARD;
         }
         self.follow_reload(s);
+        // Permissions first: a publish where it may not go is no rhythm sample and uses no
+        // rate budget, it is refused and struck.
+        if !s
+            .class
+            .publish
+            .allows(p.topic, &s.id.client_id, s.id.username.as_deref())
+        {
+            inc(&self.stats.discarded_not_authorized);
+            let now = self.now();
+            let why = "publish outside the topic permissions";
+            let ban = self.strike_client(&s.id, &s.key, now, BanSource::Acl, why);
+            return Decision::discard(Reason::NotAuthorized, ban);
+        }
         let sample = s.class.topics.matches(p.topic);
         self.judge(s, sample, p.len)
     }

@@ -23,6 +23,7 @@ pub struct Stats {
     pub(crate) forwarded: AtomicU64,
     pub(crate) retransmits: AtomicU64,
     pub(crate) discarded_early: AtomicU64,
+    pub(crate) discarded_not_authorized: AtomicU64,
     pub(crate) discarded_late: AtomicU64,
     pub(crate) late_forwarded: AtomicU64,
     pub(crate) rate_limited: AtomicU64,
@@ -48,6 +49,8 @@ pub struct StatsSnapshot {
     /// Retransmissions passed through without judgement.
     pub retransmits: u64,
     pub discarded_early: u64,
+    /// Publishes outside the class's topic permissions.
+    pub discarded_not_authorized: u64,
     pub discarded_late: u64,
     pub late_forwarded: u64,
     /// Publishes over the message or byte rate.
@@ -76,6 +79,7 @@ impl Stats {
             forwarded: g(&self.forwarded),
             retransmits: g(&self.retransmits),
             discarded_early: g(&self.discarded_early),
+            discarded_not_authorized: g(&self.discarded_not_authorized),
             discarded_late: g(&self.discarded_late),
             late_forwarded: g(&self.late_forwarded),
             rate_limited: g(&self.rate_limited),

@@ -117,6 +117,8 @@ pub enum Reason {
     MessageRate,
     /// Over the class's bytes/s (or one publish larger than the byte burst): a strike.
     ByteRate,
+    /// A topic outside the class's `publish_topics`: a strike.
+    NotAuthorized,
 }
 
 impl fmt::Display for Reason {
@@ -126,6 +128,7 @@ impl fmt::Display for Reason {
             Reason::Late => "late (out of rhythm)",
             Reason::MessageRate => "over the message rate",
             Reason::ByteRate => "over the byte rate",
+            Reason::NotAuthorized => "outside the topic permissions",
         })
     }
 }

@@ -307,6 +307,7 @@ fn discard_code(why: Reason, configured: DiscardReasonCode) -> u8 {
     match why {
         // Over a rate: say so (EMQX does the same), MQTT 5 clients see a quota error.
         Reason::MessageRate | Reason::ByteRate => reason::QUOTA_EXCEEDED,
+        Reason::NotAuthorized => reason::NOT_AUTHORIZED,
         Reason::Early | Reason::Late => match configured {
             DiscardReasonCode::Success => reason::SUCCESS,
             DiscardReasonCode::NoMatchingSubscribers => reason::NO_MATCHING_SUBSCRIBERS,

@@ -1,0 +1,135 @@
+//! Topic permissions: the filters a class may publish to, with `{clientid}` and `{username}`
+//! standing for the device's own, each a whole level.
+//!
+//! A placeholder is compared with the device's value, never substituted into the filter: a
+//! client ID of `+` or `#` is then just text, and cannot widen its own permissions.
+
+use super::topic::TopicFilter;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Level {
+    Exact(Box<str>),
+    Plus,
+    Hash,
+    ClientId,
+    Username,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Filter {
+    levels: Vec<Level>,
+}
+
+/// A class's publish permissions; empty allows every topic.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Acl(Vec<Filter>);
+
+impl Acl {
+    /// `key` names the config list in errors.
+    pub(crate) fn compile(key: &str, filters: &[String]) -> Result<Acl, String> {
+        let mut out = Vec::with_capacity(filters.len());
+        for (i, f) in filters.iter().enumerate() {
+            let err = |e: String| format!("{key}[{i}]: {e}");
+            // The wildcard rules are the topic filters' own; placeholders are checked here.
+            let plain = f.replace("{clientid}", "x").replace("{username}", "x");
+            TopicFilter::parse(&plain).map_err(err)?;
+            let mut levels = Vec::new();
+            for part in f.split('/') {
+                levels.push(match part {
+                    "+" => Level::Plus,
+                    "#" => Level::Hash,
+                    "{clientid}" => Level::ClientId,
+                    "{username}" => Level::Username,
+                    p if p.contains(['{', '}']) => {
+                        return Err(err(format!(
+                            "{f:?}: a placeholder ({{clientid}}, {{username}}) must fill its whole level"
+                        )))
+                    }
+                    p => Level::Exact(p.into()),
+                });
+            }
+            out.push(Filter { levels });
+        }
+        Ok(Acl(out))
+    }
+
+    pub(crate) fn allows(&self, topic: &str, client_id: &str, username: Option<&str>) -> bool {
+        self.0.is_empty() || self.0.iter().any(|f| f.matches(topic, client_id, username))
+    }
+}
+
+impl Filter {
+    fn matches(&self, topic: &str, client_id: &str, username: Option<&str>) -> bool {
+        if topic.starts_with('$') && !matches!(self.levels.first(), Some(Level::Exact(_))) {
+            return false;
+        }
+        let mut parts = topic.split('/');
+        for level in &self.levels {
+            let Some(got) = parts.next() else {
+                return matches!(level, Level::Hash);
+            };
+            let ok = match level {
+                Level::Hash => return true,
+                Level::Plus => true,
+                Level::Exact(want) => **want == *got,
+                Level::ClientId => got == client_id,
+                Level::Username => username == Some(got),
+            };
+            if !ok {
+                return false;
+            }
+        }
+        parts.next().is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn acl(filters: &[&str]) -> Acl {
+        let v: Vec<String> = filters.iter().map(|s| s.to_string()).collect();
+        Acl::compile("t", &v).unwrap()
+    }
+
+    #[test]
+    fn placeholders_match_the_devices_own_level_only() {
+        let a = acl(&["plant/{clientid}/#", "fleet/{username}/status"]);
+        assert!(a.allows("plant/m1/temp", "m1", None));
+        assert!(a.allows("plant/m1", "m1", None));
+        assert!(!a.allows("plant/m2/temp", "m1", None));
+        assert!(!a.allows("plant", "m1", None));
+        assert!(a.allows("fleet/acme/status", "m1", Some("acme")));
+        assert!(!a.allows("fleet/acme/status", "m1", None));
+        assert!(!a.allows("fleet/other/status", "m1", Some("acme")));
+        assert!(!a.allows("other/m1", "m1", None));
+    }
+
+    #[test]
+    fn a_client_id_made_of_wildcards_is_just_text() {
+        let a = acl(&["plant/{clientid}/data"]);
+        assert!(!a.allows("plant/m1/data", "+", None));
+        assert!(!a.allows("plant/m1/data", "#", None));
+        assert!(a.allows("plant/+/data", "+", None), "its own literal level");
+        assert!(
+            !a.allows("plant/a/b/data", "a/b", None),
+            "a client ID with / is one level"
+        );
+    }
+
+    #[test]
+    fn empty_allows_everything_and_dollar_topics_need_an_exact_first_level() {
+        assert!(acl(&[]).allows("any/thing", "x", None));
+        assert!(!acl(&["#"]).allows("$SYS/x", "x", None));
+        assert!(acl(&["$SYS/#"]).allows("$SYS/x", "x", None));
+    }
+
+    #[test]
+    fn bad_filters_are_config_errors_naming_the_entry() {
+        let bad = |f: &str| Acl::compile("k", &[f.to_string()]).unwrap_err();
+        assert!(bad("a/#/b").starts_with("k[0]"));
+        assert!(bad("a/x{clientid}").contains("whole level"));
+        assert!(bad("a/b+").contains("whole level"));
+        assert!(bad("").starts_with("k[0]"));
+    }
+}
