@@ -139,3 +139,50 @@ async fn a_refusal_naming_a_non_ascii_client_id_is_still_a_valid_close_frame() {
     let (_, end) = dev.until_end().await;
     assert!(matches!(end, End::WsClose(1008)), "{end:?}");
 }
+
+#[tokio::test]
+async fn no_acknowledged_in_rhythm_publish_is_lost_across_a_takeover() {
+    use support::policy_gw::{Msg, Subscriber};
+    let policy = r#"
+[policy.classes.default]
+push_interval_secs = 1.0
+tolerance_secs = 0.4
+"#;
+    let (broker, gw) = start(policy).await;
+    let mut sub = Subscriber::direct(broker.addr, "platform", &["tele/#"]).await;
+    let v = Version::V5;
+    let mut old = RawClient::ws(&gw.ws_url("/mqtt"), v).await;
+    assert_eq!(old.connect(&wire::connect("meter-k", 30, v)).await, 0);
+    // Paced at the device's rhythm (T = 1 s): this is the scenario, not synchronisation.
+    let tick = std::time::Duration::from_secs(1);
+    old.send_ok(&wire::publish("tele/meter-k", 1, 1, b"m1", v))
+        .await;
+    assert_eq!(raw_mqtt::ack(&old.packet().await), (1, 0));
+    tokio::time::sleep(tick).await;
+    old.send_ok(&wire::publish("tele/meter-k", 1, 2, b"m2", v))
+        .await;
+    assert_eq!(raw_mqtt::ack(&old.packet().await), (2, 0));
+    // The device comes back on a new connection; the old one is taken over.
+    let mut new = RawClient::tcp(gw.addrs[1], v).await;
+    assert_eq!(new.connect(&wire::connect("meter-k", 30, v)).await, 0);
+    new.send_ok(&wire::publish("tele/meter-k", 1, 1, b"m3", v))
+        .await;
+    assert_eq!(raw_mqtt::ack(&new.packet().await), (1, 0));
+    tokio::time::sleep(tick).await;
+    new.send_ok(&wire::publish("tele/meter-k", 1, 2, b"m4", v))
+        .await;
+    assert_eq!(raw_mqtt::ack(&new.packet().await), (2, 0));
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        seen.push(sub.next().await);
+    }
+    assert_eq!(
+        seen,
+        ["m1", "m2", "m3", "m4"].map(|p| Msg::new("tele/meter-k", p))
+    );
+    let (packets, _) = old.until_end().await;
+    assert_eq!(
+        packets.last().and_then(|p| raw_mqtt::disconnect_reason(p)),
+        Some(0x8E)
+    );
+}
