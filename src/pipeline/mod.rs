@@ -160,10 +160,10 @@ fn router_inputs(shared: &Arc<Shared>) -> handshake::Inputs {
         let shared = shared.clone();
         Arc::new(move |ip| shared.admit_ip(ip))
     };
-    let devices: Option<handshake::DeviceHttp> = shared.push.as_ref().map(|_| {
+    let devices: Option<handshake::DeviceHttp> = shared.push.clone().map(|push| {
         let shared = shared.clone();
         Arc::new(move |req, caller| {
-            Box::pin(upload::serve(shared.clone(), req, caller)) as handshake::Reply
+            Box::pin(upload::serve(shared.clone(), push.clone(), req, caller)) as handshake::Reply
         }) as handshake::DeviceHttp
     });
     handshake::Inputs {

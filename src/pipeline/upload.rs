@@ -21,7 +21,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::error::PushRefusal;
-use crate::forward::push::{self, drain, Claim, Metered, Outcome, Push, PushDevice, Ticket};
+use crate::forward::push::{self, Claim, Metered, Outcome, Push, PushDevice, Ticket};
 use crate::gateway::clients::{Arrival, Transport};
 use crate::gateway::Shared;
 use crate::handshake::{marked, Body, Caller};
@@ -46,10 +46,12 @@ const BUFFERED_BODY: u64 = 64 * 1024;
 const TIME: HeaderName = HeaderName::from_static("x-portcullis-time");
 
 /// `/push…` or `/checkin…`, from a caller the router identified and admitted.
-pub async fn serve(shared: Arc<Shared>, req: Request<Incoming>, caller: Caller) -> Response<Body> {
-    let Some(push) = shared.push.clone() else {
-        return refuse(&PushRefusal::Method("nothing: push is off"));
-    };
+pub async fn serve(
+    shared: Arc<Shared>,
+    push: Arc<Push>,
+    req: Request<Incoming>,
+    caller: Caller,
+) -> Response<Body> {
     let answer = story(&shared, &push, req, caller).await;
     match answer {
         Ok(response) => response,
@@ -121,7 +123,7 @@ async fn story(
         if announced <= settings.max_body_size.saturating_mul(2) {
             let stall = Duration::from_secs(settings.body_stall_secs);
             let (body, _) = Metered::new(req.into_body(), announced, stall);
-            tokio::spawn(drain(body));
+            tokio::spawn(push::drain(body));
         }
         return Err(PushRefusal::TooLarge);
     }
@@ -140,16 +142,12 @@ async fn story(
         }
         None => None,
     };
-    let stall = Duration::from_secs(settings.body_stall_secs);
     let ticket = match &txid {
         Some(id) => match push.ledger.claim(format!("{serial}\u{0}{id}")).await {
             Claim::Go(ticket) => Some(ticket),
             Claim::Busy(secs) => return Err(PushRefusal::InFlight(secs)),
             Claim::Done(outcome) => {
-                let (body, report) = Metered::new(req.into_body(), settings.max_body_size, stall);
-                drain(body).await;
-                let report = push::lock(&report).take();
-                let Some(fingerprint) = report.and_then(|r| r.fingerprint) else {
+                let Some(fingerprint) = push::fingerprint(req.into_body(), &settings).await else {
                     return Err(PushRefusal::BodyBroken);
                 };
                 let same = outcome.fingerprint.is_empty() || fingerprint == outcome.fingerprint;
@@ -165,62 +163,52 @@ async fn story(
 
     // 5 and 6 run apart from this request (and are waited for at shutdown), so that a device
     // that leaves mid-answer cannot cut a delivery from its record.
-    let after_claim = judge_and_deliver(
-        shared.clone(),
-        push.clone(),
-        device,
+    let upload = Upload {
+        shared: shared.clone(),
+        push: push.clone(),
         req,
         caller,
         serial,
         txid,
         ticket,
-    );
+    };
     push.tasks
-        .spawn(after_claim)
+        .spawn(judge_and_deliver(upload, device))
         .await
         .unwrap_or(Err(PushRefusal::CollectorFailed))
+}
+
+/// A new transaction, claimed, on its way to the rhythm check and a collector.
+struct Upload {
+    shared: Arc<Shared>,
+    push: Arc<Push>,
+    req: Request<Incoming>,
+    caller: Caller,
+    serial: Arc<str>,
+    txid: Option<String>,
+    ticket: Option<Ticket>,
 }
 
 /// Steps 5 and 6. The policy judges rhythm and rate, for a new transaction only: a retry of
 /// a delivered one is not a new sample. Then the upload is forwarded, delivered once, its
 /// outcome on record before the device hears it. An upload judged and then not delivered
 /// gives its rhythm sample back, so its retry is not "early" against itself.
-#[allow(clippy::too_many_arguments)]
 async fn judge_and_deliver(
-    shared: Arc<Shared>,
-    push: Arc<Push>,
+    u: Upload,
     device: Arc<std::sync::Mutex<PushDevice>>,
-    req: Request<Incoming>,
-    caller: Caller,
-    serial: Arc<str>,
-    txid: Option<String>,
-    ticket: Option<Ticket>,
 ) -> Result<Response<Body>, PushRefusal> {
-    let settings = push.settings();
-    let stall = Duration::from_secs(settings.body_stall_secs);
     let (decision, before, after) = {
         let session = &mut push::lock(&device).session;
         let before = session.rhythm_mark();
-        let decision = shared.policy.on_upload(session);
+        let decision = u.shared.policy.on_upload(session);
         (decision, before, session.rhythm_mark())
     };
     if let Some(ban) = &decision.ban {
-        tracing::info!(serial = %serial, reason = %ban.reason, "push device banned");
+        tracing::info!(serial = %u.serial, reason = %ban.reason, "push device banned");
     }
     let outcome = match decision.verdict {
-        Verdict::Discard(reason) => discard(&push, req, reason, ticket, &settings, stall).await,
-        Verdict::Forward => {
-            deliver(
-                shared.clone(),
-                push.clone(),
-                req,
-                caller,
-                serial,
-                txid,
-                ticket,
-            )
-            .await
-        }
+        Verdict::Discard(reason) => discard(u, reason).await,
+        Verdict::Forward => deliver(u).await,
     };
     if outcome.is_err() {
         push::lock(&device).session.give_back_sample(before, after);
@@ -230,21 +218,12 @@ async fn judge_and_deliver(
 
 /// An accepted upload the policy discarded (out of rhythm): read, acknowledged, not delivered.
 /// Over the rate it is refused instead (429), and stays retryable.
-async fn discard(
-    push: &Push,
-    req: Request<Incoming>,
-    reason: Reason,
-    ticket: Option<Ticket>,
-    settings: &crate::config::PushSettings,
-    stall: Duration,
-) -> Result<Response<Body>, PushRefusal> {
+async fn discard(u: Upload, reason: Reason) -> Result<Response<Body>, PushRefusal> {
     if matches!(reason, Reason::MessageRate | Reason::ByteRate) {
         return Err(PushRefusal::RateLimited(1));
     }
-    let (body, report) = Metered::new(req.into_body(), settings.max_body_size, stall);
-    drain(body).await;
-    let report = push::lock(&report).take();
-    let Some(fingerprint) = report.and_then(|r| r.fingerprint) else {
+    let settings = u.push.settings();
+    let Some(fingerprint) = push::fingerprint(u.req.into_body(), &settings).await else {
         return Err(PushRefusal::BodyBroken);
     };
     let word = match reason {
@@ -259,28 +238,28 @@ async fn discard(
         fingerprint,
         at: push::ledger::unix_ms(SystemTime::now()),
     };
-    Ok(settle(push, ticket, &outcome, "discarded").await)
+    Ok(settle(&u.push, u.ticket, &outcome, "discarded").await)
 }
 
 /// Send the upload to a collector, record the outcome, answer it. A collector that fails
 /// (no connection, 5xx, no answer in time) leaves nothing recorded: the ticket is dropped and
 /// the upload stays retryable.
-async fn deliver(
-    shared: Arc<Shared>,
-    push: Arc<Push>,
-    req: Request<Incoming>,
-    caller: Caller,
-    serial: Arc<str>,
-    txid: Option<String>,
-    ticket: Option<Ticket>,
-) -> Result<Response<Body>, PushRefusal> {
+async fn deliver(u: Upload) -> Result<Response<Body>, PushRefusal> {
+    let Upload {
+        shared,
+        push,
+        req,
+        caller,
+        serial,
+        txid,
+        ticket,
+    } = u;
     let settings = push.settings();
     let pool = shared
         .pool(&settings.route)
         .ok_or(PushRefusal::CollectorFailed)?;
     let (mut parts, body) = req.into_parts();
-    let stall = Duration::from_secs(settings.body_stall_secs);
-    let (metered, report) = Metered::new(body, settings.max_body_size, stall);
+    let (metered, report) = Metered::upload(body, &settings);
     let progress = metered.progress();
     forwarded_headers(&mut parts.headers, caller, &serial, txid.as_deref());
     let small = content_length_of(&parts.headers).is_some_and(|n| n <= BUFFERED_BODY);
@@ -292,10 +271,7 @@ async fn deliver(
             Ok(whole) => crate::handshake::full(whole.to_bytes()),
             Err(_) => {
                 let fault = push::lock(&report).as_ref().and_then(|r| r.fault);
-                return Err(match fault {
-                    Some(push::BodyFault::TooLarge) => PushRefusal::TooLarge,
-                    _ => PushRefusal::BodyBroken,
-                });
+                return Err(push::BodyFault::refusal(fault));
             }
         },
         false => metered.boxed_unsync(),
@@ -329,14 +305,12 @@ async fn deliver(
     let (status, content_type, body, conn) = match result {
         Ok(Ok(answer)) => answer,
         Ok(Err(e)) => {
-            return Err(match report.and_then(|r| r.fault) {
-                Some(push::BodyFault::TooLarge) => PushRefusal::TooLarge,
-                Some(_) => PushRefusal::BodyBroken,
-                None => {
-                    tracing::warn!(serial = %serial, side = %e.side(), "push not delivered: {e}");
-                    PushRefusal::CollectorFailed
-                }
-            })
+            // The device's body stopped short (and the request with it), or the collector failed.
+            if let Some(fault) = report.and_then(|r| r.fault) {
+                return Err(push::BodyFault::refusal(Some(fault)));
+            }
+            tracing::warn!(serial = %serial, side = %e.side(), "push not delivered: {e}");
+            return Err(PushRefusal::CollectorFailed);
         }
         Err(_) => {
             tracing::warn!(serial = %serial, "push not delivered: no collector answer within {timeout:?}");

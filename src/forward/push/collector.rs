@@ -177,6 +177,16 @@ impl std::fmt::Display for BodyFault {
 
 impl std::error::Error for BodyFault {}
 
+impl BodyFault {
+    /// What the device is answered when its body stopped short this way.
+    pub fn refusal(fault: Option<BodyFault>) -> crate::error::PushRefusal {
+        match fault {
+            Some(BodyFault::TooLarge) => crate::error::PushRefusal::TooLarge,
+            _ => crate::error::PushRefusal::BodyBroken,
+        }
+    }
+}
+
 /// What the device's body came to, once read.
 #[derive(Debug, Clone)]
 pub struct BodyReport {
@@ -207,6 +217,15 @@ pub struct Metered {
 }
 
 impl Metered {
+    /// An upload's body under `[push]`'s maximum and stall timeout.
+    pub fn upload(
+        inner: Incoming,
+        settings: &crate::config::PushSettings,
+    ) -> (Metered, Arc<Mutex<Option<BodyReport>>>) {
+        let stall = Duration::from_secs(settings.body_stall_secs);
+        Metered::new(inner, settings.max_body_size, stall)
+    }
+
     pub fn new(
         inner: Incoming,
         max: u64,
@@ -342,11 +361,20 @@ impl Progress {
     }
 }
 
-/// Read a metered body to its end without sending it anywhere (a replay's fingerprint, a
-/// discarded upload, so the device's socket stays usable).
+/// Read a metered body to its end without sending it anywhere (a refused upload, so the
+/// device's socket stays usable).
 pub async fn drain(mut body: Metered) {
     use http_body_util::BodyExt;
     while let Some(Ok(_)) = body.frame().await {}
+}
+
+/// Read an upload's body to its end, keeping nothing but its SHA-256 (a replay compares it, a
+/// discard records it); `None` if it broke off, stalled or crossed the maximum.
+pub async fn fingerprint(body: Incoming, settings: &crate::config::PushSettings) -> Option<String> {
+    let (metered, report) = Metered::upload(body, settings);
+    drain(metered).await;
+    let report = report.lock().unwrap_or_else(|e| e.into_inner()).take();
+    report.and_then(|r| r.fingerprint)
 }
 
 pub fn hex(bytes: &[u8]) -> String {

@@ -21,7 +21,9 @@ use crate::error::PushRefusal;
 use crate::gateway::clients::Registration;
 use crate::policy::{Policy, Session};
 
-pub use collector::{drain, hex, BodyFault, BodyReport, Collectors, Metered, Progress};
+pub use collector::{
+    drain, fingerprint, hex, BodyFault, BodyReport, Collectors, Metered, Progress,
+};
 pub use ledger::{Claim, Ledger, Outcome, Ticket};
 pub use redirect::Redirects;
 pub use redis_ledger::RedisLedger;

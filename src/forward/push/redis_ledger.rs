@@ -182,10 +182,7 @@ impl RedisLedger {
     /// One command on the shared connection, (re)connecting as needed; a failure drops the
     /// connection so the next call makes a new one.
     async fn run<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, String> {
-        let mut conn = match self.connection().await {
-            Ok(c) => c,
-            Err(e) => return Err(e),
-        };
+        let mut conn = self.connection().await?;
         match tokio::time::timeout(IO_TIMEOUT, cmd.query_async::<T>(&mut conn)).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
