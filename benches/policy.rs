@@ -42,18 +42,7 @@ fn config() -> PolicyConfig {
         unknown_devices: UnknownDevices::Refuse,
         ..PolicyConfig::default()
     };
-    cfg.classes.insert(
-        "meter".into(),
-        DeviceClass {
-            push_interval_secs: Some(1.0),
-            tolerance_secs: 0.999_999_999,
-            messages_per_sec: 1_000_000_000,
-            message_burst: 1_000_000,
-            bytes_per_sec: 1_000_000_000,
-            byte_burst: 100_000_000,
-            ..DeviceClass::default()
-        },
-    );
+    cfg.classes.insert("meter".into(), meter_class(Vec::new()));
     cfg.classes.insert(
         "slow".into(),
         DeviceClass {
@@ -69,6 +58,20 @@ fn config() -> PolicyConfig {
     cfg.strikes.threshold = 1_000;
     cfg.connects.per_client_per_minute = 1_000;
     cfg
+}
+
+/// Every publish in rhythm on a real clock, rates that never bind; `publish_topics` as given.
+fn meter_class(publish_topics: Vec<String>) -> DeviceClass {
+    DeviceClass {
+        push_interval_secs: Some(1.0),
+        tolerance_secs: 0.999_999_999,
+        messages_per_sec: 1_000_000_000,
+        message_burst: 1_000_000,
+        bytes_per_sec: 1_000_000_000,
+        byte_burst: 100_000_000,
+        publish_topics,
+        ..DeviceClass::default()
+    }
 }
 
 fn facts() -> PublishFacts<'static> {
@@ -221,19 +224,7 @@ fn bench_acl(c: &mut Criterion) {
         ),
     ] {
         let mut cfg = PolicyConfig::default();
-        cfg.classes.insert(
-            "default".into(),
-            DeviceClass {
-                push_interval_secs: Some(1.0),
-                tolerance_secs: 0.999_999_999,
-                messages_per_sec: 1_000_000_000,
-                message_burst: 1_000_000,
-                bytes_per_sec: 1_000_000_000,
-                byte_burst: 100_000_000,
-                publish_topics: topics,
-                ..DeviceClass::default()
-            },
-        );
+        cfg.classes.insert("default".into(), meter_class(topics));
         let policy: Policy =
             match Policy::new(&cfg, Arc::new(MemoryBanList::new()), Default::default()) {
                 Ok(p) => p,

@@ -6,7 +6,7 @@ mod support;
 
 use std::time::{Duration, SystemTime};
 
-use portcullis::policy::{Ban, BanSource, Subject};
+use portcullis::policy::Subject;
 use support::certs::Ca;
 use support::push::{self, Collector, Mode, Reply, Send};
 use support::redis::Redis;
@@ -248,14 +248,10 @@ async fn a_banned_serial_gets_403_with_retry_after() {
     let collector = Collector::spawn(Mode::Ok).await;
     let gw = TestGateway::start(&push::config(&[collector.addr], "", "")).await;
     assert_eq!(upload(&gw, "SN-B", "t0", b"x").await.status, 200);
-    let now = SystemTime::now();
-    let ban = Ban {
-        subject: Subject::Serial("SN-B".into()),
-        reason: "test".into(),
-        source: BanSource::admin("ops"),
-        created: now,
-        expires: Some(now + Duration::from_secs(600)),
-    };
+    let ban = support::admin_ban(
+        Subject::Serial("SN-B".into()),
+        Some(Duration::from_secs(600)),
+    );
     gw.gw().ban(ban).await.unwrap();
     let refused = upload(&gw, "SN-B", "t1", b"x").await;
     assert_eq!(refused.status, 403, "{refused:?}");

@@ -93,7 +93,7 @@ async fn a_class_that_refuses_duplicates_keeps_the_old_connection() {
 
 #[tokio::test]
 async fn a_banned_newcomer_takes_nothing_over() {
-    use portcullis::policy::{Ban, BanSource, Subject};
+    use portcullis::policy::Subject;
     let (_broker, gw) = start("").await;
     let mut old = RawClient::tcp(gw.addrs[1], Version::V5).await;
     assert_eq!(
@@ -101,14 +101,7 @@ async fn a_banned_newcomer_takes_nothing_over() {
             .await,
         0
     );
-    let now = std::time::SystemTime::now();
-    let ban = Ban {
-        subject: Subject::Username("intruder".into()),
-        reason: "test".into(),
-        source: BanSource::admin("ops"),
-        created: now,
-        expires: None,
-    };
+    let ban = support::admin_ban(Subject::Username("intruder".into()), None);
     gw.gw().ban(ban).await.unwrap();
     let mut new = RawClient::tcp(gw.addrs[1], Version::V5).await;
     let connect = wire::connect_with_username("meter-b", "intruder", 30, Version::V5);
@@ -118,17 +111,10 @@ async fn a_banned_newcomer_takes_nothing_over() {
 
 #[tokio::test]
 async fn a_refusal_naming_a_non_ascii_client_id_is_still_a_valid_close_frame() {
-    use portcullis::policy::{Ban, BanSource, Subject};
+    use portcullis::policy::Subject;
     let (_broker, gw) = start("").await;
     let id = "€".repeat(60);
-    let now = std::time::SystemTime::now();
-    let ban = Ban {
-        subject: Subject::ClientId(id.as_str().into()),
-        reason: "test".into(),
-        source: BanSource::admin("ops"),
-        created: now,
-        expires: None,
-    };
+    let ban = support::admin_ban(Subject::ClientId(id.as_str().into()), None);
     gw.gw().ban(ban).await.unwrap();
     let mut dev = RawClient::ws(&gw.ws_url("/mqtt"), Version::V5).await;
     assert_eq!(

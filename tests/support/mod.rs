@@ -62,6 +62,22 @@ macro_rules! assert_eventually {
     };
 }
 
+/// An admin's ban on `subject`, for `expires_in` (`None`: until lifted).
+#[cfg(feature = "gateway")]
+pub fn admin_ban(
+    subject: portcullis::policy::Subject,
+    expires_in: Option<Duration>,
+) -> portcullis::policy::Ban {
+    let now = std::time::SystemTime::now();
+    portcullis::policy::Ban {
+        subject,
+        reason: "test".into(),
+        source: portcullis::policy::BanSource::admin("ops"),
+        created: now,
+        expires: expires_in.map(|d| now + d),
+    }
+}
+
 /// A port that was free a moment ago (for servers we cannot ask to bind port 0).
 pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");

@@ -213,17 +213,6 @@ fn a_banned_identity_takes_nothing_over() {
     let h = Harness::rhythm();
     let _first = h.connect("d");
     let banned = ident_full("d", Some("evil"), "10.0.0.1");
-    h.bans
-        .insert(
-            Ban {
-                subject: Subject::Username("evil".into()),
-                reason: "t".into(),
-                source: BanSource::File,
-                created: h.wall(),
-                expires: None,
-            },
-            h.wall(),
-        )
-        .unwrap();
+    h.ban_forever(Subject::Username("evil".into()));
     assert_eq!(h.policy.takeover_needed(&banned), None);
 }

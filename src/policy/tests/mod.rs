@@ -94,6 +94,20 @@ impl Harness {
         self.policy.stats().snapshot()
     }
 
+    /// Ban `subject` until lifted, as a file would.
+    pub fn ban_forever(&self, subject: Subject) {
+        let ban = Ban {
+            subject,
+            reason: "test".into(),
+            source: BanSource::File,
+            created: self.wall(),
+            expires: None,
+        };
+        self.bans
+            .insert(ban, self.wall())
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
     pub fn ban_on(&self, subject: Subject) -> Option<Ban> {
         self.bans.get(&subject, self.wall())
     }

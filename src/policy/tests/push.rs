@@ -101,18 +101,7 @@ fn strikes_ban_the_serial_not_a_client_id() {
 #[test]
 fn a_serial_ban_does_not_touch_an_mqtt_device_of_the_same_name() {
     let h = Harness::rhythm();
-    h.bans
-        .insert(
-            Ban {
-                subject: Subject::Serial("X-1".into()),
-                reason: "t".into(),
-                source: BanSource::File,
-                created: h.wall(),
-                expires: None,
-            },
-            h.wall(),
-        )
-        .unwrap();
+    h.ban_forever(Subject::Serial("X-1".into()));
     assert!(h.policy.on_connect(&serial("X-1")).is_err());
     assert!(h.policy.on_connect(&ident("X-1")).is_ok());
 }
