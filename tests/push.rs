@@ -545,3 +545,70 @@ async fn a_collector_that_stops_reading_is_given_up_and_the_transaction_freed() 
     let again = upload(&gw, "SN-X", "tx-stuck", &big).await;
     assert_eq!(again.status, 502, "{again:?}");
 }
+
+/// Every refusal the story of an upload can make before a collector, with the exact status
+/// and header the device sees.
+#[tokio::test]
+async fn each_refusal_has_its_exact_status() {
+    let collector = Collector::spawn(Mode::Ok).await;
+    let policy = r#"
+[policy]
+unknown_devices = "refuse"
+[policy.classes.default]
+messages_per_sec = 1
+message_burst = 1
+[[policy.device_prefixes]]
+prefix = "OK-"
+class = "default"
+"#;
+    let proxies = "trusted_proxies = [\"127.0.0.1/32\"]";
+    let config = push::config(&[collector.addr], "max_devices = 2", policy).replacen(
+        "handshake_timeout_secs = 5",
+        &format!("handshake_timeout_secs = 5\n{proxies}"),
+        1,
+    );
+    let gw = TestGateway::start(&config).await;
+    // A device no rule names: 403.
+    let unknown = upload(&gw, "WHO-1", "t1", b"x").await;
+    assert_eq!(unknown.status, 403, "{unknown:?}");
+    assert!(unknown.body.contains("unknown device"), "{unknown:?}");
+    // A transaction id that is not one: 400.
+    let bad_key = push::post(gw.addr(), "/push/OK-1", &[(KEY, "has space")], b"x").await;
+    assert_eq!(bad_key.status, 400, "{bad_key:?}");
+    assert!(bad_key.body.contains("transaction id"), "{bad_key:?}");
+    // Over the class's message rate (burst 1): 429 with Retry-After, nothing recorded.
+    assert_eq!(upload(&gw, "OK-1", "r1", b"x").await.status, 200);
+    let over = upload(&gw, "OK-1", "r2", b"x").await;
+    assert_eq!(over.status, 429, "{over:?}");
+    assert_eq!(over.header("retry-after"), Some("1"));
+    // More push devices than max_devices (2): 503 with Retry-After.
+    assert_eq!(upload(&gw, "OK-2", "d1", b"x").await.status, 200);
+    let third = upload(&gw, "OK-3", "d1", b"x").await;
+    assert_eq!(third.status, 503, "{third:?}");
+    assert_eq!(third.header("retry-after"), Some("60"));
+    // A client IP from a trusted proxy's header, banned: 403 from the router.
+    let ban = support::admin_ban(Subject::Ip("203.0.113.7".parse().unwrap()), None);
+    gw.gw().ban(ban).await.unwrap();
+    let headers = [(KEY, "b1"), ("x-forwarded-for", "203.0.113.7")];
+    let banned = push::post(gw.addr(), "/push/OK-1", &headers, b"x").await;
+    assert_eq!(banned.status, 403, "{banned:?}");
+    // The collectors are never a tunnel route: 404 on the upgrade.
+    let tunnel = push::get(gw.addr(), "/tunnel/collectors").await;
+    assert_eq!(tunnel.status, 404, "{tunnel:?}");
+    assert_eq!(tunnel.body, "unknown tunnel route\n");
+    assert_eq!(collector.count(), 2);
+}
+
+#[tokio::test]
+async fn without_push_the_paths_are_not_found() {
+    let collector = Collector::spawn(Mode::Ok).await;
+    let config = push::config(&[collector.addr], "", "");
+    let without = config[..config.find("[push]").unwrap()].to_string();
+    let gw = TestGateway::start(&without).await;
+    for path in ["/push/SN-1", "/push", "/checkin/SN-1"] {
+        let a = push::post(gw.addr(), path, &[(KEY, "t")], b"x").await;
+        assert_eq!(a.status, 404, "{path}: {a:?}");
+        assert_eq!(a.body, "HTTP push is not enabled here\n");
+    }
+    assert_eq!(collector.requests(), 0);
+}
