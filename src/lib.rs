@@ -11,6 +11,8 @@
 // agent (and `probe`) alone, without the gateway's dependencies (pingora, governor, hyper server).
 #[cfg(feature = "gateway")]
 pub mod admin;
+#[cfg(feature = "gateway")]
+pub mod auth;
 #[cfg(feature = "agent")]
 pub mod agent;
 #[cfg(feature = "gateway")]

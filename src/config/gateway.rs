@@ -42,6 +42,9 @@ pub struct Config {
     /// HTTP push uploads and check-ins. Absent: none.
     #[serde(default)]
     pub push: Option<super::PushSettings>,
+    /// Device authentication: token keys, certificate identity, client ID binding.
+    #[serde(default)]
+    pub auth: Option<super::AuthSettings>,
     /// The file this came from, for reload on SIGHUP.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -105,6 +108,9 @@ pub struct ListenerConfig {
     /// The route `/mqtt` (and a raw MQTT listener) forwards to; default: the route named `mqtt`.
     #[serde(default)]
     pub mqtt_route: Option<String>,
+    /// What devices must present here, unless their route says otherwise.
+    #[serde(default)]
+    pub auth: super::AuthMode,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -112,6 +118,21 @@ pub struct ListenerConfig {
 pub struct TlsConfig {
     /// The first certificate is the default; the others are chosen by SNI from their names.
     pub certificates: Vec<CertificateConfig>,
+    /// Client certificates are asked for and checked against this CA (PEM, one or more).
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// With `client_ca`: `required` ends a handshake without a valid certificate; `optional`
+    /// lets it on (for routes with `auth = "token_or_mtls"` or none).
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    #[default]
+    Required,
+    Optional,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -156,6 +177,9 @@ pub struct RouteConfig {
     pub connect_timeout_ms: u64,
     #[serde(default = "defaults::health_check_interval_secs")]
     pub health_check_interval_secs: u64,
+    /// What devices must present to reach this route; default: the listener's `auth`.
+    #[serde(default)]
+    pub auth: Option<super::AuthMode>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -341,6 +365,19 @@ impl Config {
             if let Some(f) = &mut l.trusted_proxies_file {
                 fix(f);
             }
+            if let Some(ca) = l.tls.as_mut().and_then(|t| t.client_ca.as_mut()) {
+                fix(ca);
+            }
+        }
+        if let Some(auth) = &mut self.auth {
+            for k in &mut auth.keys {
+                if let Some(p) = &mut k.public_key {
+                    fix(p);
+                }
+            }
+            if let Some(ca) = &mut auth.forwarded_cert_ca {
+                fix(ca);
+            }
         }
         if let Some(store) = &mut self.store {
             fix(&mut store.dir);
@@ -518,6 +555,7 @@ impl Config {
                     .map(|_| self.route_protocol(r) == RouteProtocol::Http)
             })?;
         }
+        self.check_auth()?;
         if self.shutdown.drain_timeout_secs < self.shutdown.drain_window_secs {
             return Err((
                 "shutdown.drain_timeout_secs".into(),
@@ -529,6 +567,79 @@ impl Config {
 }
 
 impl Config {
+    /// Every `auth` asked for can be met: token modes need keys, certificate modes a CA.
+    fn check_auth(&self) -> Result<(), (String, String)> {
+        if let Some(a) = &self.auth {
+            a.check()?;
+        }
+        let keys = self.auth.as_ref().is_some_and(|a| !a.keys.is_empty());
+        let forwarded = self
+            .auth
+            .as_ref()
+            .is_some_and(|a| a.forwarded_cert_header.is_some());
+        let modes = self
+            .listeners
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (format!("listener[{i}].auth"), l.auth))
+            .chain(
+                self.routes
+                    .iter()
+                    .filter_map(|(n, r)| Some((format!("routes.{n}.auth"), r.auth?))),
+            );
+        for (key, mode) in modes {
+            if mode.accepts_token() && !keys {
+                return Err((
+                    key,
+                    "tokens are checked with keys: add [[auth.key]] (EdDSA, ES256 or HS256)".into(),
+                ));
+            }
+        }
+        for (i, l) in self.listeners.iter().enumerate() {
+            let client_ca = l.tls.as_ref().and_then(|t| t.client_ca.as_ref());
+            if let Some(ca) = client_ca {
+                if !ca.is_file() {
+                    return Err((
+                        format!("listener[{i}].tls.client_ca"),
+                        format!("no such file: {}", ca.display()),
+                    ));
+                }
+            }
+            // A certificate mode on this listener (its own, or a route's through it) needs a
+            // way for certificates to arrive.
+            let cert_mode = l.auth.accepts_cert()
+                || self.routes.values().any(|r| r.auth.is_some_and(|m| m.accepts_cert()));
+            if cert_mode && client_ca.is_none() && !forwarded {
+                return Err((
+                    format!("listener[{i}].auth"),
+                    "certificate authentication needs tls.client_ca on this listener, or [auth] forwarded_cert_header behind a trusted proxy".into(),
+                ));
+            }
+            if l.kind == ListenerKind::Mqtt {
+                let mode = self
+                    .routes
+                    .get(l.mqtt_route())
+                    .and_then(|r| r.auth)
+                    .unwrap_or(l.auth);
+                if mode == super::AuthMode::Token {
+                    return Err((
+                        format!("listener[{i}].auth"),
+                        "a raw MQTT listener carries no HTTP header for a token: use mtls (or token_or_mtls with tls.client_ca)".into(),
+                    ));
+                }
+            }
+        }
+        if let Some(ca) = self.auth.as_ref().and_then(|a| a.forwarded_cert_ca.as_ref()) {
+            if !ca.is_file() {
+                return Err((
+                    "auth.forwarded_cert_ca".into(),
+                    format!("no such file: {}", ca.display()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Does `route` carry MQTT (so the policy applies to it)?
     pub fn route_protocol(&self, route: &str) -> RouteProtocol {
         match self.routes.get(route).and_then(|r| r.protocol) {

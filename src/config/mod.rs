@@ -7,6 +7,8 @@
 #[cfg(feature = "gateway")]
 mod admin;
 #[cfg(feature = "gateway")]
+mod auth;
+#[cfg(feature = "gateway")]
 mod gateway;
 mod locate;
 #[cfg(feature = "gateway")]
@@ -16,6 +18,8 @@ mod push;
 
 #[cfg(feature = "gateway")]
 pub use admin::{AdminSettings, ClusterSettings};
+#[cfg(feature = "gateway")]
+pub use auth::{AuthMode, AuthSettings, Binding, CertField, TokenAlg, TokenKey};
 #[cfg(feature = "gateway")]
 pub use gateway::*;
 pub use locate::ConfigError;

@@ -1,0 +1,258 @@
+//! Device authentication, at the upgrade: who a device is, from a signed token in
+//! `Authorization: Bearer` or from a client certificate (ours, or a trusted proxy's forward),
+//! before any upstream connection exists.
+//!
+//! The router asks [`Authenticator::authenticate`] once per upgrade with what the request
+//! carried; the answer is an identity (or none, where the route asks for nothing) or a
+//! [`Refusal`], whose HTTP status lives with the other mappings in `error`. A reload builds a
+//! new `Authenticator` (key files re-read): the rotation path.
+
+mod cert;
+pub mod issue;
+mod token;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+use http::HeaderMap;
+use rustls_pki_types::CertificateDer;
+
+use crate::config::{AuthMode, Binding, Config};
+pub use cert::CertError;
+pub use token::{Claims, TokenError};
+
+/// What an accepted device proved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authenticated {
+    pub identity: Arc<str>,
+    pub method: Method,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Token,
+    Certificate,
+}
+
+/// Why an upgrade was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Nothing the route accepts was presented.
+    Missing { mode: AuthMode },
+    /// A token that does not verify (or is malformed, or names no key of ours).
+    InvalidToken(TokenError),
+    /// A token that did verify but whose time is not now.
+    Expired,
+    NotYetValid,
+    /// A client certificate (forwarded) that does not verify or names nobody.
+    InvalidCertificate(CertError),
+    /// A valid identity the token does not allow on this route.
+    NotForRoute,
+    /// A valid identity that is banned (a revocation), with the ban's reason.
+    Revoked(String),
+}
+
+impl Refusal {
+    /// For counting: `Refusal::LABELS[r.label()]`.
+    pub const LABELS: [&'static str; 5] = ["missing", "invalid", "expired", "forbidden", "revoked"];
+
+    pub fn label(&self) -> usize {
+        match self {
+            Refusal::Missing { .. } => 0,
+            Refusal::InvalidToken(_) | Refusal::InvalidCertificate(_) => 1,
+            Refusal::Expired | Refusal::NotYetValid => 2,
+            Refusal::NotForRoute => 3,
+            Refusal::Revoked(_) => 4,
+        }
+    }
+
+    /// A failed attempt to prove an identity (as opposed to a proven one not let in): what
+    /// repeated from one address is a strike.
+    pub fn is_failure(&self) -> bool {
+        self.label() <= 2
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Missing { mode } => f.write_str(match mode {
+                AuthMode::Mtls => "a client certificate is required",
+                AuthMode::TokenOrMtls => "a device token or a client certificate is required",
+                _ => "a device token is required (Authorization: Bearer)",
+            }),
+            Refusal::InvalidToken(e) => write!(f, "{e}"),
+            Refusal::Expired => f.write_str("token expired"),
+            Refusal::NotYetValid => f.write_str("token not valid yet"),
+            Refusal::InvalidCertificate(e) => write!(f, "{e}"),
+            Refusal::NotForRoute => f.write_str("this device may not use this route"),
+            Refusal::Revoked(why) => write!(f, "device revoked: {why}"),
+        }
+    }
+}
+
+/// Counts for metrics, kept across reloads.
+#[derive(Debug, Default)]
+pub struct AuthStats {
+    pub refused: [AtomicU64; 5],
+    /// By method: token, certificate.
+    pub accepted: [AtomicU64; 2],
+}
+
+/// What one upgrade presented.
+pub struct Presented<'a> {
+    pub headers: &'a HeaderMap,
+    /// The client certificate of our own TLS handshake, verified there.
+    pub tls_cert: Option<&'a CertificateDer<'static>>,
+    /// Whether the peer is a trusted proxy (whose forwarded certificate header is believed).
+    pub from_trusted_proxy: bool,
+}
+
+/// The configured keys and modes, as one snapshot.
+pub struct Authenticator {
+    keys: Vec<token::Key>,
+    skew_secs: u64,
+    pub binding: Binding,
+    pub strike_failures: bool,
+    listeners: HashMap<String, AuthMode>,
+    routes: HashMap<String, AuthMode>,
+    certs: cert::CertIdentity,
+    pub stats: Arc<AuthStats>,
+}
+
+impl Authenticator {
+    /// `None` when nothing anywhere asks for authentication.
+    pub fn from_config(config: &Config, stats: Arc<AuthStats>) -> Result<Option<Self>, String> {
+        let listeners: HashMap<String, AuthMode> = config
+            .listeners
+            .iter()
+            .map(|l| (l.display_name(), l.auth))
+            .collect();
+        let routes: HashMap<String, AuthMode> = config
+            .routes
+            .iter()
+            .filter_map(|(n, r)| Some((n.clone(), r.auth?)))
+            .collect();
+        let asked = listeners.values().chain(routes.values());
+        if asked.clone().all(|m| *m == AuthMode::None) {
+            return Ok(None);
+        }
+        // Certificate-only setups need no [auth] table: its defaults apply.
+        let settings = config.auth.clone().unwrap_or_default();
+        let keys = settings
+            .keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| token::Key::load(k).map_err(|e| format!("auth.key[{i}]: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(Authenticator {
+            keys,
+            skew_secs: settings.clock_skew_secs,
+            binding: settings.bind_client_id,
+            strike_failures: settings.strike_failures,
+            listeners,
+            routes,
+            certs: cert::CertIdentity::new(&settings)?,
+            stats,
+        }))
+    }
+
+    /// What a device on `listener` must present to reach `route`.
+    pub fn mode(&self, listener: &str, route: &str) -> AuthMode {
+        self.routes
+            .get(route)
+            .or_else(|| self.listeners.get(listener))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Who is asking, by what the route accepts: a certificate first (it was checked during
+    /// the TLS handshake already), then a token. `Ok(None)`: the route asks for nothing.
+    pub fn authenticate(
+        &self,
+        mode: AuthMode,
+        route: &str,
+        presented: &Presented<'_>,
+        now_secs: u64,
+    ) -> Result<Option<Authenticated>, Refusal> {
+        if mode == AuthMode::None {
+            return Ok(None);
+        }
+        let outcome = self.prove(mode, route, presented, now_secs);
+        match &outcome {
+            Ok(a) => {
+                let i = (a.method == Method::Certificate) as usize;
+                self.stats.accepted[i].fetch_add(1, Relaxed);
+            }
+            Err(r) => {
+                self.stats.refused[r.label()].fetch_add(1, Relaxed);
+            }
+        }
+        outcome.map(Some)
+    }
+
+    fn prove(
+        &self,
+        mode: AuthMode,
+        route: &str,
+        p: &Presented<'_>,
+        now_secs: u64,
+    ) -> Result<Authenticated, Refusal> {
+        if mode.accepts_cert() {
+            let cert = match p.tls_cert {
+                Some(der) => Some(self.certs.identity(der)),
+                None if p.from_trusted_proxy => self.certs.forwarded(p.headers, now_secs),
+                None => None,
+            };
+            if let Some(identity) = cert {
+                let identity = identity.map_err(Refusal::InvalidCertificate)?;
+                return Ok(Authenticated {
+                    identity,
+                    method: Method::Certificate,
+                });
+            }
+        }
+        if mode.accepts_token() {
+            if let Some(token) = bearer(p.headers) {
+                let claims = token::verify(token, &self.keys, now_secs, self.skew_secs)
+                    .map_err(|e| match e {
+                        TokenError::Expired => Refusal::Expired,
+                        TokenError::NotYetValid => Refusal::NotYetValid,
+                        e => Refusal::InvalidToken(e),
+                    })?;
+                if let Some(routes) = &claims.routes {
+                    if !routes.iter().any(|r| r == route) {
+                        return Err(Refusal::NotForRoute);
+                    }
+                }
+                return Ok(Authenticated {
+                    identity: claims.sub,
+                    method: Method::Token,
+                });
+            }
+        }
+        Err(Refusal::Missing { mode })
+    }
+}
+
+/// The token of `Authorization: Bearer <token>` (scheme case-insensitive, RFC 6750 §2.1).
+/// A token in the URL is never looked for: URLs are logged all along the way.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// Seconds since the epoch, for token times.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,242 @@
+//! Device tokens: JWS compact serialization (RFC 7515) with JWT claims (RFC 7519), checked
+//! with `ring`, the crypto the TLS stack already carries.
+//!
+//! Why not a JWT crate: `jsonwebtoken` 9 (the last on `ring`) lets a claim of the wrong JSON
+//! type skip its check (CVE-2026-25537), and 10 needs aws-lc (a C build) or some thirty
+//! RustCrypto crates. What is left to write is small and strict: three algorithms, each key
+//! bound to one, `exp` required and numeric, no `crit`, no `none`, a size cap.
+
+use std::sync::Arc;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use ring::signature::{self, UnparsedPublicKey};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::SubjectPublicKeyInfoDer;
+use serde::Deserialize;
+
+use crate::config::{TokenAlg, TokenKey};
+
+/// Longer tokens are refused before any decoding (they ride in a header of a 16 KiB head).
+pub const MAX_TOKEN_LEN: usize = 4096;
+/// Longest `sub` accepted: it becomes a client ID or serial.
+const MAX_SUB_LEN: usize = 256;
+
+/// A key tokens may be signed with.
+pub struct Key {
+    kid: Option<Arc<str>>,
+    alg: TokenAlg,
+    check: Check,
+}
+
+enum Check {
+    Public(UnparsedPublicKey<Vec<u8>>),
+    Hmac(ring::hmac::Key),
+}
+
+/// Why a token was not accepted. `Expired` and `NotYetValid` are told to the device as such
+/// (its clock or its refresh is at fault, not its key); the others only as "invalid".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenError {
+    Malformed(&'static str),
+    /// No configured key for the token's `alg` (and `kid`).
+    UnknownKey,
+    BadSignature,
+    Expired,
+    NotYetValid,
+}
+
+impl std::fmt::Display for TokenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TokenError::Malformed(why) => write!(f, "malformed token: {why}"),
+            TokenError::UnknownKey => f.write_str("token signed with no key configured here"),
+            TokenError::BadSignature => f.write_str("token signature does not verify"),
+            TokenError::Expired => f.write_str("token expired"),
+            TokenError::NotYetValid => f.write_str("token not valid yet (nbf)"),
+        }
+    }
+}
+
+/// What an accepted token says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claims {
+    /// The device identity.
+    pub sub: Arc<str>,
+    /// Seconds since the epoch.
+    pub exp: u64,
+    /// The routes it may reach; `None`: any route that accepts tokens.
+    pub routes: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+struct Header {
+    alg: String,
+    #[serde(default)]
+    kid: Option<String>,
+    /// Extensions we would have to understand (RFC 7515 §4.1.11): we understand none.
+    #[serde(default)]
+    crit: Option<serde_json::Value>,
+}
+
+/// Claim types are strict: `exp` a JSON number (a string fails the parse, it does not skip
+/// the check), `sub` a string.
+#[derive(Deserialize)]
+struct RawClaims {
+    #[serde(default)]
+    sub: Option<String>,
+    #[serde(default)]
+    exp: Option<f64>,
+    #[serde(default)]
+    nbf: Option<f64>,
+    #[serde(default)]
+    routes: Option<Vec<String>>,
+}
+
+impl Key {
+    /// Build a configured key (public key files are read here, so a reload re-reads them).
+    pub fn load(cfg: &TokenKey) -> Result<Key, String> {
+        let check = match cfg.alg {
+            TokenAlg::HS256 => {
+                let secret = cfg.secret.as_ref().ok_or("HS256 needs a secret")?;
+                Check::Hmac(ring::hmac::Key::new(
+                    ring::hmac::HMAC_SHA256,
+                    secret.expose().as_bytes(),
+                ))
+            }
+            alg @ (TokenAlg::EdDSA | TokenAlg::ES256) => {
+                let spki = match (&cfg.public_key, &cfg.public_key_pem) {
+                    (Some(path), _) => SubjectPublicKeyInfoDer::from_pem_file(path)
+                        .map_err(|e| format!("{}: {e}", path.display()))?,
+                    (None, Some(pem)) => SubjectPublicKeyInfoDer::from_pem_slice(pem.as_bytes())
+                        .map_err(|e| format!("public_key_pem: {e}"))?,
+                    (None, None) => return Err("no public key".into()),
+                };
+                Check::Public(public_key(alg, spki.as_ref())?)
+            }
+        };
+        Ok(Key {
+            kid: cfg.kid.as_deref().map(Arc::from),
+            alg: cfg.alg,
+            check,
+        })
+    }
+
+    fn verifies(&self, message: &[u8], sig: &[u8]) -> bool {
+        match &self.check {
+            Check::Public(k) => k.verify(message, sig).is_ok(),
+            // Constant time.
+            Check::Hmac(k) => ring::hmac::verify(k, message, sig).is_ok(),
+        }
+    }
+}
+
+/// The raw key inside a DER SubjectPublicKeyInfo: both algorithms have one fixed encoding
+/// (RFC 8410 §4 for Ed25519, RFC 5480 for uncompressed P-256), so a prefix match is exact
+/// and anything else (another curve, RSA, a compressed point) is refused by name.
+fn public_key(alg: TokenAlg, spki: &[u8]) -> Result<UnparsedPublicKey<Vec<u8>>, String> {
+    const ED25519: &[u8] = &[
+        0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+    ];
+    const P256: &[u8] = &[
+        0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08,
+        0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+    ];
+    let (prefix, len, ring_alg): (_, _, &'static dyn signature::VerificationAlgorithm) = match alg
+    {
+        TokenAlg::EdDSA => (ED25519, 32, &signature::ED25519),
+        TokenAlg::ES256 => (P256, 65, &signature::ECDSA_P256_SHA256_FIXED),
+        TokenAlg::HS256 => return Err("HS256 has no public key".into()),
+    };
+    match spki.strip_prefix(prefix) {
+        Some(raw) if raw.len() == len => Ok(UnparsedPublicKey::new(ring_alg, raw.to_vec())),
+        _ => Err(format!(
+            "not an {} public key (expected {})",
+            alg.name(),
+            match alg {
+                TokenAlg::EdDSA => "Ed25519",
+                _ => "P-256, uncompressed",
+            }
+        )),
+    }
+}
+
+/// Check `token` against `keys` at `now` (seconds since the epoch), tolerating `skew` seconds.
+pub fn verify(token: &str, keys: &[Key], now: u64, skew: u64) -> Result<Claims, TokenError> {
+    use TokenError::Malformed;
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(Malformed("longer than 4096 bytes"));
+    }
+    let mut parts = token.split('.');
+    let (Some(h64), Some(p64), Some(s64), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(Malformed("not three dot-separated parts"));
+    };
+    let header: Header = URL_SAFE_NO_PAD
+        .decode(h64)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or(Malformed("header is not base64url JSON"))?;
+    if header.crit.is_some() {
+        return Err(Malformed("critical header extensions are not supported"));
+    }
+    let alg = match header.alg.as_str() {
+        "EdDSA" => TokenAlg::EdDSA,
+        "ES256" => TokenAlg::ES256,
+        "HS256" => TokenAlg::HS256,
+        _ => return Err(TokenError::UnknownKey),
+    };
+    let sig = URL_SAFE_NO_PAD
+        .decode(s64)
+        .map_err(|_| Malformed("signature is not base64url"))?;
+    let message = &token.as_bytes()[..h64.len() + 1 + p64.len()];
+    let mut candidates = keys.iter().filter(|k| {
+        k.alg == alg
+            && match (&header.kid, &k.kid) {
+                (Some(want), Some(have)) => **have == **want,
+                (Some(_), None) => false,
+                (None, _) => true,
+            }
+    });
+    let mut any = false;
+    if !candidates.any(|k| {
+        any = true;
+        k.verifies(message, &sig)
+    }) {
+        return Err(match any {
+            true => TokenError::BadSignature,
+            false => TokenError::UnknownKey,
+        });
+    }
+    // Only a signed payload is parsed.
+    let claims: RawClaims = URL_SAFE_NO_PAD
+        .decode(p64)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or(Malformed("claims are not base64url JSON of the expected types"))?;
+    let exp = claims.exp.ok_or(Malformed("no exp claim"))?;
+    let now_f = now as f64;
+    let skew_f = skew as f64;
+    if !exp.is_finite() || now_f > exp + skew_f {
+        return Err(TokenError::Expired);
+    }
+    if let Some(nbf) = claims.nbf {
+        if !nbf.is_finite() || now_f + skew_f < nbf {
+            return Err(TokenError::NotYetValid);
+        }
+    }
+    let sub = claims.sub.ok_or(Malformed("no sub claim"))?;
+    if sub.is_empty() || sub.len() > MAX_SUB_LEN || sub.chars().any(char::is_control) {
+        return Err(Malformed("sub must be 1 to 256 printable characters"));
+    }
+    Ok(Claims {
+        sub: sub.into(),
+        exp: exp as u64,
+        routes: claims.routes,
+    })
+}
+
+#[cfg(test)]
+#[path = "token_tests.rs"]
+mod tests;
