@@ -346,6 +346,45 @@ pub fn connack_for_refusal(
     }
 }
 
+/// An upgrade refused by authentication: its status and `WWW-Authenticate` challenge
+/// (RFC 9110 §11.6.1; RFC 6750 §3 for the Bearer errors). 401: prove who you are (again);
+/// 403: proven, and not let in here.
+#[cfg(feature = "gateway")]
+pub fn auth_refusal(refusal: &crate::auth::Refusal) -> (http::StatusCode, Option<String>) {
+    use crate::auth::Refusal as R;
+    use crate::config::AuthMode;
+    let realm = r#"realm="portcullis""#;
+    let challenge = match refusal {
+        R::Missing {
+            mode: AuthMode::Mtls,
+        }
+        | R::InvalidCertificate(_) => format!("ClientCertificate {realm}"),
+        R::Missing { .. } => format!("Bearer {realm}"),
+        R::InvalidToken(_) => {
+            format!(r#"Bearer {realm}, error="invalid_token", error_description="token rejected""#)
+        }
+        R::Expired => {
+            format!(r#"Bearer {realm}, error="invalid_token", error_description="token expired""#)
+        }
+        R::NotYetValid => format!(
+            r#"Bearer {realm}, error="invalid_token", error_description="token not valid yet""#
+        ),
+        R::NotForRoute | R::Revoked(_) => return (http::StatusCode::FORBIDDEN, None),
+    };
+    (http::StatusCode::UNAUTHORIZED, Some(challenge))
+}
+
+/// CONNACK code for a CONNECT whose client ID is not the identity the device proved (or from
+/// a device that proved none where the route asks for it).
+#[cfg(feature = "gateway")]
+pub fn connack_not_authorized(version: crate::mqtt::wire::Version) -> u8 {
+    use crate::mqtt::server::reason;
+    match version {
+        crate::mqtt::wire::Version::V5 => reason::NOT_AUTHORIZED,
+        crate::mqtt::wire::Version::V311 => reason::V3_NOT_AUTHORIZED,
+    }
+}
+
 /// CONNACK code when no broker could be reached for the device.
 #[cfg(feature = "gateway")]
 pub fn connack_unavailable(version: crate::mqtt::wire::Version) -> u8 {

@@ -172,6 +172,29 @@ pub fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
         "Admin API requests refused for a missing or unknown token",
         vec![(vec![], shared.admin_unauthorized.load(Relaxed))],
     );
+    let a = &shared.auth_stats;
+    let rows = crate::auth::Refusal::LABELS
+        .iter()
+        .zip(&a.refused)
+        .map(|(reason, n)| (l(&[("reason", reason)]), n.load(Relaxed)))
+        .collect();
+    counter(
+        &mut reg,
+        "auth_refused",
+        "WebSocket upgrades (and raw MQTT CONNECTs) refused by device authentication",
+        rows,
+    );
+    let rows = ["token", "certificate"]
+        .iter()
+        .zip(&a.accepted)
+        .map(|(method, n)| (l(&[("method", method)]), n.load(Relaxed)))
+        .collect();
+    counter(
+        &mut reg,
+        "auth_accepted",
+        "Devices that proved their identity, by method",
+        rows,
+    );
     if let Some(c) = shared.bans.cluster() {
         let up = vec![(vec![], i64::from(c.connected()))];
         gauge(

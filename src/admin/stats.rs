@@ -57,6 +57,9 @@ pub struct Refused {
     connect_unknown_device: u64,
     connect_rate_limited: u64,
     connect_too_many: u64,
+    /// Upgrades refused by device authentication, by reason: missing, invalid, expired,
+    /// forbidden (not for this route), revoked.
+    auth: BTreeMap<String, u64>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -124,6 +127,11 @@ fn collect(shared: &Shared) -> Stats {
             connect_unknown_device: s.refused_unknown,
             connect_rate_limited: s.refused_connect_rate,
             connect_too_many: s.refused_too_many,
+            auth: crate::auth::Refusal::LABELS
+                .iter()
+                .zip(&shared.auth_stats.refused)
+                .map(|(l, n)| (l.to_string(), n.load(std::sync::atomic::Ordering::Relaxed)))
+                .collect(),
         },
         bans: Bans {
             active: tally.active,

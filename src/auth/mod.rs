@@ -168,18 +168,25 @@ impl Authenticator {
     }
 
     /// Who is asking, by what the route accepts: a certificate first (it was checked during
-    /// the TLS handshake already), then a token. `Ok(None)`: the route asks for nothing.
+    /// the TLS handshake already), then a token; then whether that identity is `revoked`
+    /// (banned: the ban's reason). `Ok(None)`: the route asks for nothing.
     pub fn authenticate(
         &self,
         mode: AuthMode,
         route: &str,
         presented: &Presented<'_>,
         now_secs: u64,
+        revoked: impl Fn(&str) -> Option<String>,
     ) -> Result<Option<Authenticated>, Refusal> {
         if mode == AuthMode::None {
             return Ok(None);
         }
-        let outcome = self.prove(mode, route, presented, now_secs);
+        let outcome = self
+            .prove(mode, route, presented, now_secs)
+            .and_then(|a| match revoked(&a.identity) {
+                Some(why) => Err(Refusal::Revoked(why)),
+                None => Ok(a),
+            });
         match &outcome {
             Ok(a) => {
                 let i = (a.method == Method::Certificate) as usize;

@@ -118,7 +118,7 @@ fn a_token_names_the_device_and_is_counted() {
     let (_d, _ca, a) = setup();
     let t = Signer::hs256(SECRET.as_bytes()).device_token(None, "dev-7", 60);
     let h = bearer_headers(&t);
-    let got = a.authenticate(AuthMode::Token, "mqtt", &presented(&h), now_secs());
+    let got = a.authenticate(AuthMode::Token, "mqtt", &presented(&h), now_secs(), |_| None);
     assert_eq!(
         got,
         Ok(Some(Authenticated {
@@ -134,7 +134,7 @@ fn a_token_names_the_device_and_is_counted() {
         HeaderValue::from_str(&format!("bearer {t}")).expect("header"),
     );
     assert!(a
-        .authenticate(AuthMode::Token, "mqtt", &presented(&h), now_secs())
+        .authenticate(AuthMode::Token, "mqtt", &presented(&h), now_secs(), |_| None)
         .is_ok());
 }
 
@@ -144,7 +144,7 @@ fn each_refusal_is_named_and_counted() {
     let now = now_secs();
     let none = HeaderMap::new();
     assert_eq!(
-        a.authenticate(AuthMode::Token, "mqtt", &presented(&none), now),
+        a.authenticate(AuthMode::Token, "mqtt", &presented(&none), now, |_| None),
         Err(Refusal::Missing {
             mode: AuthMode::Token
         })
@@ -155,7 +155,7 @@ fn each_refusal_is_named_and_counted() {
         HeaderValue::from_static("Basic ZGV2OnB3"),
     );
     assert!(matches!(
-        a.authenticate(AuthMode::Token, "mqtt", &presented(&basic), now),
+        a.authenticate(AuthMode::Token, "mqtt", &presented(&basic), now, |_| None),
         Err(Refusal::Missing { .. })
     ));
     let signer = Signer::hs256(SECRET.as_bytes());
@@ -163,19 +163,19 @@ fn each_refusal_is_named_and_counted() {
         .sign(None, &json!({"sub": "d", "exp": now - 3600}))
         .expect("sign");
     assert_eq!(
-        a.authenticate(AuthMode::Token, "mqtt", &presented(&bearer_headers(&expired)), now),
+        a.authenticate(AuthMode::Token, "mqtt", &presented(&bearer_headers(&expired)), now, |_| None),
         Err(Refusal::Expired)
     );
     let bad = Signer::hs256(b"a different secret of 32+ bytes!!!").device_token(None, "d", 60);
     assert!(matches!(
-        a.authenticate(AuthMode::Token, "mqtt", &presented(&bearer_headers(&bad)), now),
+        a.authenticate(AuthMode::Token, "mqtt", &presented(&bearer_headers(&bad)), now, |_| None),
         Err(Refusal::InvalidToken(TokenError::BadSignature))
     ));
     let scoped = signer
         .sign(None, &json!({"sub": "d", "exp": now + 60, "routes": ["meters"]}))
         .expect("sign");
     assert_eq!(
-        a.authenticate(AuthMode::Token, "mqtt", &presented(&bearer_headers(&scoped)), now),
+        a.authenticate(AuthMode::Token, "mqtt", &presented(&bearer_headers(&scoped)), now, |_| None),
         Err(Refusal::NotForRoute)
     );
     assert!(a
@@ -183,16 +183,30 @@ fn each_refusal_is_named_and_counted() {
             AuthMode::TokenOrMtls,
             "meters",
             &presented(&bearer_headers(&scoped)),
-            now
+            now,
+            |_| None
         )
         .is_ok());
     let counted: Vec<u64> = a.stats.refused.iter().map(|c| c.load(Relaxed)).collect();
     assert_eq!(counted, [2, 1, 1, 1, 0]);
     assert!(Refusal::Expired.is_failure());
     assert!(!Refusal::NotForRoute.is_failure());
+    // A valid token for a banned identity: revoked, with the ban's reason.
+    let good = signer.device_token(None, "stolen-1", 60);
+    assert_eq!(
+        a.authenticate(
+            AuthMode::Token,
+            "mqtt",
+            &presented(&bearer_headers(&good)),
+            now,
+            |id| (id == "stolen-1").then(|| "key leaked".to_string())
+        ),
+        Err(Refusal::Revoked("key leaked".into()))
+    );
+    assert_eq!(a.stats.refused[4].load(Relaxed), 1);
     // Nothing is asked on a route without auth, whatever was sent.
     assert_eq!(
-        a.authenticate(AuthMode::None, "public", &presented(&bearer_headers(&bad)), now),
+        a.authenticate(AuthMode::None, "public", &presented(&bearer_headers(&bad)), now, |_| None),
         Ok(None)
     );
 }
@@ -231,7 +245,7 @@ fn a_certificate_from_our_tls_wins_over_a_token() {
         tls_cert: Some(&der),
         from_trusted_proxy: false,
     };
-    let got = a.authenticate(AuthMode::TokenOrMtls, "meters", &p, now_secs());
+    let got = a.authenticate(AuthMode::TokenOrMtls, "meters", &p, now_secs(), |_| None);
     assert_eq!(got.map(|a| a.map(|a| a.identity)), Ok(Some("meter-9".into())));
     // A certificate does not satisfy a token-only route.
     let none = HeaderMap::new();
@@ -241,7 +255,7 @@ fn a_certificate_from_our_tls_wins_over_a_token() {
         from_trusted_proxy: false,
     };
     assert!(matches!(
-        a.authenticate(AuthMode::Token, "mqtt", &p, now_secs()),
+        a.authenticate(AuthMode::Token, "mqtt", &p, now_secs(), |_| None),
         Err(Refusal::Missing { .. })
     ));
 }
@@ -264,7 +278,7 @@ fn a_forwarded_certificate_counts_only_from_a_trusted_proxy_and_our_ca() {
         tls_cert: None,
         from_trusted_proxy: trusted,
     };
-    let got = a.authenticate(AuthMode::Mtls, "meters", &from(true), now_secs());
+    let got = a.authenticate(AuthMode::Mtls, "meters", &from(true), now_secs(), |_| None);
     assert_eq!(
         got,
         Ok(Some(Authenticated {
@@ -274,7 +288,7 @@ fn a_forwarded_certificate_counts_only_from_a_trusted_proxy_and_our_ca() {
     );
     // The same header from anyone else is not looked at.
     assert!(matches!(
-        a.authenticate(AuthMode::Mtls, "meters", &from(false), now_secs()),
+        a.authenticate(AuthMode::Mtls, "meters", &from(false), now_secs(), |_| None),
         Err(Refusal::Missing { .. })
     ));
     // Issued by another CA: refused even from the trusted proxy.
@@ -286,7 +300,7 @@ fn a_forwarded_certificate_counts_only_from_a_trusted_proxy_and_our_ca() {
         from_trusted_proxy: true,
     };
     assert!(matches!(
-        a.authenticate(AuthMode::Mtls, "meters", &p, now_secs()),
+        a.authenticate(AuthMode::Mtls, "meters", &p, now_secs(), |_| None),
         Err(Refusal::InvalidCertificate(CertError::Untrusted(_)))
     ));
     // Garbage and nginx's empty placeholder.
@@ -299,7 +313,7 @@ fn a_forwarded_certificate_counts_only_from_a_trusted_proxy_and_our_ca() {
             from_trusted_proxy: true,
         };
         assert!(
-            a.authenticate(AuthMode::Mtls, "meters", &p, now_secs())
+            a.authenticate(AuthMode::Mtls, "meters", &p, now_secs(), |_| None)
                 .is_err(),
             "{junk:?}"
         );

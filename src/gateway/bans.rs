@@ -20,7 +20,7 @@ pub struct AnnouncedBans {
     /// The live connections, to kick the ones a new ban covers.
     clients: Arc<Clients>,
     /// Bans issued since start, by [`BanSource::family`] (restored ones are not counted).
-    issued: [AtomicU64; 7],
+    issued: [AtomicU64; BanSource::FAMILIES.len()],
     /// Taken out at shutdown, so that the store's file is closed when the gateway is.
     disk: RwLock<Option<Writer>>,
     /// With `[cluster]`: where this node's own changes go out to the others.

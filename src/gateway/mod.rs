@@ -29,6 +29,10 @@ use crate::forward::Routes;
 /// What every connection can see. Reload swaps the routes; live tunnels keep their upstream.
 pub struct Shared {
     routes: RwLock<Arc<Routes>>,
+    /// Device authentication: keys and modes, rebuilt (key files re-read) on reload.
+    auth: RwLock<Option<Arc<crate::auth::Authenticator>>>,
+    /// Accepted and refused authentications, across reloads.
+    pub auth_stats: Arc<crate::auth::AuthStats>,
     websocket: RwLock<Arc<WebSocketSettings>>,
     pub drain: Drain,
     pub policy: Policy,
@@ -104,6 +108,11 @@ impl Shared {
         self.websocket.read().map(|g| g.clone()).unwrap_or_default()
     }
 
+    /// Keys and auth modes now (`None`: nothing asks devices to authenticate).
+    pub fn auth(&self) -> Option<Arc<crate::auth::Authenticator>> {
+        self.auth.read().ok().and_then(|g| g.clone())
+    }
+
     /// The route table now (a reload swaps it whole).
     pub fn routes(&self) -> Arc<Routes> {
         self.routes.read().map(|g| g.clone()).unwrap_or_default()
@@ -149,8 +158,12 @@ impl Gateway {
         }
         let policy = Policy::new(&config.policy, bans.clone(), Default::default())
             .map_err(|e| format!("policy: {e}"))?;
+        let auth_stats = Arc::new(crate::auth::AuthStats::default());
+        let auth = crate::auth::Authenticator::from_config(&config, auth_stats.clone())?;
         let shared = Arc::new(Shared {
             routes: RwLock::new(Arc::new(routes)),
+            auth: RwLock::new(auth.map(Arc::new)),
+            auth_stats,
             websocket: RwLock::new(Arc::new(config.websocket.clone())),
             drain,
             policy,
@@ -226,6 +239,8 @@ impl Gateway {
             prepared.push(ListenerCtx::prepare_reload(cfg)?);
         }
         let routes = build_routes(config)?;
+        // [auth]: key files re-read (rotation: the new key joins, the old one leaves).
+        let auth = crate::auth::Authenticator::from_config(config, self.shared.auth_stats.clone())?;
         // [policy] classes and devices: compiled now, in force from each session's next publish.
         let classes = self.shared.policy.prepare_classes(&config.policy)?;
         // [push] redirect rules (and the other settings but the records' lease and retention).
@@ -255,6 +270,9 @@ impl Gateway {
         }
         if let (Some(running), Some((settings, redirects))) = (&self.shared.push, push) {
             running.apply(settings, redirects);
+        }
+        if let Ok(mut g) = self.shared.auth.write() {
+            *g = auth.map(Arc::new);
         }
         if let Ok(mut g) = self.shared.routes.write() {
             *g = Arc::new(routes);

@@ -53,6 +53,15 @@ pub struct Caller {
     pub tls: bool,
 }
 
+/// Device authentication at the upgrade, where a listener or route asks for it.
+pub struct AuthGate {
+    pub authenticator: Arc<crate::auth::Authenticator>,
+    /// The reason of a ban on a proven identity (a revocation), if any.
+    pub revoked: Arc<dyn Fn(&str) -> Option<String> + Send + Sync>,
+    /// Told of each refusal with the client IP (failures from one address are strikes).
+    pub refused: Arc<dyn Fn(IpAddr, &crate::auth::Refusal) + Send + Sync>,
+}
+
 /// What the router needs, snapshotted at accept: a reload in between does not tear a request.
 pub struct Inputs {
     pub routes: Arc<Routes>,
@@ -61,6 +70,8 @@ pub struct Inputs {
     pub probe: Option<Arc<ProbeGate>>,
     /// HTTP push and check-ins, when `[push]` is configured.
     pub devices: Option<DeviceHttp>,
+    /// `None`: no listener or route asks devices to authenticate.
+    pub auth: Option<AuthGate>,
 }
 
 /// What the device asked for and who it is, as far as HTTP can tell.
@@ -71,6 +82,8 @@ pub struct WsSession {
     pub ip_source: IpSource,
     /// On `/probe`: the admitted session and what to tell the probe first.
     pub probe: Option<ProbeTicket>,
+    /// Who the device proved to be, where its route asks.
+    pub device: Option<crate::auth::Authenticated>,
 }
 
 pub enum Session {
@@ -85,6 +98,8 @@ struct Router {
     inputs: Inputs,
     listener: Arc<ListenerCtx>,
     origin: Origin,
+    /// The client certificate our TLS verified, if any.
+    client_cert: Option<rustls_pki_types::CertificateDer<'static>>,
     accepted: Mutex<Option<upgrade::Upgrade>>,
 }
 
@@ -101,6 +116,7 @@ pub async fn negotiate(conn: Conn, inputs: Inputs) -> Result<Session> {
                 IpSource::ProxyProtocol
             },
         },
+        client_cert: conn.client_cert,
         accepted: Mutex::new(None),
     });
     let service = {
@@ -149,6 +165,7 @@ pub async fn negotiate(conn: Conn, inputs: Inputs) -> Result<Session> {
         client_ip: a.client_ip,
         ip_source: a.ip_source,
         probe: a.probe,
+        device: a.device,
     })))
 }
 

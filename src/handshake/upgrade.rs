@@ -43,6 +43,7 @@ pub(super) struct Upgrade {
     pub client_ip: IpAddr,
     pub ip_source: IpSource,
     pub probe: Option<ProbeTicket>,
+    pub device: Option<crate::auth::Authenticated>,
 }
 
 /// MQTT over WebSocket subprotocols we speak, in the order we prefer them.
@@ -141,6 +142,8 @@ pub(super) fn accept(
     if believed && !(inputs.admit)(caller.ip) {
         return Err(text(StatusCode::FORBIDDEN, BANNED));
     }
+    // Who the device is, where its route asks: before any upstream exists.
+    let device = authenticate(headers, &target, caller, router)?;
     let probe = match (&target, &inputs.probe) {
         (Target::Probe, Some(gate)) => match gate.admit() {
             Ok(slot) => Some(ProbeTicket {
@@ -172,8 +175,52 @@ pub(super) fn accept(
             client_ip: caller.ip,
             ip_source: caller.ip_source,
             probe,
+            device,
         },
     ))
+}
+
+/// The identity the device proves, where the listener or route asks for one; a refusal is
+/// the answer to send (401 with a challenge, or 403), counted and told to the policy.
+#[allow(clippy::result_large_err)]
+fn authenticate(
+    headers: &HeaderMap,
+    target: &Target,
+    caller: Caller,
+    router: &Router,
+) -> Result<Option<crate::auth::Authenticated>, Response<Body>> {
+    let (Some(gate), false) = (&router.inputs.auth, *target == Target::Probe) else {
+        return Ok(None);
+    };
+    let listener = &router.listener;
+    let mode = gate.authenticator.mode(&listener.name, target.route());
+    let presented = crate::auth::Presented {
+        headers,
+        tls_cert: router.client_cert.as_ref(),
+        from_trusted_proxy: listener.trusted_proxies().contains(router.origin.addr),
+    };
+    let now = crate::auth::now_secs();
+    let refusal = match gate.authenticator.authenticate(
+        mode,
+        target.route(),
+        &presented,
+        now,
+        &*gate.revoked,
+    ) {
+        Ok(device) => return Ok(device),
+        Err(r) => r,
+    };
+    (gate.refused)(caller.ip, &refusal);
+    let (status, challenge) = crate::error::auth_refusal(&refusal);
+    let mut r = super::reply::marked(
+        status,
+        "text/plain; charset=utf-8",
+        Bytes::from(format!("{refusal}\n")),
+    );
+    if let Some(v) = challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    Err(r)
 }
 
 pub(super) const BANNED: &str = "refused: banned or connecting too often\n";

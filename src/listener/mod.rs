@@ -47,6 +47,8 @@ pub struct Conn {
     /// The PROXY header's source where one was required, else the peer.
     pub source: SocketAddr,
     pub listener: Arc<ListenerCtx>,
+    /// The client certificate our TLS handshake verified (listeners with `client_ca`).
+    pub client_cert: Option<rustls_pki_types::CertificateDer<'static>>,
     _slot: OwnedSemaphorePermit,
 }
 
@@ -223,12 +225,22 @@ pub async fn establish(
             "no PROXY header / TLS handshake within the handshake timeout",
         )
     })??;
+    let client_cert = match &stream {
+        DeviceStream::Tls(tls) => tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .map(|leaf| leaf.clone().into_owned()),
+        DeviceStream::Plain(_) => None,
+    };
     Ok(Conn {
         id: next_conn_id(),
         stream,
         peer,
         source,
         listener: ctx,
+        client_cert,
         _slot: slot,
     })
 }

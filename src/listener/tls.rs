@@ -9,7 +9,7 @@ use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
 use tokio_rustls::rustls::sign::CertifiedKey;
 use tokio_rustls::rustls::{self, ServerConfig};
 
-use crate::config::TlsConfig;
+use crate::config::{ClientAuth, TlsConfig};
 
 /// Build the acceptor for a listener. Reads the PEM files now, so errors surface at start/reload.
 pub fn acceptor(tls: &TlsConfig, alpn_http1: bool) -> Result<tokio_rustls::TlsAcceptor, String> {
@@ -38,17 +38,48 @@ pub fn acceptor(tls: &TlsConfig, alpn_http1: bool) -> Result<tokio_rustls::TlsAc
         })?;
         certs.push(Arc::new(certified));
     }
-    let mut config = ServerConfig::builder_with_provider(provider)
+    let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(SniResolver { certs }));
+        .map_err(|e| e.to_string())?;
+    let builder = match &tls.client_ca {
+        Some(ca) => builder.with_client_cert_verifier(client_verifier(ca, tls.client_auth, provider)?),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(SniResolver { certs }));
     if alpn_http1 {
         // WebSocket needs HTTP/1.1 on every hop: offering h2 would strand clients that have no
         // RFC 8441 (see waf-lb.md §7.5).
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
     }
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Client certificates checked against `ca` during the handshake (chain, validity, client-auth
+/// usage): a device whose certificate fails never gets an HTTP request through.
+fn client_verifier(
+    ca: &std::path::Path,
+    mode: ClientAuth,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).map_err(|e| format!("{}: {e}", ca.display()))? {
+        let c = c.map_err(|e| format!("{}: {e}", ca.display()))?;
+        roots
+            .add(c)
+            .map_err(|e| format!("{}: {e}", ca.display()))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("{}: no CA certificate in the file", ca.display()));
+    }
+    let builder =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+    let builder = match mode {
+        ClientAuth::Required => builder,
+        ClientAuth::Optional => builder.allow_unauthenticated(),
+    };
+    builder
+        .build()
+        .map_err(|e| format!("client_ca {}: {e}", ca.display()))
 }
 
 /// Picks the first certificate valid for the requested SNI name, else the first one.

@@ -109,10 +109,11 @@ async fn story(
         client_ip,
         ip_source,
         probe,
+        device,
     } = *session;
     span.record("client_ip", field::display(client_ip));
     span.record("route", target.route());
-    tracing::debug!(?ip_source, "websocket accepted");
+    tracing::debug!(?ip_source, device = ?device.as_ref().map(|d| &d.identity), "websocket accepted");
     if let Some(ticket) = probe {
         let end = forward::probe::echo(ws, ticket, &shared.drain).await;
         return tracing::info!(?end, "probe session ended");
@@ -136,7 +137,8 @@ async fn story(
     let settings = forward::RelaySettings::from(&*shared.websocket());
     if pool.mqtt {
         let (tx, rx) = futures_util::StreamExt::split(ws);
-        let ctx = mqtt_ctx(&shared, &pool, &settings, client_ip, &registration);
+        let mut ctx = mqtt_ctx(&shared, &pool, &settings, client_ip, &registration);
+        ctx.proof = proof(&shared, device);
         let ending = forward::mqtt::relay(mqtt::WsRx(rx), mqtt::WsTx(tx), ctx).await;
         return log_ending(&ending);
     }
@@ -172,7 +174,35 @@ fn router_inputs(shared: &Arc<Shared>) -> handshake::Inputs {
         websocket: shared.websocket(),
         probe: shared.probe.clone(),
         devices,
+        auth: auth_gate(shared),
     }
+}
+
+/// Authentication as the router sees it: the keys, revocations (bans on the identity) and
+/// what a refusal means to the policy (a strike against the address, for failures).
+fn auth_gate(shared: &Arc<Shared>) -> Option<handshake::AuthGate> {
+    let authenticator = shared.auth()?;
+    let revoked = {
+        let shared = shared.clone();
+        Arc::new(move |identity: &str| shared.policy.revoked(identity).map(|b| b.reason))
+    };
+    let strikes = authenticator.strike_failures;
+    let refused = {
+        let shared = shared.clone();
+        Arc::new(move |ip, refusal: &crate::auth::Refusal| {
+            tracing::info!(%ip, "upgrade refused: {refusal}");
+            if strikes && refusal.is_failure() {
+                if let Some(ban) = shared.policy.on_auth_failure(ip) {
+                    tracing::warn!(%ip, reason = %ban.reason, "address banned");
+                }
+            }
+        })
+    };
+    Some(handshake::AuthGate {
+        authenticator,
+        revoked,
+        refused,
+    })
 }
 
 /// Resolves when a ban comes to cover this raw tunnel (it names no client ID: an IP or CIDR
@@ -206,6 +236,49 @@ fn mqtt_ctx<'a>(
         decision_time: &shared.timings.decision,
         drain: &shared.drain,
         client_ip,
+        proof: mqtt::Proof::NotAsked,
+    }
+}
+
+/// What the upgrade proved, as the CONNECT is to check it.
+fn proof(shared: &Shared, device: Option<crate::auth::Authenticated>) -> mqtt::Proof {
+    match (device, shared.auth()) {
+        (Some(d), Some(auth)) => mqtt::Proof::Proven {
+            identity: d.identity,
+            binding: auth.binding,
+        },
+        _ => mqtt::Proof::NotAsked,
+    }
+}
+
+/// A raw MQTT listener has no HTTP: its device proves itself with the certificate of our
+/// TLS handshake or not at all.
+fn raw_proof(shared: &Shared, conn: &Conn) -> mqtt::Proof {
+    let Some(auth) = shared.auth() else {
+        return mqtt::Proof::NotAsked;
+    };
+    let mode = auth.mode(&conn.listener.name, &conn.listener.mqtt_route);
+    let headers = http::HeaderMap::new();
+    let presented = crate::auth::Presented {
+        headers: &headers,
+        tls_cert: conn.client_cert.as_ref(),
+        from_trusted_proxy: false,
+    };
+    let revoked = |id: &str| shared.policy.revoked(id).map(|b| b.reason);
+    let now = crate::auth::now_secs();
+    match auth.authenticate(mode, &conn.listener.mqtt_route, &presented, now, revoked) {
+        Ok(None) => mqtt::Proof::NotAsked,
+        Ok(Some(d)) => mqtt::Proof::Proven {
+            identity: d.identity,
+            binding: auth.binding,
+        },
+        Err(refusal) => {
+            let ip = conn.source.ip();
+            if auth.strike_failures && refusal.is_failure() {
+                let _ = shared.policy.on_auth_failure(ip);
+            }
+            mqtt::Proof::Refused(refusal.to_string())
+        }
     }
 }
 
@@ -230,8 +303,10 @@ async fn raw_mqtt(conn: Conn, shared: &Shared) {
         ip: client_ip,
         serial: None,
     });
+    let proof = raw_proof(shared, &conn);
     let (rx, tx) = tokio::io::split(conn.stream);
-    let ctx = mqtt_ctx(shared, &pool, &settings, client_ip, &registration);
+    let mut ctx = mqtt_ctx(shared, &pool, &settings, client_ip, &registration);
+    ctx.proof = proof;
     let ending = forward::mqtt::relay(mqtt::RawRx(rx), mqtt::RawTx(tx), ctx).await;
     log_ending(&ending);
 }

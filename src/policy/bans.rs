@@ -105,6 +105,8 @@ pub enum BanSource {
     Flapping,
     /// The policy: publishing outside the class's topic permissions.
     Acl,
+    /// The policy: failed device authentications from one address.
+    Auth,
     /// The admin API, by the name of the caller's token.
     Admin(Arc<str>),
     /// A seed file.
@@ -119,11 +121,12 @@ impl BanSource {
     }
 
     /// The issuers, for counting: `Admin` and `Peer` without their names.
-    pub const FAMILIES: [&'static str; 7] = [
+    pub const FAMILIES: [&'static str; 8] = [
         "portcullis:rhythm",
         "portcullis:rate",
         "portcullis:flapping",
         "portcullis:acl",
+        "portcullis:auth",
         "admin",
         "file",
         "peer",
@@ -136,15 +139,16 @@ impl BanSource {
             BanSource::Rate => 1,
             BanSource::Flapping => 2,
             BanSource::Acl => 3,
-            BanSource::Admin(_) => 4,
-            BanSource::File => 5,
-            BanSource::Peer(_) => 6,
+            BanSource::Auth => 4,
+            BanSource::Admin(_) => 5,
+            BanSource::File => 6,
+            BanSource::Peer(_) => 7,
         }
     }
 
     /// Issued by this gateway's policy (as opposed to a person, a file or a peer).
     pub fn is_policy(&self) -> bool {
-        self.family() < 4
+        self.family() < 5
     }
 
     /// The `by` text.
@@ -164,6 +168,7 @@ impl BanSource {
             Some(("portcullis", "rhythm")) => BanSource::Rhythm,
             Some(("portcullis", "flapping")) => BanSource::Flapping,
             Some(("portcullis", "acl")) => BanSource::Acl,
+            Some(("portcullis", "auth")) => BanSource::Auth,
             Some(("portcullis", _)) => BanSource::Rate,
             Some(("admin", name)) => BanSource::admin(name),
             // Earlier releases wrote a bare `admin`.

@@ -17,6 +17,7 @@
 //! Everything keyed by something a device controls is swept by [`Policy::sweep`].
 
 mod acl;
+mod auth;
 mod bans;
 mod class;
 mod clock;
@@ -50,6 +51,7 @@ use governor::state::keyed::DashMapStateStore;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::RateLimiter;
 
+pub use auth::client_id_bound;
 pub use bans::{Ban, BanError, BanList, BanSource, MemoryBanList, Subject, Tally};
 pub use clock::{FakeWallClock, SystemWallClock, WallClock};
 pub use live::DeviceClassView;

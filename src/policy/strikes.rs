@@ -195,6 +195,23 @@ impl<C: Clock + Clone> Policy<C> {
 
     /// A strike against an address (a connect flood at accept, before any CONNECT).
     pub(crate) fn strike_ip(&self, key: IpAddr, now: u64) -> Option<Ban> {
+        let r = &self.rules;
+        let reason = format!(
+            "connect flood: {} connect-rate violations within {}s",
+            r.threshold,
+            r.window / 1_000_000_000
+        );
+        self.strike_address(key, now, BanSource::Rate, reason)
+    }
+
+    /// A strike against an address, banned as `source` for `reason` at the threshold.
+    pub(crate) fn strike_address(
+        &self,
+        key: IpAddr,
+        now: u64,
+        source: BanSource,
+        reason: String,
+    ) -> Option<Ban> {
         inc(&self.stats.strikes);
         let r = &self.rules;
         let out = self
@@ -205,12 +222,7 @@ impl<C: Clock + Clone> Policy<C> {
         if !out {
             return None;
         }
-        let reason = format!(
-            "connect flood: {} connect-rate violations within {}s",
-            r.threshold,
-            r.window / 1_000_000_000
-        );
-        self.issue_ban(ip_subject(key), now, BanSource::Rate, reason)
+        self.issue_ban(ip_subject(key), now, source, reason)
     }
 
     /// Bans `subject` for the escalated duration: `ban · 2^k` for the k-th ban in a row,

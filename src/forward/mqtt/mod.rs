@@ -50,6 +50,24 @@ pub struct MqttCtx<'a> {
     pub decision_time: &'a prometheus_client::metrics::histogram::Histogram,
     pub drain: &'a Drain,
     pub client_ip: IpAddr,
+    /// What the device proved before its CONNECT, where its route asks.
+    pub proof: Proof,
+}
+
+/// Authentication as the CONNECT sees it.
+#[derive(Debug, Clone, Default)]
+pub enum Proof {
+    /// The route asks for nothing.
+    #[default]
+    NotAsked,
+    /// The device proved `identity`; its client ID must be bound to it.
+    Proven {
+        identity: Arc<str>,
+        binding: crate::config::Binding,
+    },
+    /// A raw MQTT device whose certificate did not do (no HTTP to refuse it with): refused
+    /// at its CONNECT, with this reason.
+    Refused(String),
 }
 
 /// State both directions touch. Held only between awaits (never across one).
@@ -98,6 +116,28 @@ pub async fn relay<R: DeviceRx, T: DeviceTx>(mut rx: R, mut tx: T, ctx: MqttCtx<
         let code = error::connack_for_empty_client_id(version);
         let e = Error::device(Kind::Refused, "empty client ID");
         return refuse(&mut tx, server::connack(code, version), e).await;
+    }
+    // Authentication: the client ID must be the identity the device proved.
+    match &ctx.proof {
+        Proof::NotAsked => {}
+        Proof::Proven { identity, binding } => {
+            if !crate::policy::client_id_bound(*binding, identity, c.client_id) {
+                let code = error::connack_not_authorized(version);
+                let e = Error::device(
+                    Kind::Refused,
+                    format!(
+                        "client ID {:?} is not bound to the authenticated device {identity:?} (auth.bind_client_id = {binding:?})",
+                        c.client_id
+                    ),
+                );
+                return refuse(&mut tx, server::connack(code, version), e).await;
+            }
+        }
+        Proof::Refused(why) => {
+            let code = error::connack_not_authorized(version);
+            let e = Error::device(Kind::Refused, format!("not authenticated: {why}"));
+            return refuse(&mut tx, server::connack(code, version), e).await;
+        }
     }
     let identity = Identity {
         client_id: Arc::from(c.client_id),
