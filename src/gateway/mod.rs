@@ -284,6 +284,11 @@ impl Gateway {
         Ok(())
     }
 
+    /// Device authentications accepted and refused.
+    pub fn auth_stats(&self) -> &crate::auth::AuthStats {
+        &self.shared.auth_stats
+    }
+
     /// The policy (for its counters).
     pub fn policy(&self) -> &Policy {
         &self.shared.policy

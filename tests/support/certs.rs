@@ -2,7 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+};
 
 pub struct Ca {
     issuer: Issuer<'static, KeyPair>,
@@ -40,6 +42,24 @@ impl Ca {
         let cert = params.signed_by(&key, &self.issuer).expect("leaf cert");
         let cert_path = dir.join(format!("{stem}.pem"));
         let key_path = dir.join(format!("{stem}.key"));
+        std::fs::write(&cert_path, cert.pem()).expect("write cert");
+        std::fs::write(&key_path, key.serialize_pem()).expect("write key");
+        Leaf {
+            cert: cert_path,
+            key: key_path,
+            pem: cert.pem(),
+        }
+    }
+
+    /// A device's client certificate with subject CN `cn` (for client authentication).
+    pub fn client(&self, dir: &Path, cn: &str) -> Leaf {
+        let key = KeyPair::generate().expect("client key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("client params");
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &self.issuer).expect("client cert");
+        let cert_path = dir.join(format!("{cn}.pem"));
+        let key_path = dir.join(format!("{cn}.key"));
         std::fs::write(&cert_path, cert.pem()).expect("write cert");
         std::fs::write(&key_path, key.serialize_pem()).expect("write key");
         Leaf {

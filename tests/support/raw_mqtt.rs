@@ -62,9 +62,18 @@ impl RawClient {
 
     /// A WebSocket client offering the `mqtt` subprotocol, as real MQTT-over-WS clients do.
     pub async fn ws(url: &str, version: Version) -> RawClient {
+        Self::ws_with(url, version, None).await
+    }
+
+    /// As [`RawClient::ws`], with `Authorization: Bearer {token}`.
+    pub async fn ws_with(url: &str, version: Version, token: Option<&str>) -> RawClient {
         let mut req = url.into_client_request().expect("ws request");
         req.headers_mut()
             .insert("sec-websocket-protocol", "mqtt".parse().expect("header"));
+        if let Some(t) = token {
+            let value = format!("Bearer {t}").parse().expect("header");
+            req.headers_mut().insert("authorization", value);
+        }
         let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
             .await
             .expect("upgrade in time")

@@ -36,6 +36,26 @@ pub fn client_config(
     Arc::new(config)
 }
 
+/// The usual client, presenting the client certificate `leaf` (PEM files).
+pub fn client_with_cert(ca_pem: &str, cert: &std::path::Path, key: &std::path::Path) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    roots.add(der(ca_pem)).expect("CA certificate");
+    let chain = CertificateDer::pem_file_iter(cert)
+        .expect("client cert file")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("client cert");
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_file(key).expect("client key");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&TLS13, &TLS12])
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .expect("client auth");
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
 /// The usual client: TLS 1.2 or 1.3, ALPN `http/1.1`.
 pub fn default_client(ca_pem: &str) -> Arc<ClientConfig> {
     client_config(ca_pem, &[&TLS13, &TLS12], &[b"http/1.1"])
