@@ -11,15 +11,16 @@
 // agent (and `probe`) alone, without the gateway's dependencies (pingora, governor, hyper server).
 #[cfg(feature = "gateway")]
 pub mod admin;
-#[cfg(feature = "gateway")]
-pub mod auth;
 #[cfg(feature = "agent")]
 pub mod agent;
+#[cfg(feature = "gateway")]
+pub mod auth;
 #[cfg(feature = "gateway")]
 pub mod cluster;
 pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod device_token;
 pub mod error;
 pub mod forward;
 #[cfg(feature = "gateway")]

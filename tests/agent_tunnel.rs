@@ -7,6 +7,7 @@ mod support;
 use std::time::Duration;
 
 use portcullis::agent::{check, Failure, Step};
+use portcullis::device_token::Signer;
 use portcullis::mqtt::wire::{self, Version};
 use support::agent::{self as agent_support, pin_of_pem, TestAgent};
 use support::certs::Ca;
@@ -313,4 +314,109 @@ async fn a_client_certificate_is_presented_and_its_absence_is_reported() {
             .contains("it requires a client certificate (set tls.client_cert"),
         "{e}"
     );
+}
+
+/// An agent config for `url` whose `[device]` has `token` and `[tls]` the given lines.
+fn device_config(url: &str, device: &str, tls: &str) -> String {
+    agent_support::config(
+        url,
+        "sni = \"gw.example.test\"",
+        &format!("{tls}[device]\n{device}"),
+    )
+}
+
+#[tokio::test]
+async fn the_gateway_lets_in_the_agent_with_a_valid_token_and_tells_an_expired_one() {
+    let echo = support::echo_server().await;
+    let signer = Signer::generate_ed25519().expect("key");
+    let gw_config = ws::config("auth = \"token\"", &[("meters", echo)])
+        + &format!(
+            "\n[[auth.key]]\nalg = \"EdDSA\"\npublic_key_pem = \"\"\"\n{}\"\"\"\n",
+            signer.public_pem().expect("pem")
+        );
+    let mut gw = TestGateway::start(&gw_config).await;
+    let url = format!("ws://{}/tunnel/meters", gw.addr());
+
+    let token = signer.device_token(None, "meter-5", 600);
+    let config = device_config(&url, &format!("token = \"{token}\"\n"), "");
+    let mut agent = TestAgent::start(&config).await;
+    let mut local = agent.connect().await;
+    local.write_all(b"reading 17").await.unwrap();
+    let mut got = [0u8; 10];
+    tokio::time::timeout(Duration::from_secs(10), local.read_exact(&mut got))
+        .await
+        .expect("echo in time")
+        .expect("echo");
+    assert_eq!(&got, b"reading 17");
+    agent.shutdown().await;
+
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let expired = signer
+        .sign(
+            None,
+            &serde_json::json!({"sub": "meter-5", "exp": now - 3600}),
+        )
+        .expect("sign");
+    for (token, says) in [
+        (expired.as_str(), "token expired"),
+        ("", "token is required"),
+    ] {
+        let device = match token {
+            "" => String::new(),
+            t => format!("token = \"{t}\"\n"),
+        };
+        let report = check(&agent_support::parse(&device_config(&url, &device, ""))).await;
+        let e = report.failure().expect("refused");
+        assert_eq!(
+            (e.step, &e.failure),
+            (Step::Upgrade, &Failure::Status { status: 401 }),
+            "{report}"
+        );
+        assert!(e.message.contains(says), "{e}");
+    }
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_gateway_lets_in_the_agent_by_its_client_certificate() {
+    let echo = support::echo_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new();
+    let server = ca.leaf(dir.path(), "gw", &["gw.example.test"]);
+    let device = ca.client(dir.path(), "meter-6");
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let listener = format!(
+        "auth = \"mtls\"\ntls = {{ client_ca = {ca}, certificates = [{{ cert = {}, key = {} }}] }}",
+        toml_path(&server.cert),
+        toml_path(&server.key),
+        ca = toml_path(&ca_file),
+    );
+    let mut gw = TestGateway::start(&ws::config(&listener, &[("meters", echo)])).await;
+    let url = format!("wss://127.0.0.1:{}/tunnel/meters", gw.addr().port());
+    let tls = format!(
+        "[tls]\nca_file = {}\nclient_cert = {}\nclient_key = {}\n",
+        toml_path(&ca_file),
+        toml_path(&device.cert),
+        toml_path(&device.key)
+    );
+    let mut agent = TestAgent::start(&device_config(&url, "", &tls)).await;
+    let mut local = agent.connect().await;
+    local.write_all(b"meter-6 up").await.unwrap();
+    let mut got = [0u8; 10];
+    tokio::time::timeout(Duration::from_secs(10), local.read_exact(&mut got))
+        .await
+        .expect("echo in time")
+        .expect("echo");
+    assert_eq!(&got, b"meter-6 up");
+    agent.shutdown().await;
+
+    let no_cert = format!("[tls]\nca_file = {}\n", toml_path(&ca_file));
+    let report = check(&agent_support::parse(&device_config(&url, "", &no_cert))).await;
+    let e = report.failure().expect("refused without a certificate");
+    assert_eq!(e.step, Step::Tls, "{report}");
+    gw.shutdown().await;
 }

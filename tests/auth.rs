@@ -9,8 +9,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use portcullis::auth::issue::Signer;
 use portcullis::config::Config;
+use portcullis::device_token::Signer;
 use portcullis::mqtt::wire::{self, Version};
 use portcullis::policy::Subject;
 use serde_json::json;
@@ -130,7 +130,9 @@ async fn each_refusal_has_its_status_and_challenge() {
 
     // The same device with its own token reaches the tunnel: bytes go through.
     let mut ws = support::ws::upgrade(
-        tokio::net::TcpStream::connect(gw.addr()).await.expect("tcp"),
+        tokio::net::TcpStream::connect(gw.addr())
+            .await
+            .expect("tcp"),
         "ws://gw/tunnel/meters",
         &[("authorization", &format!("Bearer {good}"))],
     )
@@ -138,10 +140,17 @@ async fn each_refusal_has_its_status_and_challenge() {
     support::ws::assert_echo(&mut ws, b"reading 42").await;
 
     let stats = gw.gw().auth_stats();
-    let refused: Vec<u64> = stats.refused.iter().map(|n| n.load(std::sync::atomic::Ordering::Relaxed)).collect();
+    let refused: Vec<u64> = stats
+        .refused
+        .iter()
+        .map(|n| n.load(std::sync::atomic::Ordering::Relaxed))
+        .collect();
     // missing ×2 (none, query only), invalid, expired, forbidden.
     assert_eq!(refused, [2, 1, 1, 1, 0]);
-    assert_eq!(stats.accepted[0].load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(
+        stats.accepted[0].load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
 }
 
 #[tokio::test]
@@ -201,7 +210,10 @@ async fn answers(addr: SocketAddr) -> bool {
     let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
         return false;
     };
-    if s.write_all(upgrade("/tunnel/meters", None).as_bytes()).await.is_err() {
+    if s.write_all(upgrade("/tunnel/meters", None).as_bytes())
+        .await
+        .is_err()
+    {
         return false;
     }
     let mut buf = [0u8; 16];
@@ -226,10 +238,16 @@ async fn repeated_failures_from_one_address_ban_it() {
         .gw()
         .policy()
         .bans()
-        .get(&Subject::Ip("127.0.0.1".parse().expect("ip")), std::time::SystemTime::now())
+        .get(
+            &Subject::Ip("127.0.0.1".parse().expect("ip")),
+            std::time::SystemTime::now(),
+        )
         .expect("the address is banned");
     assert_eq!(ban.source.by(), "portcullis:auth");
-    assert!(!answers(gw.addr()).await, "a banned address is refused at accept");
+    assert!(
+        !answers(gw.addr()).await,
+        "a banned address is refused at accept"
+    );
 }
 
 #[tokio::test]
@@ -243,7 +261,11 @@ async fn keys_rotate_on_reload() {
     let new_token = new.device_token(Some("k2"), "meter-1", 600);
     let status = |t: String| {
         let addr = gw.addr();
-        async move { raw_request(addr, &upgrade("/tunnel/meters", Some(&t))).await.0 }
+        async move {
+            raw_request(addr, &upgrade("/tunnel/meters", Some(&t)))
+                .await
+                .0
+        }
     };
     assert_eq!(status(old_token.clone()).await, 101);
     assert_eq!(status(new_token.clone()).await, 401);
@@ -307,9 +329,12 @@ drain_timeout_secs = 5
     for (client_id, want) in [("meter-9", 0u8), ("meter-1", 0x05)] {
         let config = support::tls_client::client_with_cert(&ca.pem, &device.cert, &device.key);
         let tls = support::tls_client::connect(gw.addr(), config, "localhost").await;
-        let mut ws =
-            support::ws::upgrade(tls, "ws://localhost/mqtt", &[("sec-websocket-protocol", "mqtt")])
-                .await;
+        let mut ws = support::ws::upgrade(
+            tls,
+            "ws://localhost/mqtt",
+            &[("sec-websocket-protocol", "mqtt")],
+        )
+        .await;
         ws.send(Message::binary(wire::connect(client_id, 30, Version::V311)))
             .await
             .expect("send CONNECT");
@@ -335,10 +360,7 @@ drain_timeout_secs = 5
     };
     assert!(refused.await.is_err(), "no certificate, no session");
     assert_eq!(
-        gw.gw()
-            .auth_stats()
-            .accepted[1]
-            .load(std::sync::atomic::Ordering::Relaxed),
+        gw.gw().auth_stats().accepted[1].load(std::sync::atomic::Ordering::Relaxed),
         2
     );
 }

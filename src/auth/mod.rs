@@ -8,8 +8,9 @@
 //! new `Authenticator` (key files re-read): the rotation path.
 
 mod cert;
-pub mod issue;
 mod token;
+
+pub use crate::device_token as issue;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -39,7 +40,9 @@ pub enum Method {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
     /// Nothing the route accepts was presented.
-    Missing { mode: AuthMode },
+    Missing {
+        mode: AuthMode,
+    },
     /// A token that does not verify (or is malformed, or names no key of ours).
     InvalidToken(TokenError),
     /// A token that did verify but whose time is not now.
@@ -181,12 +184,12 @@ impl Authenticator {
         if mode == AuthMode::None {
             return Ok(None);
         }
-        let outcome = self
-            .prove(mode, route, presented, now_secs)
-            .and_then(|a| match revoked(&a.identity) {
-                Some(why) => Err(Refusal::Revoked(why)),
-                None => Ok(a),
-            });
+        let outcome =
+            self.prove(mode, route, presented, now_secs)
+                .and_then(|a| match revoked(&a.identity) {
+                    Some(why) => Err(Refusal::Revoked(why)),
+                    None => Ok(a),
+                });
         match &outcome {
             Ok(a) => {
                 let i = (a.method == Method::Certificate) as usize;
@@ -222,12 +225,13 @@ impl Authenticator {
         }
         if mode.accepts_token() {
             if let Some(token) = bearer(p.headers) {
-                let claims = token::verify(token, &self.keys, now_secs, self.skew_secs)
-                    .map_err(|e| match e {
+                let claims = token::verify(token, &self.keys, now_secs, self.skew_secs).map_err(
+                    |e| match e {
                         TokenError::Expired => Refusal::Expired,
                         TokenError::NotYetValid => Refusal::NotYetValid,
                         e => Refusal::InvalidToken(e),
-                    })?;
+                    },
+                )?;
                 if let Some(routes) = &claims.routes {
                     if !routes.iter().any(|r| r == route) {
                         return Err(Refusal::NotForRoute);

@@ -2,11 +2,11 @@
 //! forwarded).
 
 use http::{HeaderMap, HeaderValue};
-use rustls_pki_types::pem::PemObject;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     SanType,
 };
+use rustls_pki_types::pem::PemObject;
 use serde_json::json;
 
 use super::*;
@@ -118,7 +118,9 @@ fn a_token_names_the_device_and_is_counted() {
     let (_d, _ca, a) = setup();
     let t = Signer::hs256(SECRET.as_bytes()).device_token(None, "dev-7", 60);
     let h = bearer_headers(&t);
-    let got = a.authenticate(AuthMode::Token, "mqtt", &presented(&h), now_secs(), |_| None);
+    let got = a.authenticate(AuthMode::Token, "mqtt", &presented(&h), now_secs(), |_| {
+        None
+    });
     assert_eq!(
         got,
         Ok(Some(Authenticated {
@@ -134,7 +136,9 @@ fn a_token_names_the_device_and_is_counted() {
         HeaderValue::from_str(&format!("bearer {t}")).expect("header"),
     );
     assert!(a
-        .authenticate(AuthMode::Token, "mqtt", &presented(&h), now_secs(), |_| None)
+        .authenticate(AuthMode::Token, "mqtt", &presented(&h), now_secs(), |_| {
+            None
+        })
         .is_ok());
 }
 
@@ -163,19 +167,40 @@ fn each_refusal_is_named_and_counted() {
         .sign(None, &json!({"sub": "d", "exp": now - 3600}))
         .expect("sign");
     assert_eq!(
-        a.authenticate(AuthMode::Token, "mqtt", &presented(&bearer_headers(&expired)), now, |_| None),
+        a.authenticate(
+            AuthMode::Token,
+            "mqtt",
+            &presented(&bearer_headers(&expired)),
+            now,
+            |_| None
+        ),
         Err(Refusal::Expired)
     );
     let bad = Signer::hs256(b"a different secret of 32+ bytes!!!").device_token(None, "d", 60);
     assert!(matches!(
-        a.authenticate(AuthMode::Token, "mqtt", &presented(&bearer_headers(&bad)), now, |_| None),
+        a.authenticate(
+            AuthMode::Token,
+            "mqtt",
+            &presented(&bearer_headers(&bad)),
+            now,
+            |_| None
+        ),
         Err(Refusal::InvalidToken(TokenError::BadSignature))
     ));
     let scoped = signer
-        .sign(None, &json!({"sub": "d", "exp": now + 60, "routes": ["meters"]}))
+        .sign(
+            None,
+            &json!({"sub": "d", "exp": now + 60, "routes": ["meters"]}),
+        )
         .expect("sign");
     assert_eq!(
-        a.authenticate(AuthMode::Token, "mqtt", &presented(&bearer_headers(&scoped)), now, |_| None),
+        a.authenticate(
+            AuthMode::Token,
+            "mqtt",
+            &presented(&bearer_headers(&scoped)),
+            now,
+            |_| None
+        ),
         Err(Refusal::NotForRoute)
     );
     assert!(a
@@ -206,7 +231,13 @@ fn each_refusal_is_named_and_counted() {
     assert_eq!(a.stats.refused[4].load(Relaxed), 1);
     // Nothing is asked on a route without auth, whatever was sent.
     assert_eq!(
-        a.authenticate(AuthMode::None, "public", &presented(&bearer_headers(&bad)), now, |_| None),
+        a.authenticate(
+            AuthMode::None,
+            "public",
+            &presented(&bearer_headers(&bad)),
+            now,
+            |_| None
+        ),
         Ok(None)
     );
 }
@@ -246,7 +277,10 @@ fn a_certificate_from_our_tls_wins_over_a_token() {
         from_trusted_proxy: false,
     };
     let got = a.authenticate(AuthMode::TokenOrMtls, "meters", &p, now_secs(), |_| None);
-    assert_eq!(got.map(|a| a.map(|a| a.identity)), Ok(Some("meter-9".into())));
+    assert_eq!(
+        got.map(|a| a.map(|a| a.identity)),
+        Ok(Some("meter-9".into()))
+    );
     // A certificate does not satisfy a token-only route.
     let none = HeaderMap::new();
     let p = Presented {
@@ -264,7 +298,10 @@ fn forwarded(pem: &str) -> HeaderMap {
     let escaped: String =
         percent_encoding::utf8_percent_encode(pem, percent_encoding::NON_ALPHANUMERIC).to_string();
     let mut h = HeaderMap::new();
-    h.insert("x-client-cert", HeaderValue::from_str(&escaped).expect("header"));
+    h.insert(
+        "x-client-cert",
+        HeaderValue::from_str(&escaped).expect("header"),
+    );
     h
 }
 
@@ -306,7 +343,10 @@ fn a_forwarded_certificate_counts_only_from_a_trusted_proxy_and_our_ca() {
     // Garbage and nginx's empty placeholder.
     for junk in ["%ZZ", "-----BEGIN CERTIFICATE-----%0AAAAA", ""] {
         let mut h = HeaderMap::new();
-        h.insert("x-client-cert", HeaderValue::from_str(junk).expect("header"));
+        h.insert(
+            "x-client-cert",
+            HeaderValue::from_str(junk).expect("header"),
+        );
         let p = Presented {
             headers: &h,
             tls_cert: None,

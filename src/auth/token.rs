@@ -142,8 +142,7 @@ fn public_key(alg: TokenAlg, spki: &[u8]) -> Result<UnparsedPublicKey<Vec<u8>>, 
         0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08,
         0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
     ];
-    let (prefix, len, ring_alg): (_, _, &'static dyn signature::VerificationAlgorithm) = match alg
-    {
+    let (prefix, len, ring_alg): (_, _, &'static dyn signature::VerificationAlgorithm) = match alg {
         TokenAlg::EdDSA => (ED25519, 32, &signature::ED25519),
         TokenAlg::ES256 => (P256, 65, &signature::ECDSA_P256_SHA256_FIXED),
         TokenAlg::HS256 => return Err("HS256 has no public key".into()),
@@ -214,7 +213,9 @@ pub fn verify(token: &str, keys: &[Key], now: u64, skew: u64) -> Result<Claims, 
         .decode(p64)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or(Malformed("claims are not base64url JSON of the expected types"))?;
+        .ok_or(Malformed(
+            "claims are not base64url JSON of the expected types",
+        ))?;
     let exp = claims.exp.ok_or(Malformed("no exp claim"))?;
     let now_f = now as f64;
     let skew_f = skew as f64;

@@ -73,7 +73,10 @@ fn expiry_and_not_before_with_skew() {
     assert!(verify(&t, &keys, NOW, 30).is_ok(), "within the skew");
     assert_eq!(verify(&t, &keys, NOW, 29), Err(TokenError::Expired));
     let t = s
-        .sign(None, &json!({"sub": "d", "exp": NOW + 600, "nbf": NOW + 100}))
+        .sign(
+            None,
+            &json!({"sub": "d", "exp": NOW + 600, "nbf": NOW + 100}),
+        )
         .expect("sign");
     assert_eq!(verify(&t, &keys, NOW, 60), Err(TokenError::NotYetValid));
     assert!(verify(&t, &keys, NOW, 100).is_ok());
@@ -138,9 +141,13 @@ fn kid_picks_the_key_during_a_rotation() {
         let t = s.sign(None, &claims("d", NOW + 60)).expect("sign");
         assert!(verify(&t, &keys, NOW, 0).is_ok(), "{kid} without kid");
     }
-    let t = old.sign(Some("2026-12"), &claims("d", NOW + 60)).expect("sign");
+    let t = old
+        .sign(Some("2026-12"), &claims("d", NOW + 60))
+        .expect("sign");
     assert_eq!(verify(&t, &keys, NOW, 0), Err(TokenError::BadSignature));
-    let t = old.sign(Some("2025"), &claims("d", NOW + 60)).expect("sign");
+    let t = old
+        .sign(Some("2025"), &claims("d", NOW + 60))
+        .expect("sign");
     assert_eq!(verify(&t, &keys, NOW, 0), Err(TokenError::UnknownKey));
 }
 

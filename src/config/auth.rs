@@ -165,10 +165,7 @@ impl AuthSettings {
     /// `(key, message)` naming what is wrong.
     pub fn check(&self) -> Result<(), (String, String)> {
         if self.clock_skew_secs > 3600 {
-            return Err((
-                "auth.clock_skew_secs".into(),
-                "must be at most 3600".into(),
-            ));
+            return Err(("auth.clock_skew_secs".into(), "must be at most 3600".into()));
         }
         for (i, k) in self.keys.iter().enumerate() {
             let key = |f: &str| format!("auth.key[{i}].{f}");

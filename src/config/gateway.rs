@@ -608,7 +608,10 @@ impl Config {
             // A certificate mode on this listener (its own, or a route's through it) needs a
             // way for certificates to arrive.
             let cert_mode = l.auth.accepts_cert()
-                || self.routes.values().any(|r| r.auth.is_some_and(|m| m.accepts_cert()));
+                || self
+                    .routes
+                    .values()
+                    .any(|r| r.auth.is_some_and(|m| m.accepts_cert()));
             if cert_mode && client_ca.is_none() && !forwarded {
                 return Err((
                     format!("listener[{i}].auth"),
@@ -629,7 +632,11 @@ impl Config {
                 }
             }
         }
-        if let Some(ca) = self.auth.as_ref().and_then(|a| a.forwarded_cert_ca.as_ref()) {
+        if let Some(ca) = self
+            .auth
+            .as_ref()
+            .and_then(|a| a.forwarded_cert_ca.as_ref())
+        {
             if !ca.is_file() {
                 return Err((
                     "auth.forwarded_cert_ca".into(),

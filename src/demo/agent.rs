@@ -23,7 +23,8 @@ pub struct DemoAgent {
 /// `ws://`: the demo gateway has no TLS (a deployed agent dials `wss://`). No periodic status
 /// lines: the demo prints one at the end. No proxy from the environment: everything here is
 /// on 127.0.0.1, and a developer's `http_proxy` must not catch it.
-pub async fn start(gateway: SocketAddr) -> Result<DemoAgent, String> {
+/// `token` is the legacy device's signed device token (sent as `Authorization: Bearer`).
+pub async fn start(gateway: SocketAddr, token: &str) -> Result<DemoAgent, String> {
     let config = AgentConfig::parse(
         &format!(
             r#"
@@ -35,6 +36,9 @@ url = "ws://{gateway}{PATH}"
 
 [proxy]
 from_env = false
+
+[device]
+token = "{token}"
 "#
         ),
         None,

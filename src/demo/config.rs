@@ -19,8 +19,10 @@ pub const STRIKE_WINDOW_SECS: u64 = 30;
 pub const BAN_SECS: u64 = 60;
 
 /// `/mqtt` and `/tunnel/telemetry` both lead to the broker; only `/mqtt` is judged by the
-/// policy (route `mqtt` carries MQTT by default, `telemetry` is an opaque tunnel).
-pub fn gateway(broker: SocketAddr) -> String {
+/// policy (route `mqtt` carries MQTT by default, `telemetry` is an opaque tunnel). The
+/// tunnel is for authenticated devices only: the agent presents a device token signed with
+/// the key whose public half is `token_key_pem`.
+pub fn gateway(broker: SocketAddr, token_key_pem: &str) -> String {
     let period = device::PERIOD.as_secs_f64();
     format!(
         r#"
@@ -33,6 +35,14 @@ upstreams = ["{broker}"]
 
 [routes.telemetry]
 upstreams = ["{broker}"]
+auth = "token"
+
+# Device tokens the platform signs (EdDSA); the gateway holds only the public key.
+[[auth.key]]
+kid = "demo"
+alg = "EdDSA"
+public_key_pem = """
+{token_key_pem}"""
 
 [shutdown]
 drain_window_secs = 1

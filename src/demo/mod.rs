@@ -103,12 +103,17 @@ pub async fn run_with_report(
     stop: impl Future<Output = ()>,
 ) -> Result<DemoReport, String> {
     let (broker, platform) = start_broker_and_platform().await?;
-    let config = Config::parse(&config::gateway(broker), None).map_err(|e| e.to_string())?;
+    // The platform's token key: the gateway gets its public half, the agent a token.
+    let signer = crate::device_token::Signer::generate_ed25519()?;
+    let public = signer.public_pem().unwrap_or_default();
+    let config =
+        Config::parse(&config::gateway(broker, &public), None).map_err(|e| e.to_string())?;
     let gateway = Gateway::start(config).await?;
     let Some(&gateway_addr) = gateway.local_addrs().first() else {
         return Err("the gateway has no listener".into());
     };
-    let agent = match agent::start(gateway_addr).await {
+    let token = signer.device_token(Some("demo"), "meter-4", 24 * 3600);
+    let agent = match agent::start(gateway_addr, &token).await {
         Ok(agent) => agent,
         Err(e) => {
             gateway.shutdown().await;

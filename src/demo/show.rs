@@ -21,6 +21,7 @@ pub fn banner(broker: SocketAddr, gateway: SocketAddr, agent: SocketAddr, durati
     println!("  gateway   ws://{gateway}  (portcullis, one WebSocket listener)");
     println!("              GET /mqtt              subprotocol mqtt  -> route mqtt      -> broker");
     println!("              GET /tunnel/telemetry  raw binary frames -> route telemetry -> broker");
+    println!("                                     (device token required: a signed JWT, EdDSA)");
     println!("  agent     {agent}  (portcullis agent, in-process; plain TCP in, WebSocket out)");
     println!("  devices   {} on /mqtt", direct.join(", "));
     for s in SENSORS.iter().filter(|s| s.legacy) {
@@ -33,7 +34,7 @@ pub fn banner(broker: SocketAddr, gateway: SocketAddr, agent: SocketAddr, durati
     println!(
         "              carries it in a masked WebSocket (ws:// in the demo, wss:// deployed),"
     );
-    println!("              opaque to the gateway");
+    println!("              opaque to the gateway; it proves it is meter-4 with its device token");
     println!(
         "            each publishes a QoS 1 reading to plant/<device>/<quantity> every second,"
     );

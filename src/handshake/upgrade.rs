@@ -200,16 +200,14 @@ fn authenticate(
         from_trusted_proxy: listener.trusted_proxies().contains(router.origin.addr),
     };
     let now = crate::auth::now_secs();
-    let refusal = match gate.authenticator.authenticate(
-        mode,
-        target.route(),
-        &presented,
-        now,
-        &*gate.revoked,
-    ) {
-        Ok(device) => return Ok(device),
-        Err(r) => r,
-    };
+    let refusal =
+        match gate
+            .authenticator
+            .authenticate(mode, target.route(), &presented, now, &*gate.revoked)
+        {
+            Ok(device) => return Ok(device),
+            Err(r) => r,
+        };
     (gate.refused)(caller.ip, &refusal);
     let (status, challenge) = crate::error::auth_refusal(&refusal);
     let mut r = super::reply::marked(

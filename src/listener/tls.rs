@@ -42,7 +42,9 @@ pub fn acceptor(tls: &TlsConfig, alpn_http1: bool) -> Result<tokio_rustls::TlsAc
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| e.to_string())?;
     let builder = match &tls.client_ca {
-        Some(ca) => builder.with_client_cert_verifier(client_verifier(ca, tls.client_auth, provider)?),
+        Some(ca) => {
+            builder.with_client_cert_verifier(client_verifier(ca, tls.client_auth, provider)?)
+        }
         None => builder.with_no_client_auth(),
     };
     let mut config = builder.with_cert_resolver(Arc::new(SniResolver { certs }));
@@ -64,9 +66,7 @@ fn client_verifier(
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_file_iter(ca).map_err(|e| format!("{}: {e}", ca.display()))? {
         let c = c.map_err(|e| format!("{}: {e}", ca.display()))?;
-        roots
-            .add(c)
-            .map_err(|e| format!("{}: {e}", ca.display()))?;
+        roots.add(c).map_err(|e| format!("{}: {e}", ca.display()))?;
     }
     if roots.is_empty() {
         return Err(format!("{}: no CA certificate in the file", ca.display()));

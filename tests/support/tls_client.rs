@@ -37,7 +37,11 @@ pub fn client_config(
 }
 
 /// The usual client, presenting the client certificate `leaf` (PEM files).
-pub fn client_with_cert(ca_pem: &str, cert: &std::path::Path, key: &std::path::Path) -> Arc<ClientConfig> {
+pub fn client_with_cert(
+    ca_pem: &str,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Arc<ClientConfig> {
     let mut roots = RootCertStore::empty();
     roots.add(der(ca_pem)).expect("CA certificate");
     let chain = CertificateDer::pem_file_iter(cert)

@@ -1,5 +1,5 @@
-//! Signing device tokens: for the demo, the tests and a platform that wants a reference. The
-//! gateway itself only verifies.
+//! Signing device tokens (JWS compact, EdDSA / ES256 / HS256): for the demo, the tests in
+//! both builds and a platform that wants a reference. The gateway only verifies (`auth`).
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
