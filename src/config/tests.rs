@@ -177,3 +177,55 @@ fn push_settings_are_checked_with_the_key_named() {
         assert!(e.contains(key), "{push}: {e}");
     }
 }
+
+#[test]
+fn auth_settings_are_checked_key_by_key() {
+    let token_listener = "[[listener]]\nbind = \"127.0.0.1:0\"\nauth = \"token\"\n[routes.mqtt]\nupstreams = [\"127.0.0.1:1883\"]\n";
+    let e = err(token_listener);
+    assert!(
+        e.contains("listener[0].auth") && e.contains("[[auth.key]]"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{token_listener}[[auth.key]]\nalg = \"HS256\"\nsecret = \"short\"\n"
+    ));
+    assert!(
+        e.contains("auth.key[0].secret") && e.contains("32 bytes"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{token_listener}[[auth.key]]\nalg = \"EdDSA\"\nsecret = \"0123456789abcdef0123456789abcdef\"\n"
+    ));
+    assert!(e.contains("auth.key[0].secret"), "{e}");
+    let e = err(&format!("{token_listener}[[auth.key]]\nalg = \"EdDSA\"\n"));
+    assert!(e.contains("auth.key[0].public_key"), "{e}");
+    let e = err(&format!("{token_listener}[[auth.key]]\nalg = \"RS256\"\n"));
+    assert!(e.contains("RS256"), "{e}");
+    let ok = format!(
+        "{token_listener}[[auth.key]]\nalg = \"HS256\"\nsecret = \"0123456789abcdef0123456789abcdef\"\n"
+    );
+    let c = Config::parse(&ok, None).unwrap();
+    assert!(
+        !format!("{c:?}").contains("0123456789abcdef"),
+        "secrets are redacted"
+    );
+
+    // Certificates need a way in: our client_ca, or a trusted proxy's forward.
+    let e = err(&format!(
+        "{MINIMAL}[routes.meters]\nupstreams = [\"127.0.0.1:502\"]\nauth = \"mtls\"\n"
+    ));
+    assert!(
+        e.contains("listener[0].auth") && e.contains("client_ca"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{MINIMAL}[auth]\nforwarded_cert_header = \"x-client-cert\"\n"
+    ));
+    assert!(e.contains("auth.forwarded_cert_ca"), "{e}");
+
+    // A raw MQTT listener carries no header for a token.
+    let e = err(
+        "[[listener]]\nbind = \"127.0.0.1:0\"\nkind = \"mqtt\"\nauth = \"token\"\n[routes.mqtt]\nupstreams = [\"127.0.0.1:1883\"]\n[[auth.key]]\nalg = \"HS256\"\nsecret = \"0123456789abcdef0123456789abcdef\"\n",
+    );
+    assert!(e.contains("raw MQTT listener"), "{e}");
+}

@@ -53,13 +53,18 @@ pub struct Caller {
     pub tls: bool,
 }
 
+/// The reason of a ban on a proven identity (a revocation), if any.
+pub type Revoked = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+/// Told of each refused authentication with the client IP.
+pub type AuthRefused = Arc<dyn Fn(IpAddr, &crate::auth::Refusal) + Send + Sync>;
+
 /// Device authentication at the upgrade, where a listener or route asks for it.
 pub struct AuthGate {
     pub authenticator: Arc<crate::auth::Authenticator>,
-    /// The reason of a ban on a proven identity (a revocation), if any.
-    pub revoked: Arc<dyn Fn(&str) -> Option<String> + Send + Sync>,
-    /// Told of each refusal with the client IP (failures from one address are strikes).
-    pub refused: Arc<dyn Fn(IpAddr, &crate::auth::Refusal) + Send + Sync>,
+    pub revoked: Revoked,
+    /// Failures from one address are strikes.
+    pub refused: AuthRefused,
 }
 
 /// What the router needs, snapshotted at accept: a reload in between does not tear a request.
