@@ -153,3 +153,81 @@ fn peer_of(line: &str) -> String {
         .unwrap_or_else(|| panic!("no peer in {line:?}"))
         .to_string()
 }
+
+/// nginx ends TLS, verifies the device's client certificate and forwards it URL-encoded
+/// (`$ssl_client_escaped_cert`); the gateway, trusting nginx, checks it again against the
+/// device CA and takes the identity from it. No certificate: nginx forwards an empty header
+/// and the gateway answers 401.
+#[tokio::test]
+async fn a_client_certificate_forwarded_by_nginx_authenticates_the_device() {
+    let echo = echo_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new();
+    let leaf: Leaf = ca.leaf(dir.path(), "nginx", &[GW]);
+    let device = ca.client(dir.path(), "meter-12");
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let config = ws::config(
+        &format!("{}\nauth = \"mtls\"", listener("127.0.0.1/32")),
+        &[("meters", echo)],
+    ) + &format!(
+        "\n[auth]\nforwarded_cert_header = \"x-client-cert\"\nforwarded_cert_ca = {}\n",
+        ws::toml_path(&ca_file)
+    );
+    let gw = TestGateway::start(&config).await;
+    let nginx = Nginx::spawn_with(
+        &leaf,
+        gw.addr(),
+        &format!(
+            "ssl_client_certificate {};\n        ssl_verify_client optional;",
+            ca_file.display()
+        ),
+        "proxy_set_header X-Client-Cert $ssl_client_escaped_cert;",
+    )
+    .await;
+
+    let config = tls_client::client_with_cert(&ca.pem, &device.cert, &device.key);
+    let tls = tls_client::connect(nginx.addr, config, GW).await;
+    let mut ws = upgrade(tls, &format!("wss://{GW}/tunnel/meters"), &[]).await;
+    assert_echo(&mut ws, b"meter-12 reading").await;
+
+    let tls = tls_client::connect(nginx.addr, tls_client::default_client(&ca.pem), GW).await;
+    let (status, text) = raw_over(
+        tls,
+        "GET /tunnel/meters HTTP/1.1\r\nHost: gw.example.test\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 401, "{text}\n{}", nginx.error_log());
+    assert!(text.contains("client certificate is required"), "{text}");
+}
+
+/// One request over `stream`; the status and the whole answer as text.
+async fn raw_over<S>(mut stream: S, request: &str) -> (u16, String)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let read = async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = stream.read(&mut chunk).await.unwrap_or(0);
+            buf.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&buf);
+            if n == 0 || text.contains("required\n") || text.contains("\r\n0\r\n\r\n") {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), read).await;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}

@@ -22,6 +22,16 @@ impl Nginx {
     /// nginx on an ephemeral port: TLS with `leaf`, every request proxied (WebSocket upgrades
     /// included) to `upstream` over plain HTTP/1.1, appending the peer to X-Forwarded-For.
     pub async fn spawn(leaf: &Leaf, upstream: SocketAddr) -> Nginx {
+        Self::spawn_with(leaf, upstream, "", "").await
+    }
+
+    /// As [`Nginx::spawn`], with extra directives for the `server` and its `location`.
+    pub async fn spawn_with(
+        leaf: &Leaf,
+        upstream: SocketAddr,
+        server_extra: &str,
+        location_extra: &str,
+    ) -> Nginx {
         let bin = require_binary("nginx");
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path().display();
@@ -53,7 +63,9 @@ http {{
         server_name gw.example.test localhost;
         ssl_certificate {cert};
         ssl_certificate_key {key};
+        {server_extra}
         location / {{
+            {location_extra}
             proxy_pass http://{upstream};
             proxy_http_version 1.1;
             proxy_set_header Host $host;
