@@ -44,6 +44,8 @@ pub(crate) enum Kind {
     Kicked,
     /// A new connection with the same client ID took this one's place.
     TakenOver,
+    /// A publish outside the class's permissions, where the class closes the connection.
+    NotAuthorized,
     /// More unacknowledged packets than any client window allows.
     Overflow,
     /// The device closed cleanly (WebSocket Close, DISCONNECT, FIN).
@@ -118,7 +120,11 @@ impl Error {
     pub fn close_code(&self) -> CloseCode {
         match self.kind {
             Kind::Protocol | Kind::Malformed | Kind::BadAlias => CloseCode::Protocol,
-            Kind::Refused | Kind::Kicked | Kind::Overflow | Kind::TakenOver => CloseCode::Policy,
+            Kind::Refused
+            | Kind::Kicked
+            | Kind::Overflow
+            | Kind::TakenOver
+            | Kind::NotAuthorized => CloseCode::Policy,
             Kind::DeviceClosed | Kind::UpstreamClosed => CloseCode::Normal,
             Kind::Gone => CloseCode::Abnormal,
             Kind::Shutdown => CloseCode::Away,
@@ -136,7 +142,7 @@ impl Error {
             Kind::Protocol | Kind::Malformed | Kind::BadAlias | Kind::Gone | Kind::DeviceClosed => {
                 http::StatusCode::BAD_REQUEST
             }
-            Kind::Refused | Kind::Kicked => http::StatusCode::FORBIDDEN,
+            Kind::Refused | Kind::Kicked | Kind::NotAuthorized => http::StatusCode::FORBIDDEN,
             Kind::TakenOver => http::StatusCode::CONFLICT,
             Kind::Overflow => http::StatusCode::TOO_MANY_REQUESTS,
             Kind::UpstreamClosed => http::StatusCode::BAD_GATEWAY,
@@ -174,6 +180,7 @@ impl Error {
             Kind::Timeout => reason::KEEP_ALIVE_TIMEOUT,
             Kind::Kicked => reason::ADMINISTRATIVE_ACTION,
             Kind::TakenOver => reason::SESSION_TAKEN_OVER,
+            Kind::NotAuthorized => reason::NOT_AUTHORIZED,
             Kind::Overflow => reason::RECEIVE_MAXIMUM_EXCEEDED,
             Kind::Shutdown => reason::SERVER_SHUTTING_DOWN,
             Kind::NoUpstream | Kind::UpstreamIo | Kind::UpstreamClosed => {
@@ -363,6 +370,7 @@ pub fn auth_refusal(refusal: &crate::auth::Refusal) -> (http::StatusCode, Option
         R::InvalidToken(_) => {
             format!(r#"Bearer {realm}, error="invalid_token", error_description="token rejected""#)
         }
+        R::Ambiguous => format!(r#"Bearer {realm}, error="invalid_request""#),
         R::Expired => {
             format!(r#"Bearer {realm}, error="invalid_token", error_description="token expired""#)
         }

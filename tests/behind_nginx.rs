@@ -171,7 +171,7 @@ async fn a_client_certificate_forwarded_by_nginx_authenticates_the_device() {
         &format!("{}\nauth = \"mtls\"", listener("127.0.0.1/32")),
         &[("meters", echo)],
     ) + &format!(
-        "\n[auth]\nforwarded_cert_header = \"x-client-cert\"\nforwarded_cert_ca = {}\n",
+        "\n[auth]\nforwarded_cert_header = \"x-client-cert\"\nforwarded_cert_ca = {}\nforwarded_cert_from = [\"127.0.0.1/32\"]\n",
         ws::toml_path(&ca_file)
     );
     let gw = TestGateway::start(&config).await;

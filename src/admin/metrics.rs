@@ -92,6 +92,12 @@ pub fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
             publish("discarded", "rate_limited", s.rate_limited),
         ],
     );
+    counter(
+        &mut reg,
+        "subscriptions_refused",
+        "SUBSCRIBE filters outside the class's subscribe_topics (refused in the SUBACK)",
+        vec![(vec![], s.subscriptions_refused)],
+    );
     let refused = |stage, reason, v| (l(&[("stage", stage), ("reason", reason)]), v);
     counter(
         &mut reg,

@@ -44,6 +44,8 @@ pub struct Messages {
     discarded_late: u64,
     /// Outside the class's `publish_topics`.
     discarded_not_authorized: u64,
+    /// SUBSCRIBE filters outside the class's `subscribe_topics` (refused in the SUBACK).
+    subscriptions_refused: u64,
     late_forwarded: u64,
     discarded_rate_limited: u64,
 }
@@ -115,6 +117,7 @@ fn collect(shared: &Shared) -> Stats {
             retransmits: s.retransmits,
             discarded_early: s.discarded_early,
             discarded_not_authorized: s.discarded_not_authorized,
+            subscriptions_refused: s.subscriptions_refused,
             discarded_late: s.discarded_late,
             late_forwarded: s.late_forwarded,
             discarded_rate_limited: s.rate_limited,

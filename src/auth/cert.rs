@@ -44,6 +44,7 @@ pub(super) struct CertIdentity {
 struct Forwarded {
     header: HeaderName,
     anchors: Vec<TrustAnchor<'static>>,
+    from: crate::identify::CidrSet,
 }
 
 impl CertIdentity {
@@ -67,7 +68,13 @@ impl CertIdentity {
                         ca.display()
                     ));
                 }
-                Some(Forwarded { header, anchors })
+                let from =
+                    crate::identify::CidrSet::new(settings.forwarded_cert_from.iter().copied());
+                Some(Forwarded {
+                    header,
+                    anchors,
+                    from,
+                })
             }
             _ => None,
         };
@@ -82,15 +89,26 @@ impl CertIdentity {
         identity_of(der, self.field)
     }
 
-    /// A certificate a trusted proxy forwarded, if its header is there: verified against
-    /// our CA for client authentication at `now_secs`, then its identity.
+    /// A certificate the proxy at `peer` forwarded, if it is one of `forwarded_cert_from` and
+    /// the header is there: verified against our CA for client authentication at `now_secs`,
+    /// then its identity. Two copies of the header are refused: the client wrote one.
     pub(super) fn forwarded(
         &self,
         headers: &HeaderMap,
+        peer: std::net::IpAddr,
         now_secs: u64,
     ) -> Option<Result<Arc<str>, CertError>> {
         let f = self.forwarded.as_ref()?;
-        let raw = headers.get(&f.header)?.as_bytes();
+        if !f.from.contains(peer) {
+            return None;
+        }
+        let mut all = headers.get_all(&f.header).iter();
+        let raw = all.next()?.as_bytes();
+        if all.next().is_some() {
+            return Some(Err(CertError::Untrusted(
+                "the certificate header came twice".into(),
+            )));
+        }
         // nginx sends an empty value (or "-" from some configs) when the client sent none.
         if raw.is_empty() || raw == b"-" {
             return None;

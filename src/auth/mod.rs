@@ -28,6 +28,8 @@ pub use token::{Claims, TokenError};
 pub struct Authenticated {
     pub identity: Arc<str>,
     pub method: Method,
+    /// How its MQTT client ID must match the identity (the config in force when it proved it).
+    pub binding: Binding,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +56,8 @@ pub enum Refusal {
     NotForRoute,
     /// A valid identity that is banned (a revocation), with the ban's reason.
     Revoked(String),
+    /// More than one `Authorization` header: which one would a proxy have checked?
+    Ambiguous,
 }
 
 impl Refusal {
@@ -63,7 +67,7 @@ impl Refusal {
     pub fn label(&self) -> usize {
         match self {
             Refusal::Missing { .. } => 0,
-            Refusal::InvalidToken(_) | Refusal::InvalidCertificate(_) => 1,
+            Refusal::InvalidToken(_) | Refusal::InvalidCertificate(_) | Refusal::Ambiguous => 1,
             Refusal::Expired | Refusal::NotYetValid => 2,
             Refusal::NotForRoute => 3,
             Refusal::Revoked(_) => 4,
@@ -91,6 +95,29 @@ impl std::fmt::Display for Refusal {
             Refusal::InvalidCertificate(e) => write!(f, "{e}"),
             Refusal::NotForRoute => f.write_str("this device may not use this route"),
             Refusal::Revoked(why) => write!(f, "device revoked: {why}"),
+            Refusal::Ambiguous => f.write_str("more than one Authorization header"),
+        }
+    }
+}
+
+impl Refusal {
+    /// What the device is told: the category only. Which key exists, what webpki said and
+    /// an operator's ban reason stay in the log.
+    pub fn public(&self) -> &'static str {
+        match self {
+            Refusal::Missing {
+                mode: AuthMode::Mtls,
+            } => "a client certificate is required\n",
+            Refusal::Missing {
+                mode: AuthMode::TokenOrMtls,
+            } => "a device token or a client certificate is required\n",
+            Refusal::Missing { .. } => "a device token is required (Authorization: Bearer)\n",
+            Refusal::InvalidToken(_) | Refusal::Ambiguous => "token rejected\n",
+            Refusal::Expired => "token expired\n",
+            Refusal::NotYetValid => "token not valid yet\n",
+            Refusal::InvalidCertificate(_) => "client certificate rejected\n",
+            Refusal::NotForRoute => "this device may not use this route\n",
+            Refusal::Revoked(_) => "device revoked\n",
         }
     }
 }
@@ -108,17 +135,17 @@ pub struct Presented<'a> {
     pub headers: &'a HeaderMap,
     /// The client certificate of our own TLS handshake, verified there.
     pub tls_cert: Option<&'a CertificateDer<'static>>,
-    /// Whether the peer is a trusted proxy (whose forwarded certificate header is believed).
-    pub from_trusted_proxy: bool,
+    /// Who sent the request to us (the PROXY source, else the TCP peer): a forwarded
+    /// certificate is believed only from `[auth] forwarded_cert_from`.
+    pub peer: std::net::IpAddr,
 }
 
 /// The configured keys and modes, as one snapshot.
 pub struct Authenticator {
     keys: Vec<token::Key>,
-    skew_secs: u64,
+    claims: token::ClaimRules,
     pub binding: Binding,
     pub strike_failures: bool,
-    listeners: HashMap<String, AuthMode>,
     routes: HashMap<String, AuthMode>,
     certs: cert::CertIdentity,
     pub stats: Arc<AuthStats>,
@@ -127,18 +154,16 @@ pub struct Authenticator {
 impl Authenticator {
     /// `None` when nothing anywhere asks for authentication.
     pub fn from_config(config: &Config, stats: Arc<AuthStats>) -> Result<Option<Self>, String> {
-        let listeners: HashMap<String, AuthMode> = config
-            .listeners
-            .iter()
-            .map(|l| (l.display_name(), l.auth))
-            .collect();
         let routes: HashMap<String, AuthMode> = config
             .routes
             .iter()
             .filter_map(|(n, r)| Some((n.clone(), r.auth?)))
             .collect();
-        let asked = listeners.values().chain(routes.values());
-        if asked.clone().all(|m| *m == AuthMode::None) {
+        let listeners = config.listeners.iter().map(|l| l.auth);
+        if listeners
+            .chain(routes.values().copied())
+            .all(|m| m == AuthMode::None)
+        {
             return Ok(None);
         }
         // Certificate-only setups need no [auth] table: its defaults apply.
@@ -151,23 +176,22 @@ impl Authenticator {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Some(Authenticator {
             keys,
-            skew_secs: settings.clock_skew_secs,
+            claims: token::ClaimRules {
+                skew: settings.clock_skew_secs,
+                audience: settings.audience.clone(),
+                issuer: settings.issuer.clone(),
+            },
             binding: settings.bind_client_id,
             strike_failures: settings.strike_failures,
-            listeners,
             routes,
             certs: cert::CertIdentity::new(&settings)?,
             stats,
         }))
     }
 
-    /// What a device on `listener` must present to reach `route`.
-    pub fn mode(&self, listener: &str, route: &str) -> AuthMode {
-        self.routes
-            .get(route)
-            .or_else(|| self.listeners.get(listener))
-            .copied()
-            .unwrap_or_default()
+    /// What a device must present to reach `route` through a listener asking `listener`.
+    pub fn mode(&self, listener: AuthMode, route: &str) -> AuthMode {
+        self.routes.get(route).copied().unwrap_or(listener)
     }
 
     /// Who is asking, by what the route accepts: a certificate first (it was checked during
@@ -209,53 +233,70 @@ impl Authenticator {
         p: &Presented<'_>,
         now_secs: u64,
     ) -> Result<Authenticated, Refusal> {
+        let token = match mode.accepts_token() {
+            true => bearer(p.headers)?,
+            false => None,
+        };
         if mode.accepts_cert() {
             let cert = match p.tls_cert {
                 Some(der) => Some(self.certs.identity(der)),
-                None if p.from_trusted_proxy => self.certs.forwarded(p.headers, now_secs),
-                None => None,
+                None => self.certs.forwarded(p.headers, p.peer, now_secs),
             };
-            if let Some(identity) = cert {
-                let identity = identity.map_err(Refusal::InvalidCertificate)?;
-                return Ok(Authenticated {
-                    identity,
-                    method: Method::Certificate,
-                });
-            }
-        }
-        if mode.accepts_token() {
-            if let Some(token) = bearer(p.headers) {
-                let claims = token::verify(token, &self.keys, now_secs, self.skew_secs).map_err(
-                    |e| match e {
-                        TokenError::Expired => Refusal::Expired,
-                        TokenError::NotYetValid => Refusal::NotYetValid,
-                        e => Refusal::InvalidToken(e),
-                    },
-                )?;
-                if let Some(routes) = &claims.routes {
-                    if !routes.iter().any(|r| r == route) {
-                        return Err(Refusal::NotForRoute);
-                    }
+            match cert {
+                Some(Ok(identity)) => {
+                    return Ok(Authenticated {
+                        identity,
+                        method: Method::Certificate,
+                        binding: self.binding,
+                    })
                 }
-                return Ok(Authenticated {
-                    identity: claims.sub,
-                    method: Method::Token,
-                });
+                // An unusable certificate where a token may do instead: the token decides.
+                Some(Err(_)) if token.is_some() => {}
+                Some(Err(e)) => return Err(Refusal::InvalidCertificate(e)),
+                None => {}
             }
         }
-        Err(Refusal::Missing { mode })
+        let Some(token) = token else {
+            return Err(Refusal::Missing { mode });
+        };
+        let claims =
+            token::verify(token, &self.keys, now_secs, &self.claims).map_err(|e| match e {
+                TokenError::Expired => Refusal::Expired,
+                TokenError::NotYetValid => Refusal::NotYetValid,
+                e => Refusal::InvalidToken(e),
+            })?;
+        if let Some(routes) = &claims.routes {
+            if !routes.iter().any(|r| r == route) {
+                return Err(Refusal::NotForRoute);
+            }
+        }
+        Ok(Authenticated {
+            identity: claims.sub,
+            method: Method::Token,
+            binding: self.binding,
+        })
     }
 }
 
 /// The token of `Authorization: Bearer <token>` (scheme case-insensitive, RFC 6750 §2.1).
-/// A token in the URL is never looked for: URLs are logged all along the way.
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|t| !t.is_empty())
+/// A token in the URL is never looked for: URLs are logged all along the way. Two
+/// `Authorization` headers are refused: a proxy in front may have checked the other one.
+fn bearer(headers: &HeaderMap) -> Result<Option<&str>, Refusal> {
+    let mut all = headers.get_all(http::header::AUTHORIZATION).iter();
+    let (Some(value), None) = (all.next(), all.next()) else {
+        return match headers.contains_key(http::header::AUTHORIZATION) {
+            true => Err(Refusal::Ambiguous),
+            false => Ok(None),
+        };
+    };
+    let token = value.to_str().ok().and_then(|v| {
+        let (scheme, token) = v.split_once(' ')?;
+        scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim())
+            .filter(|t| !t.is_empty())
+    });
+    Ok(token)
 }
 
 /// Seconds since the epoch, for token times.

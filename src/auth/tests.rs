@@ -67,6 +67,7 @@ auth = "none"
 [auth]
 forwarded_cert_header = "x-client-cert"
 forwarded_cert_ca = "ca.pem"
+forwarded_cert_from = ["10.0.0.5/32"]
 [[auth.key]]
 alg = "HS256"
 secret = "{SECRET}"
@@ -88,11 +89,18 @@ fn bearer_headers(token: &str) -> HeaderMap {
     h
 }
 
+const PROXY: &str = "10.0.0.5";
+const ELSEWHERE: &str = "198.51.100.9";
+
+fn peer(ip: &str) -> std::net::IpAddr {
+    ip.parse().expect("ip")
+}
+
 fn presented(headers: &HeaderMap) -> Presented<'_> {
     Presented {
         headers,
         tls_cert: None,
-        from_trusted_proxy: false,
+        peer: peer(ELSEWHERE),
     }
 }
 
@@ -107,10 +115,10 @@ fn setup() -> (tempfile::TempDir, Ca, Authenticator) {
 #[test]
 fn the_route_overrides_the_listener() {
     let (_d, _ca, a) = setup();
-    assert_eq!(a.mode("open", "mqtt"), AuthMode::None);
-    assert_eq!(a.mode("locked", "mqtt"), AuthMode::Token);
-    assert_eq!(a.mode("open", "meters"), AuthMode::TokenOrMtls);
-    assert_eq!(a.mode("locked", "public"), AuthMode::None);
+    assert_eq!(a.mode(AuthMode::None, "mqtt"), AuthMode::None);
+    assert_eq!(a.mode(AuthMode::Token, "mqtt"), AuthMode::Token);
+    assert_eq!(a.mode(AuthMode::None, "meters"), AuthMode::TokenOrMtls);
+    assert_eq!(a.mode(AuthMode::Token, "public"), AuthMode::None);
 }
 
 #[test]
@@ -125,7 +133,8 @@ fn a_token_names_the_device_and_is_counted() {
         got,
         Ok(Some(Authenticated {
             identity: "dev-7".into(),
-            method: Method::Token
+            method: Method::Token,
+            binding: Binding::Equal,
         }))
     );
     assert_eq!(a.stats.accepted[0].load(Relaxed), 1);
@@ -274,7 +283,7 @@ fn a_certificate_from_our_tls_wins_over_a_token() {
     let p = Presented {
         headers: &h,
         tls_cert: Some(&der),
-        from_trusted_proxy: false,
+        peer: peer(ELSEWHERE),
     };
     let got = a.authenticate(AuthMode::TokenOrMtls, "meters", &p, now_secs(), |_| None);
     assert_eq!(
@@ -286,7 +295,7 @@ fn a_certificate_from_our_tls_wins_over_a_token() {
     let p = Presented {
         headers: &none,
         tls_cert: Some(&der),
-        from_trusted_proxy: false,
+        peer: peer(ELSEWHERE),
     };
     assert!(matches!(
         a.authenticate(AuthMode::Token, "mqtt", &p, now_secs(), |_| None),
@@ -310,22 +319,29 @@ fn a_forwarded_certificate_counts_only_from_a_trusted_proxy_and_our_ca() {
     let (_d, ca, a) = setup();
     let (_, pem) = client(&ca, "meter-9");
     let h = forwarded(&pem);
-    let from = |trusted| Presented {
+    let from = |ip| Presented {
         headers: &h,
         tls_cert: None,
-        from_trusted_proxy: trusted,
+        peer: peer(ip),
     };
-    let got = a.authenticate(AuthMode::Mtls, "meters", &from(true), now_secs(), |_| None);
+    let got = a.authenticate(AuthMode::Mtls, "meters", &from(PROXY), now_secs(), |_| None);
     assert_eq!(
         got,
         Ok(Some(Authenticated {
             identity: "meter-9".into(),
-            method: Method::Certificate
+            method: Method::Certificate,
+            binding: Binding::Equal,
         }))
     );
     // The same header from anyone else is not looked at.
     assert!(matches!(
-        a.authenticate(AuthMode::Mtls, "meters", &from(false), now_secs(), |_| None),
+        a.authenticate(
+            AuthMode::Mtls,
+            "meters",
+            &from(ELSEWHERE),
+            now_secs(),
+            |_| None
+        ),
         Err(Refusal::Missing { .. })
     ));
     // Issued by another CA: refused even from the trusted proxy.
@@ -334,7 +350,7 @@ fn a_forwarded_certificate_counts_only_from_a_trusted_proxy_and_our_ca() {
     let p = Presented {
         headers: &h,
         tls_cert: None,
-        from_trusted_proxy: true,
+        peer: peer(PROXY),
     };
     assert!(matches!(
         a.authenticate(AuthMode::Mtls, "meters", &p, now_secs(), |_| None),
@@ -350,7 +366,7 @@ fn a_forwarded_certificate_counts_only_from_a_trusted_proxy_and_our_ca() {
         let p = Presented {
             headers: &h,
             tls_cert: None,
-            from_trusted_proxy: true,
+            peer: peer(PROXY),
         };
         assert!(
             a.authenticate(AuthMode::Mtls, "meters", &p, now_secs(), |_| None)

@@ -21,6 +21,20 @@ use crate::config::{TokenAlg, TokenKey};
 pub const MAX_TOKEN_LEN: usize = 4096;
 /// Longest `sub` accepted: it becomes a client ID or serial.
 const MAX_SUB_LEN: usize = 256;
+/// 2026-01-01T00:00:00Z. A gateway whose clock reads earlier has not set it (no RTC, no NTP
+/// yet): every unexpired-looking token would pass, so none does.
+pub const CLOCK_FLOOR: u64 = 1_767_225_600;
+
+/// What the claims must say besides the signature.
+#[derive(Debug, Clone, Default)]
+pub struct ClaimRules {
+    /// Tolerated clock difference for `exp` and `nbf`, seconds.
+    pub skew: u64,
+    /// `aud` must name this (a string, or an array containing it).
+    pub audience: Option<String>,
+    /// `iss` must be this.
+    pub issuer: Option<String>,
+}
 
 /// A key tokens may be signed with.
 pub struct Key {
@@ -44,6 +58,10 @@ pub enum TokenError {
     BadSignature,
     Expired,
     NotYetValid,
+    /// `aud` or `iss` is not what `[auth]` asks for.
+    WrongAudience,
+    /// The gateway's own clock is not set: no token can be judged.
+    ClockUnset,
 }
 
 impl std::fmt::Display for TokenError {
@@ -54,6 +72,10 @@ impl std::fmt::Display for TokenError {
             TokenError::BadSignature => f.write_str("token signature does not verify"),
             TokenError::Expired => f.write_str("token expired"),
             TokenError::NotYetValid => f.write_str("token not valid yet (nbf)"),
+            TokenError::WrongAudience => f.write_str("token is for another audience or issuer"),
+            TokenError::ClockUnset => {
+                f.write_str("the gateway's clock is not set (before 2026): tokens cannot be judged")
+            }
         }
     }
 }
@@ -74,9 +96,6 @@ struct Header {
     alg: String,
     #[serde(default)]
     kid: Option<String>,
-    /// Extensions we would have to understand (RFC 7515 §4.1.11): we understand none.
-    #[serde(default)]
-    crit: Option<serde_json::Value>,
 }
 
 /// Claim types are strict: `exp` a JSON number (a string fails the parse, it does not skip
@@ -91,6 +110,27 @@ struct RawClaims {
     nbf: Option<f64>,
     #[serde(default)]
     routes: Option<Vec<String>>,
+    #[serde(default)]
+    aud: Option<Audience>,
+    #[serde(default)]
+    iss: Option<String>,
+}
+
+/// RFC 7519 §4.1.3: one audience or several.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Audience {
+    fn names(&self, want: &str) -> bool {
+        match self {
+            Audience::One(a) => a == want,
+            Audience::Many(all) => all.iter().any(|a| a == want),
+        }
+    }
 }
 
 impl Key {
@@ -148,7 +188,10 @@ fn public_key(alg: TokenAlg, spki: &[u8]) -> Result<UnparsedPublicKey<Vec<u8>>, 
         TokenAlg::HS256 => return Err("HS256 has no public key".into()),
     };
     match spki.strip_prefix(prefix) {
-        Some(raw) if raw.len() == len => Ok(UnparsedPublicKey::new(ring_alg, raw.to_vec())),
+        // P-256: the uncompressed point form (0x04 ‖ x ‖ y), the only one ring takes.
+        Some(raw) if raw.len() == len && (alg != TokenAlg::ES256 || raw[0] == 0x04) => {
+            Ok(UnparsedPublicKey::new(ring_alg, raw.to_vec()))
+        }
         _ => Err(format!(
             "not an {} public key (expected {})",
             alg.name(),
@@ -160,9 +203,17 @@ fn public_key(alg: TokenAlg, spki: &[u8]) -> Result<UnparsedPublicKey<Vec<u8>>, 
     }
 }
 
-/// Check `token` against `keys` at `now` (seconds since the epoch), tolerating `skew` seconds.
-pub fn verify(token: &str, keys: &[Key], now: u64, skew: u64) -> Result<Claims, TokenError> {
+/// Check `token` against `keys` and `rules` at `now` (seconds since the epoch).
+pub fn verify(
+    token: &str,
+    keys: &[Key],
+    now: u64,
+    rules: &ClaimRules,
+) -> Result<Claims, TokenError> {
     use TokenError::Malformed;
+    if now < CLOCK_FLOOR {
+        return Err(TokenError::ClockUnset);
+    }
     if token.len() > MAX_TOKEN_LEN {
         return Err(Malformed("longer than 4096 bytes"));
     }
@@ -172,14 +223,18 @@ pub fn verify(token: &str, keys: &[Key], now: u64, skew: u64) -> Result<Claims, 
     else {
         return Err(Malformed("not three dot-separated parts"));
     };
-    let header: Header = URL_SAFE_NO_PAD
+    let header: serde_json::Value = URL_SAFE_NO_PAD
         .decode(h64)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .ok_or(Malformed("header is not base64url JSON"))?;
-    if header.crit.is_some() {
+    // Extensions we would have to understand (RFC 7515 §4.1.11): we understand none, and a
+    // `crit` of any value (null included) is refused.
+    if header.get("crit").is_some() {
         return Err(Malformed("critical header extensions are not supported"));
     }
+    let header: Header =
+        serde_json::from_value(header).map_err(|_| Malformed("header has no usable alg"))?;
     let alg = match header.alg.as_str() {
         "EdDSA" => TokenAlg::EdDSA,
         "ES256" => TokenAlg::ES256,
@@ -218,13 +273,24 @@ pub fn verify(token: &str, keys: &[Key], now: u64, skew: u64) -> Result<Claims, 
         ))?;
     let exp = claims.exp.ok_or(Malformed("no exp claim"))?;
     let now_f = now as f64;
-    let skew_f = skew as f64;
-    if !exp.is_finite() || now_f > exp + skew_f {
+    let skew_f = rules.skew as f64;
+    // Valid strictly before `exp` (RFC 7519 §4.1.4), give or take the skew.
+    if !exp.is_finite() || now_f >= exp + skew_f {
         return Err(TokenError::Expired);
     }
     if let Some(nbf) = claims.nbf {
         if !nbf.is_finite() || now_f + skew_f < nbf {
             return Err(TokenError::NotYetValid);
+        }
+    }
+    if let Some(want) = &rules.audience {
+        if !claims.aud.as_ref().is_some_and(|a| a.names(want)) {
+            return Err(TokenError::WrongAudience);
+        }
+    }
+    if let Some(want) = &rules.issuer {
+        if claims.iss.as_deref() != Some(want.as_str()) {
+            return Err(TokenError::WrongAudience);
         }
     }
     let sub = claims.sub.ok_or(Malformed("no sub claim"))?;

@@ -35,6 +35,13 @@ fn setup(alg: TokenAlg, kid: Option<&str>) -> (Signer, Vec<Key>) {
     (signer, vec![key])
 }
 
+fn skew(secs: u64) -> ClaimRules {
+    ClaimRules {
+        skew: secs,
+        ..ClaimRules::default()
+    }
+}
+
 fn claims(sub: &str, exp: u64) -> serde_json::Value {
     json!({ "sub": sub, "exp": exp })
 }
@@ -44,7 +51,7 @@ fn each_algorithm_verifies_its_own_tokens() {
     for alg in [TokenAlg::EdDSA, TokenAlg::ES256, TokenAlg::HS256] {
         let (signer, keys) = setup(alg, None);
         let t = signer.sign(None, &claims("dev-1", NOW + 60)).expect("sign");
-        let c = verify(&t, &keys, NOW, 0).expect("valid token");
+        let c = verify(&t, &keys, NOW, &skew(0)).expect("valid token");
         assert_eq!(&*c.sub, "dev-1", "{alg:?}");
         assert_eq!(c.exp, NOW + 60);
     }
@@ -56,30 +63,75 @@ fn a_token_from_another_key_is_refused() {
         let (_, keys) = setup(alg, None);
         let (other, _) = setup(alg, None);
         let t = other.sign(None, &claims("dev-1", NOW + 60)).expect("sign");
-        assert_eq!(verify(&t, &keys, NOW, 0), Err(TokenError::BadSignature));
+        assert_eq!(
+            verify(&t, &keys, NOW, &skew(0)),
+            Err(TokenError::BadSignature)
+        );
     }
     let (_, keys) = setup(TokenAlg::HS256, None);
     let t = Signer::hs256(b"another secret, also 32 bytes long!")
         .sign(None, &claims("dev-1", NOW + 60))
         .expect("sign");
-    assert_eq!(verify(&t, &keys, NOW, 0), Err(TokenError::BadSignature));
+    assert_eq!(
+        verify(&t, &keys, NOW, &skew(0)),
+        Err(TokenError::BadSignature)
+    );
 }
 
 #[test]
 fn expiry_and_not_before_with_skew() {
     let (s, keys) = setup(TokenAlg::EdDSA, None);
     let t = s.sign(None, &claims("d", NOW - 30)).expect("sign");
-    assert_eq!(verify(&t, &keys, NOW, 0), Err(TokenError::Expired));
-    assert!(verify(&t, &keys, NOW, 30).is_ok(), "within the skew");
-    assert_eq!(verify(&t, &keys, NOW, 29), Err(TokenError::Expired));
+    assert_eq!(verify(&t, &keys, NOW, &skew(0)), Err(TokenError::Expired));
+    assert!(verify(&t, &keys, NOW, &skew(31)).is_ok(), "within the skew");
+    // Valid strictly before exp (+ skew): at exp itself, expired.
+    assert_eq!(verify(&t, &keys, NOW, &skew(30)), Err(TokenError::Expired));
     let t = s
         .sign(
             None,
             &json!({"sub": "d", "exp": NOW + 600, "nbf": NOW + 100}),
         )
         .expect("sign");
-    assert_eq!(verify(&t, &keys, NOW, 60), Err(TokenError::NotYetValid));
-    assert!(verify(&t, &keys, NOW, 100).is_ok());
+    assert_eq!(
+        verify(&t, &keys, NOW, &skew(60)),
+        Err(TokenError::NotYetValid)
+    );
+    assert!(verify(&t, &keys, NOW, &skew(100)).is_ok());
+}
+
+#[test]
+fn audience_issuer_and_an_unset_clock() {
+    let (s, keys) = setup(TokenAlg::EdDSA, None);
+    let rules = ClaimRules {
+        skew: 0,
+        audience: Some("portcullis".into()),
+        issuer: Some("https://platform.example".into()),
+    };
+    let ok = [
+        json!({"sub": "d", "exp": NOW + 60, "aud": "portcullis", "iss": "https://platform.example"}),
+        json!({"sub": "d", "exp": NOW + 60, "aud": ["billing", "portcullis"], "iss": "https://platform.example"}),
+    ];
+    for c in ok {
+        let t = s.sign(None, &c).expect("sign");
+        assert!(verify(&t, &keys, NOW, &rules).is_ok(), "{c}");
+    }
+    let wrong = [
+        json!({"sub": "d", "exp": NOW + 60, "iss": "https://platform.example"}),
+        json!({"sub": "d", "exp": NOW + 60, "aud": "billing", "iss": "https://platform.example"}),
+        json!({"sub": "d", "exp": NOW + 60, "aud": "portcullis"}),
+        json!({"sub": "d", "exp": NOW + 60, "aud": "portcullis", "iss": "https://evil.example"}),
+    ];
+    for c in wrong {
+        let t = s.sign(None, &c).expect("sign");
+        assert_eq!(
+            verify(&t, &keys, NOW, &rules),
+            Err(TokenError::WrongAudience),
+            "{c}"
+        );
+    }
+    // A gateway that booted in 1970 judges no token (each would look unexpired).
+    let t = s.sign(None, &claims("d", 100)).expect("sign");
+    assert_eq!(verify(&t, &keys, 50, &skew(0)), Err(TokenError::ClockUnset));
 }
 
 #[test]
@@ -100,7 +152,10 @@ fn claims_of_the_wrong_type_fail_instead_of_skipping_their_check() {
     ] {
         let t = s.sign(None, &bad).expect("sign");
         assert!(
-            matches!(verify(&t, &keys, NOW, 0), Err(TokenError::Malformed(_))),
+            matches!(
+                verify(&t, &keys, NOW, &skew(0)),
+                Err(TokenError::Malformed(_))
+            ),
             "{bad}"
         );
     }
@@ -115,7 +170,7 @@ fn the_key_decides_the_algorithm_never_the_token() {
         let header = URL_SAFE_NO_PAD.encode(json!({"alg": alg}).to_string());
         let forged = format!("{header}.{payload_sig}");
         assert_eq!(
-            verify(&forged, &keys, NOW, 0),
+            verify(&forged, &keys, NOW, &skew(0)),
             Err(TokenError::UnknownKey),
             "{alg}"
         );
@@ -126,7 +181,10 @@ fn the_key_decides_the_algorithm_never_the_token() {
     let forged = Signer::hs256(pem.as_bytes())
         .sign(None, &claims("d", NOW + 60))
         .expect("sign");
-    assert_eq!(verify(&forged, &keys, NOW, 0), Err(TokenError::UnknownKey));
+    assert_eq!(
+        verify(&forged, &keys, NOW, &skew(0)),
+        Err(TokenError::UnknownKey)
+    );
 }
 
 #[test]
@@ -136,30 +194,52 @@ fn kid_picks_the_key_during_a_rotation() {
     keys.extend(new_keys);
     for (s, kid) in [(&old, "2026-11"), (&new, "2026-12")] {
         let t = s.sign(Some(kid), &claims("d", NOW + 60)).expect("sign");
-        assert!(verify(&t, &keys, NOW, 0).is_ok(), "{kid}");
+        assert!(verify(&t, &keys, NOW, &skew(0)).is_ok(), "{kid}");
         // Without a kid, every key of the alg is tried.
         let t = s.sign(None, &claims("d", NOW + 60)).expect("sign");
-        assert!(verify(&t, &keys, NOW, 0).is_ok(), "{kid} without kid");
+        assert!(
+            verify(&t, &keys, NOW, &skew(0)).is_ok(),
+            "{kid} without kid"
+        );
     }
     let t = old
         .sign(Some("2026-12"), &claims("d", NOW + 60))
         .expect("sign");
-    assert_eq!(verify(&t, &keys, NOW, 0), Err(TokenError::BadSignature));
+    assert_eq!(
+        verify(&t, &keys, NOW, &skew(0)),
+        Err(TokenError::BadSignature)
+    );
     let t = old
         .sign(Some("2025"), &claims("d", NOW + 60))
         .expect("sign");
-    assert_eq!(verify(&t, &keys, NOW, 0), Err(TokenError::UnknownKey));
+    assert_eq!(
+        verify(&t, &keys, NOW, &skew(0)),
+        Err(TokenError::UnknownKey)
+    );
 }
 
 #[test]
 fn malformed_tokens_never_panic() {
     let (s, keys) = setup(TokenAlg::HS256, None);
     let good = s.sign(None, &claims("d", NOW + 60)).expect("sign");
-    let crit = {
-        let h = URL_SAFE_NO_PAD.encode(json!({"alg": "HS256", "crit": ["exp"]}).to_string());
+    // A validly signed token with `crit`, of any value: refused.
+    let crit = |value: serde_json::Value| {
+        let h = URL_SAFE_NO_PAD.encode(json!({"alg": "HS256", "crit": value}).to_string());
         let p = URL_SAFE_NO_PAD.encode(claims("d", NOW + 60).to_string());
-        format!("{h}.{p}.sig")
+        let input = format!("{h}.{p}");
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, SECRET.as_bytes());
+        let sig = URL_SAFE_NO_PAD.encode(ring::hmac::sign(&key, input.as_bytes()));
+        format!("{input}.{sig}")
     };
+    for value in [json!(["exp"]), json!(null)] {
+        assert_eq!(
+            verify(&crit(value), &keys, NOW, &skew(0)),
+            Err(TokenError::Malformed(
+                "critical header extensions are not supported"
+            ))
+        );
+    }
+    let crit = crit(json!(["exp"]));
     let long = "a".repeat(MAX_TOKEN_LEN + 1);
     let cases = [
         "",
@@ -177,11 +257,11 @@ fn malformed_tokens_never_panic() {
         "\u{fffd}.\u{fffd}.\u{fffd}",
     ];
     for t in cases {
-        assert!(verify(t, &keys, NOW, 0).is_err(), "{t:?}");
+        assert!(verify(t, &keys, NOW, &skew(0)).is_err(), "{t:?}");
     }
     // Every truncation and every single-byte change of a good token is refused.
     for cut in 0..good.len() {
-        assert!(verify(&good[..cut], &keys, NOW, 0).is_err());
+        assert!(verify(&good[..cut], &keys, NOW, &skew(0)).is_err());
     }
     let bytes = good.as_bytes();
     for i in 0..bytes.len() {
@@ -189,7 +269,7 @@ fn malformed_tokens_never_panic() {
         b[i] = if b[i] == b'A' { b'B' } else { b'A' };
         if let Ok(t) = std::str::from_utf8(&b) {
             if t != good {
-                assert!(verify(t, &keys, NOW, 0).is_err(), "byte {i} changed");
+                assert!(verify(t, &keys, NOW, &skew(0)).is_err(), "byte {i} changed");
             }
         }
     }

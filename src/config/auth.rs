@@ -132,6 +132,17 @@ pub struct AuthSettings {
     /// trust more than we do). Required with `forwarded_cert_header`.
     #[serde(default)]
     pub forwarded_cert_ca: Option<PathBuf>,
+    /// The addresses (a TLS-terminating proxy's) whose `forwarded_cert_header` is believed:
+    /// required with it, and kept apart from `trusted_proxies`, which may list CDNs that pass
+    /// a client's own headers through. The proxy must overwrite the header, never append.
+    #[serde(default)]
+    pub forwarded_cert_from: Vec<ipnet::IpNet>,
+    /// Tokens must name this in `aud` (a string or an array). Absent: not checked.
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// Tokens must carry this `iss`. Absent: not checked.
+    #[serde(default)]
+    pub issuer: Option<String>,
     /// Failed authentications from one address count as strikes towards an IP ban.
     #[serde(default = "yes")]
     pub strike_failures: bool,
@@ -147,6 +158,9 @@ impl Default for AuthSettings {
             cert_identity: CertField::default(),
             forwarded_cert_header: None,
             forwarded_cert_ca: None,
+            forwarded_cert_from: Vec::new(),
+            audience: None,
+            issuer: None,
             strike_failures: true,
             keys: Vec::new(),
         }
@@ -217,6 +231,12 @@ impl AuthSettings {
                 return Err((
                     "auth.forwarded_cert_ca".into(),
                     "a forwarded certificate is checked against this CA: set it".into(),
+                ));
+            }
+            if self.forwarded_cert_from.is_empty() {
+                return Err((
+                    "auth.forwarded_cert_from".into(),
+                    "name the proxies whose forwarded certificate is believed (their addresses as the gateway sees them)".into(),
                 ));
             }
         }

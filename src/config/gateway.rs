@@ -587,6 +587,16 @@ impl Config {
                     .iter()
                     .filter_map(|(n, r)| Some((format!("routes.{n}.auth"), r.auth?))),
             );
+        for (name, r) in &self.routes {
+            if r.auth.is_some_and(|m| m != super::AuthMode::None)
+                && self.route_protocol(name) == RouteProtocol::Http
+            {
+                return Err((
+                    format!("routes.{name}.auth"),
+                    "HTTP push routes do not authenticate devices (yet): their collectors see the device's own Authorization header".into(),
+                ));
+            }
+        }
         for (key, mode) in modes {
             if mode.accepts_token() && !keys {
                 return Err((

@@ -126,6 +126,29 @@ pub struct DeviceClass {
     /// outside is acknowledged, not forwarded (PUBACK/PUBREC 0x87 on MQTT 5), and a strike.
     #[serde(default)]
     pub publish_topics: Vec<String>,
+    /// A publish outside `publish_topics`: `ack` (acknowledged, discarded, a strike) or
+    /// `disconnect` (DISCONNECT 0x87 on MQTT 5, a close on 3.1.1).
+    #[serde(default)]
+    pub on_publish_denied: OnDenied,
+    /// Topic filters a device of this class may subscribe to, with the same placeholders. A
+    /// requested filter must lie wholly inside one of them (`#` only where one allows `#`).
+    /// Empty: anything the broker allows. A filter outside gets SUBACK 0x87 (MQTT 5) / 0x80
+    /// (3.1.1); the rest of the SUBSCRIBE goes on.
+    #[serde(default)]
+    pub subscribe_topics: Vec<String>,
+}
+
+/// What a publish outside a class's permissions does to the connection.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum OnDenied {
+    /// Acknowledged and discarded (0x87 on MQTT 5), a strike: the connection stays.
+    #[default]
+    Ack,
+    /// The connection is closed (DISCONNECT 0x87 first on MQTT 5).
+    Disconnect,
 }
 
 /// What a CONNECT for a client ID already at its `max_connections` does.
@@ -155,6 +178,8 @@ impl Default for DeviceClass {
             max_connections: defaults::max_connections(),
             on_duplicate: OnDuplicate::default(),
             publish_topics: Vec::new(),
+            on_publish_denied: OnDenied::default(),
+            subscribe_topics: Vec::new(),
         }
     }
 }

@@ -56,8 +56,9 @@ pub struct Caller {
 /// The reason of a ban on a proven identity (a revocation), if any.
 pub type Revoked = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
-/// Told of each refused authentication with the client IP.
-pub type AuthRefused = Arc<dyn Fn(IpAddr, &crate::auth::Refusal) + Send + Sync>;
+/// Told of each refused authentication, with the client IP to strike (`None` when all we
+/// know is a trusted proxy's own address, which is never struck).
+pub type AuthRefused = Arc<dyn Fn(Option<IpAddr>, &crate::auth::Refusal) + Send + Sync>;
 
 /// Device authentication at the upgrade, where a listener or route asks for it.
 pub struct AuthGate {

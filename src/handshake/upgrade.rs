@@ -143,7 +143,7 @@ pub(super) fn accept(
         return Err(text(StatusCode::FORBIDDEN, BANNED));
     }
     // Who the device is, where its route asks: before any upstream exists.
-    let device = authenticate(headers, &target, caller, router)?;
+    let device = authenticate(headers, &target, (caller, believed), router)?;
     let probe = match (&target, &inputs.probe) {
         (Target::Probe, Some(gate)) => match gate.admit() {
             Ok(slot) => Some(ProbeTicket {
@@ -186,18 +186,18 @@ pub(super) fn accept(
 fn authenticate(
     headers: &HeaderMap,
     target: &Target,
-    caller: Caller,
+    (caller, believed): (Caller, bool),
     router: &Router,
 ) -> Result<Option<crate::auth::Authenticated>, Response<Body>> {
     let (Some(gate), false) = (&router.inputs.auth, *target == Target::Probe) else {
         return Ok(None);
     };
     let listener = &router.listener;
-    let mode = gate.authenticator.mode(&listener.name, target.route());
+    let mode = gate.authenticator.mode(listener.auth(), target.route());
     let presented = crate::auth::Presented {
         headers,
         tls_cert: router.client_cert.as_ref(),
-        from_trusted_proxy: listener.trusted_proxies().contains(router.origin.addr),
+        peer: router.origin.addr,
     };
     let now = crate::auth::now_secs();
     let refusal =
@@ -208,13 +208,11 @@ fn authenticate(
             Ok(device) => return Ok(device),
             Err(r) => r,
         };
-    (gate.refused)(caller.ip, &refusal);
+    // A proxy's own address (its client unknown) is not struck: it carries everyone.
+    let proxy_itself = !believed && listener.is_proxy_peer(router.origin.addr);
+    (gate.refused)((!proxy_itself).then_some(caller.ip), &refusal);
     let (status, challenge) = crate::error::auth_refusal(&refusal);
-    let mut r = super::reply::marked(
-        status,
-        "text/plain; charset=utf-8",
-        Bytes::from(format!("{refusal}\n")),
-    );
+    let mut r = text(status, refusal.public());
     if let Some(v) = challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
         r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
     }

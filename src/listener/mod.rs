@@ -35,6 +35,8 @@ pub struct ListenerCtx {
     proxy_protocol_from: CidrSet,
     trusted_proxies: RwLock<Arc<CidrSet>>,
     tls: RwLock<Option<tokio_rustls::TlsAcceptor>>,
+    /// What devices must present here unless their route says otherwise.
+    auth: RwLock<crate::config::AuthMode>,
     slots: Arc<Semaphore>,
 }
 
@@ -53,6 +55,7 @@ pub struct Conn {
 }
 
 pub struct PreparedReload {
+    auth: crate::config::AuthMode,
     tls: Option<tokio_rustls::TlsAcceptor>,
     trusted: Arc<CidrSet>,
 }
@@ -92,6 +95,7 @@ pub async fn bind(cfg: &ListenerConfig) -> std::result::Result<Listener, String>
         proxy_protocol_from: CidrSet::new(cfg.proxy_protocol_from.iter().copied()),
         trusted_proxies: RwLock::new(Arc::new(trusted_proxies(cfg)?)),
         tls: RwLock::new(tls_acceptor(cfg)?),
+        auth: RwLock::new(cfg.auth),
         slots: Arc::new(Semaphore::new(cfg.max_connections)),
     };
     Ok(Listener {
@@ -168,6 +172,7 @@ impl ListenerCtx {
     /// either applies to every listener or to none.
     pub fn prepare_reload(cfg: &ListenerConfig) -> std::result::Result<PreparedReload, String> {
         Ok(PreparedReload {
+            auth: cfg.auth,
             tls: tls_acceptor(cfg)?,
             trusted: Arc::new(trusted_proxies(cfg)?),
         })
@@ -181,6 +186,17 @@ impl ListenerCtx {
         if let Ok(mut g) = self.trusted_proxies.write() {
             *g = prepared.trusted;
         }
+        if let Ok(mut g) = self.auth.write() {
+            *g = prepared.auth;
+        }
+    }
+
+    /// The listener's `auth`. Unreadable (a poisoned lock): tokens, failing closed.
+    pub fn auth(&self) -> crate::config::AuthMode {
+        self.auth
+            .read()
+            .map(|g| *g)
+            .unwrap_or(crate::config::AuthMode::Token)
     }
 
     fn acceptor(&self) -> Option<tokio_rustls::TlsAcceptor> {

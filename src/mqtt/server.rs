@@ -9,12 +9,14 @@ mod connect;
 mod encode;
 mod framer;
 mod props;
+mod subscribe;
 #[cfg(test)]
 mod tests;
 
 pub use super::wire::{Version, WireError};
 pub use encode::{ack, connack, disconnect, pingreq, publish_with_topic, AckKind};
 pub use framer::Framer;
+pub use subscribe::{suback, suback_id, suback_merged, subscribe_parts, SubscribeParts};
 
 use super::wire::{take_str, take_u16, varint};
 use props::take_props;
@@ -50,6 +52,8 @@ pub mod reason {
     pub const V3_SERVER_UNAVAILABLE: u8 = 0x03;
     /// 3.1.1 CONNACK "Not authorized": 3.1.1 has no "banned", so this stands in for it.
     pub const V3_NOT_AUTHORIZED: u8 = 0x05;
+    /// 3.1.1 SUBACK "Failure" (the only failure code 3.1.1 has).
+    pub const V3_SUBSCRIBE_FAILURE: u8 = 0x80;
 }
 
 /// CONNECT as the gateway needs it. Level 3 ("MQIsdp", 3.1) and 4 → `V311`; 5 → `V5`.

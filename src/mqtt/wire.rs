@@ -148,6 +148,20 @@ pub fn subscribe(packet_id: u16, filter: &str, qos: u8, version: Version) -> Vec
     out
 }
 
+/// SUBSCRIBE to several `(filter, qos)` at once.
+pub fn subscribe_many(packet_id: u16, filters: &[(&str, u8)], version: Version) -> Vec<u8> {
+    let entries: usize = filters.iter().map(|(f, _)| 2 + f.len() + 1).sum();
+    let remaining = 2 + props_len(version) + entries;
+    let mut out = header(SUBSCRIBE << 4 | 0x02, remaining);
+    out.extend_from_slice(&packet_id.to_be_bytes());
+    put_empty_props(&mut out, version);
+    for (filter, qos) in filters {
+        put_str(&mut out, filter);
+        out.push(*qos);
+    }
+    out
+}
+
 /// PUBACK. Identical in both versions: 5 lets a success reason code be omitted.
 pub fn puback(packet_id: u16, version: Version) -> Vec<u8> {
     let _ = version;

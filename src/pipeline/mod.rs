@@ -138,7 +138,7 @@ async fn story(
     if pool.mqtt {
         let (tx, rx) = futures_util::StreamExt::split(ws);
         let mut ctx = mqtt_ctx(&shared, &pool, &settings, client_ip, &registration);
-        ctx.proof = proof(&shared, device);
+        ctx.proof = proof(device);
         let ending = forward::mqtt::relay(mqtt::WsRx(rx), mqtt::WsTx(tx), ctx).await;
         return log_ending(&ending);
     }
@@ -189,14 +189,17 @@ fn auth_gate(shared: &Arc<Shared>) -> Option<handshake::AuthGate> {
     let strikes = authenticator.strike_failures;
     let refused = {
         let shared = shared.clone();
-        Arc::new(move |ip, refusal: &crate::auth::Refusal| {
-            tracing::info!(%ip, "upgrade refused: {refusal}");
-            if strikes && refusal.is_failure() {
+        Arc::new(
+            move |ip: Option<std::net::IpAddr>, refusal: &crate::auth::Refusal| {
+                tracing::info!(?ip, "upgrade refused: {refusal}");
+                let Some(ip) = ip.filter(|_| strikes && refusal.is_failure()) else {
+                    return;
+                };
                 if let Some(ban) = shared.policy.on_auth_failure(ip) {
                     tracing::warn!(%ip, reason = %ban.reason, "address banned");
                 }
-            }
-        })
+            },
+        )
     };
     Some(handshake::AuthGate {
         authenticator,
@@ -241,13 +244,13 @@ fn mqtt_ctx<'a>(
 }
 
 /// What the upgrade proved, as the CONNECT is to check it.
-fn proof(shared: &Shared, device: Option<crate::auth::Authenticated>) -> mqtt::Proof {
-    match (device, shared.auth()) {
-        (Some(d), Some(auth)) => mqtt::Proof::Proven {
+fn proof(device: Option<crate::auth::Authenticated>) -> mqtt::Proof {
+    match device {
+        Some(d) => mqtt::Proof::Proven {
             identity: d.identity,
-            binding: auth.binding,
+            binding: d.binding,
         },
-        _ => mqtt::Proof::NotAsked,
+        None => mqtt::Proof::NotAsked,
     }
 }
 
@@ -257,12 +260,12 @@ fn raw_proof(shared: &Shared, conn: &Conn) -> mqtt::Proof {
     let Some(auth) = shared.auth() else {
         return mqtt::Proof::NotAsked;
     };
-    let mode = auth.mode(&conn.listener.name, &conn.listener.mqtt_route);
+    let mode = auth.mode(conn.listener.auth(), &conn.listener.mqtt_route);
     let headers = http::HeaderMap::new();
     let presented = crate::auth::Presented {
         headers: &headers,
         tls_cert: conn.client_cert.as_ref(),
-        from_trusted_proxy: false,
+        peer: conn.source.ip(),
     };
     let revoked = |id: &str| shared.policy.revoked(id).map(|b| b.reason);
     let now = crate::auth::now_secs();
@@ -270,7 +273,7 @@ fn raw_proof(shared: &Shared, conn: &Conn) -> mqtt::Proof {
         Ok(None) => mqtt::Proof::NotAsked,
         Ok(Some(d)) => mqtt::Proof::Proven {
             identity: d.identity,
-            binding: auth.binding,
+            binding: d.binding,
         },
         Err(refusal) => {
             let ip = conn.source.ip();

@@ -56,6 +56,26 @@ impl Acl {
     pub(crate) fn allows(&self, topic: &str, client_id: &str, username: Option<&str>) -> bool {
         self.0.is_empty() || self.0.iter().any(|f| f.matches(topic, client_id, username))
     }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// May a device subscribe to `filter`: does one permission match every topic the filter
+    /// can match? A shared subscription (`$share/{group}/{filter}`) is judged by its filter.
+    pub(crate) fn covers(&self, filter: &str, client_id: &str, username: Option<&str>) -> bool {
+        if self.0.is_empty() {
+            return true;
+        }
+        let filter = match filter.strip_prefix("$share/") {
+            Some(rest) => match rest.split_once('/') {
+                Some((group, f)) if !group.is_empty() && !f.is_empty() => f,
+                _ => return false,
+            },
+            None => filter,
+        };
+        self.0.iter().any(|p| p.covers(filter, client_id, username))
+    }
 }
 
 impl Filter {
@@ -74,6 +94,38 @@ impl Filter {
                 Level::Exact(want) => **want == *got,
                 Level::ClientId => got == client_id,
                 Level::Username => username == Some(got),
+            };
+            if !ok {
+                return false;
+            }
+        }
+        parts.next().is_none()
+    }
+
+    /// Every topic `filter` matches is matched by this permission. Level by level: `#` here
+    /// covers whatever is left (the parent level too, as `a/#` matches `a`); `+` covers one
+    /// level of anything but `#`; an exact level or a placeholder covers only that literal
+    /// text (a requested `+` or `#` could be anything).
+    fn covers(&self, filter: &str, client_id: &str, username: Option<&str>) -> bool {
+        // Wildcards at the first level never match `$` topics; the same goes for permissions.
+        if filter.starts_with('$') && !matches!(self.levels.first(), Some(Level::Exact(_))) {
+            return false;
+        }
+        let literal = |got: &str| got != "+" && got != "#";
+        let mut parts = filter.split('/');
+        for level in &self.levels {
+            if matches!(level, Level::Hash) {
+                return true;
+            }
+            let Some(got) = parts.next() else {
+                return false;
+            };
+            let ok = match level {
+                Level::Hash => true,
+                Level::Plus => got != "#",
+                Level::Exact(want) => **want == *got,
+                Level::ClientId => literal(got) && got == client_id,
+                Level::Username => literal(got) && username == Some(got),
             };
             if !ok {
                 return false;
@@ -122,6 +174,47 @@ mod tests {
         assert!(acl(&[]).allows("any/thing", "x", None));
         assert!(!acl(&["#"]).allows("$SYS/x", "x", None));
         assert!(acl(&["$SYS/#"]).allows("$SYS/x", "x", None));
+    }
+
+    #[test]
+    fn a_subscription_must_lie_wholly_inside_a_permission() {
+        let a = acl(&["cmd/{clientid}/#", "fleet/+/status", "news"]);
+        let yes = |f: &str| a.covers(f, "m1", Some("acme"));
+        for f in [
+            "cmd/m1/#",
+            "cmd/m1",
+            "cmd/m1/reboot",
+            "cmd/m1/+/x",
+            "fleet/acme/status",
+            "fleet/+/status",
+            "news",
+            "$share/g1/cmd/m1/#",
+        ] {
+            assert!(yes(f), "{f} is inside");
+        }
+        for f in [
+            "#",
+            "+",
+            "cmd/#",
+            "cmd/+/reboot",
+            "cmd/m2/reboot",
+            "fleet/#",
+            "fleet/acme/#",
+            "fleet/acme/status/x",
+            "news/#",
+            "news/x",
+            "$SYS/#",
+            "$share/g1/#",
+            "$share//cmd/m1",
+            "$share/g1",
+        ] {
+            assert!(!yes(f), "{f} is outside");
+        }
+        // A client ID of `+` does not turn its placeholder into a wildcard.
+        assert!(!a.covers("cmd/+/#", "+", None));
+        assert!(acl(&[]).covers("#", "m1", None), "empty: anything");
+        assert!(acl(&["#"]).covers("a/#", "m1", None));
+        assert!(!acl(&["#"]).covers("$SYS/x", "m1", None));
     }
 
     #[test]

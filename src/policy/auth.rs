@@ -10,11 +10,20 @@ use super::strikes::ip_key;
 use super::Policy;
 use crate::config::Binding;
 
-/// Is `client_id` one the device that proved `identity` may use?
+/// Is `client_id` one the device that proved `identity` may use? `prefix`: the identity
+/// itself, or the identity, `/` and more (`dev-1/pump`): never `dev-10`, which is another
+/// device's. An identity holding `/` itself only gets its own ID, so `a` and `a/b` cannot
+/// be each other.
 pub fn client_id_bound(binding: Binding, identity: &str, client_id: &str) -> bool {
     match binding {
         Binding::Equal => client_id == identity,
-        Binding::Prefix => client_id.starts_with(identity),
+        Binding::Prefix => {
+            client_id == identity
+                || (!identity.contains('/')
+                    && client_id
+                        .strip_prefix(identity)
+                        .is_some_and(|rest| rest.starts_with('/')))
+        }
         Binding::Off => true,
     }
 }
@@ -59,8 +68,13 @@ mod tests {
             (Binding::Equal, "dev-1", "", false),
             (Binding::Prefix, "dev-1", "dev-1", true),
             (Binding::Prefix, "dev-1", "dev-1/sensor", true),
+            (Binding::Prefix, "dev-1", "dev-10", false),
+            (Binding::Prefix, "dev-1", "dev-1-x", false),
             (Binding::Prefix, "dev-1", "dev-", false),
             (Binding::Prefix, "dev-1", "xdev-1", false),
+            (Binding::Prefix, "a", "a/b", true),
+            (Binding::Prefix, "a/b", "a/b", true),
+            (Binding::Prefix, "a/b", "a/b/c", false),
             (Binding::Off, "dev-1", "anything", true),
         ];
         for (b, identity, client_id, want) in cases {

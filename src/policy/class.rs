@@ -24,6 +24,10 @@ pub(crate) struct ClassRules {
     pub(crate) takeover: bool,
     /// Where its devices may publish.
     pub(crate) publish: super::acl::Acl,
+    /// A publish outside closes the connection (else it is acknowledged and discarded).
+    pub(crate) disconnect_when_denied: bool,
+    /// What its devices may subscribe to.
+    pub(crate) subscribe: super::acl::Acl,
 }
 
 /// In rhythm iff `lo ≤ Δ ≤ hi` (nanoseconds, both inclusive: T − E and T + E).
@@ -162,6 +166,11 @@ fn compile_class(
         max_connections: c.max_connections,
         takeover: c.on_duplicate == crate::config::policy::OnDuplicate::Takeover,
         publish: super::acl::Acl::compile(&format!("{key}.publish_topics"), &c.publish_topics)?,
+        disconnect_when_denied: c.on_publish_denied == crate::config::policy::OnDenied::Disconnect,
+        subscribe: super::acl::Acl::compile(
+            &format!("{key}.subscribe_topics"),
+            &c.subscribe_topics,
+        )?,
     };
     Ok((rules, rate))
 }

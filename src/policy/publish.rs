@@ -69,6 +69,25 @@ impl<C: Clock + Clone> Policy<C> {
         s.generation = r.generation;
     }
 
+    /// Whether this session's SUBSCRIBE filters need looking at (its class limits them).
+    pub fn checks_subscriptions(&self, s: &mut Session) -> bool {
+        self.follow_reload(s);
+        !s.class.subscribe.is_empty()
+    }
+
+    /// May this session subscribe to `filter`? A refusal is counted (not a strike: SUBACK
+    /// failure codes are the protocol's own answer, and clients do not retry them).
+    pub fn may_subscribe(&self, s: &Session, filter: &str) -> bool {
+        let ok = s
+            .class
+            .subscribe
+            .covers(filter, &s.id.client_id, s.id.username.as_deref());
+        if !ok {
+            inc(&self.stats.subscriptions_refused);
+        }
+        ok
+    }
+
     /// One device PUBLISH on an admitted connection.
     pub fn on_publish(&self, s: &mut Session, p: &PublishFacts) -> Decision {
         if p.retransmit {

@@ -47,6 +47,11 @@ impl Session {
         &self.class.name
     }
 
+    /// A publish outside its permissions closes the connection (`on_publish_denied`).
+    pub fn disconnects_when_denied(&self) -> bool {
+        self.class.disconnect_when_denied
+    }
+
     /// The rhythm clock now: taken before an upload is judged, so that an upload judged and
     /// then not delivered (a collector failure) can give its sample back.
     pub fn rhythm_mark(&self) -> RhythmMark {

@@ -24,6 +24,7 @@ pub struct Stats {
     pub(crate) retransmits: AtomicU64,
     pub(crate) discarded_early: AtomicU64,
     pub(crate) discarded_not_authorized: AtomicU64,
+    pub(crate) subscriptions_refused: AtomicU64,
     pub(crate) discarded_late: AtomicU64,
     pub(crate) late_forwarded: AtomicU64,
     pub(crate) rate_limited: AtomicU64,
@@ -51,6 +52,8 @@ pub struct StatsSnapshot {
     pub discarded_early: u64,
     /// Publishes outside the class's topic permissions.
     pub discarded_not_authorized: u64,
+    /// SUBSCRIBE filters outside the class's `subscribe_topics`.
+    pub subscriptions_refused: u64,
     pub discarded_late: u64,
     pub late_forwarded: u64,
     /// Publishes over the message or byte rate.
@@ -80,6 +83,7 @@ impl Stats {
             retransmits: g(&self.retransmits),
             discarded_early: g(&self.discarded_early),
             discarded_not_authorized: g(&self.discarded_not_authorized),
+            subscriptions_refused: g(&self.subscriptions_refused),
             discarded_late: g(&self.discarded_late),
             late_forwarded: g(&self.late_forwarded),
             rate_limited: g(&self.rate_limited),

@@ -96,6 +96,24 @@ pub async fn run<T: DeviceTx>(
 fn control(packet: &[u8], version: Version, shared: &Guarded, out: &mut BytesMut) {
     let parsed = server::parse_broker(packet, version).unwrap_or(BrokerPacket::Other);
     let mut s = lock(shared);
+    // The SUBACK for a SUBSCRIBE we forwarded without its refused filters: made whole again.
+    // (One too large to be captured passes as the broker sent it.)
+    let merged = server::suback_id(packet)
+        .and_then(|id| s.subacks.remove(&id))
+        .and_then(|kept| {
+            let refusal = match version {
+                Version::V5 => server::reason::NOT_AUTHORIZED,
+                Version::V311 => server::reason::V3_SUBSCRIBE_FAILURE,
+            };
+            server::suback_merged(packet, version, &kept, refusal)
+        });
+    if let Some(whole) = merged {
+        while let Some(p) = s.to_device.pop_front() {
+            out.extend_from_slice(&p);
+        }
+        out.extend_from_slice(&whole);
+        return;
+    }
     let settled = match parsed {
         BrokerPacket::PingResp if s.injected_pings > 0 => {
             s.injected_pings -= 1;

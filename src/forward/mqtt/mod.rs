@@ -81,6 +81,9 @@ struct Shared {
     injected_pings: u32,
     /// Local packets due to the device now, in order.
     to_device: std::collections::VecDeque<Bytes>,
+    /// SUBSCRIBEs forwarded without their refused filters, by packet id: which were kept, so
+    /// the broker's SUBACK can be made whole again.
+    subacks: std::collections::HashMap<u16, Vec<bool>>,
 }
 
 type Guarded = std::sync::Mutex<Shared>;

@@ -28,8 +28,8 @@ pub struct Scanner {
 }
 
 fn interesting(first_byte: u8) -> bool {
-    // CONNACK 2, PUBACK 4, PUBREC 5, PUBCOMP 7, PINGRESP 13, DISCONNECT 14.
-    matches!(first_byte >> 4, 2 | 4 | 5 | 7 | 13 | 14)
+    // CONNACK 2, PUBACK 4, PUBREC 5, PUBCOMP 7, SUBACK 9, PINGRESP 13, DISCONNECT 14.
+    matches!(first_byte >> 4, 2 | 4 | 5 | 7 | 9 | 13 | 14)
 }
 
 impl Scanner {

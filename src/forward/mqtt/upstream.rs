@@ -170,6 +170,7 @@ fn handle<R>(
                 Ok(())
             }
         }
+        DevicePacket::Subscribe => subscribe(u, p, out),
         DevicePacket::Connect(_) => Err(Error::device(Kind::Protocol, "a second CONNECT")),
         DevicePacket::Disconnect => {
             out.push(p);
@@ -264,6 +265,12 @@ fn publish<R>(
             out.push(bytes);
             Ok(())
         }
+        Verdict::Discard(Reason::NotAuthorized) if u.session.disconnects_when_denied() => {
+            Err(Error::device(
+                Kind::NotAuthorized,
+                format!("publish to {topic:?} outside the class's publish_topics"),
+            ))
+        }
         Verdict::Discard(why) => {
             tracing::debug!(topic = %topic, qos = pb.qos, ?why, "publish discarded");
             let Some(id) = pb.packet_id else {
@@ -287,6 +294,65 @@ fn publish<R>(
             local_ack(&mut s, u.notify, id, Bytes::from(ack))
         }
     }
+}
+
+/// Most filters one SUBSCRIBE may carry where a class limits subscriptions: the broker's
+/// SUBACK for them must stay small enough to be captured and merged (see `scan`).
+const MAX_CHECKED_FILTERS: usize = 256;
+
+/// Most SUBSCRIBEs awaiting a SUBACK to merge: a client waits for each before reusing its id.
+const MAX_PENDING_SUBACKS: usize = 64;
+
+/// A SUBSCRIBE, under the class's topic permissions: the allowed filters go on to the broker,
+/// the others are refused in the SUBACK (the broker's, made whole again on the way back, or
+/// ours when no filter is left for the broker).
+fn subscribe<R>(u: &mut Up<'_, R>, p: Bytes, out: &mut Vec<Bytes>) -> Result<(), Error> {
+    if !u.ctx.policy.checks_subscriptions(&mut u.session) {
+        out.push(p);
+        return Ok(());
+    }
+    let parts = server::subscribe_parts(&p, u.version)
+        .ok_or_else(|| Error::device(Kind::Malformed, "device packet: malformed SUBSCRIBE"))?;
+    let keep: Vec<bool> = match parts.len() > MAX_CHECKED_FILTERS {
+        true => vec![false; parts.len()],
+        false => parts
+            .filters()
+            .map(|f| u.ctx.policy.may_subscribe(&u.session, f))
+            .collect(),
+    };
+    if keep.iter().all(|k| *k) {
+        out.push(p);
+        return Ok(());
+    }
+    let refused: Vec<&str> = parts
+        .filters()
+        .zip(&keep)
+        .filter(|(_, k)| !**k)
+        .map(|(f, _)| f)
+        .collect();
+    tracing::info!(?refused, "subscriptions outside subscribe_topics refused");
+    let refusal = match u.version {
+        Version::V5 => reason::NOT_AUTHORIZED,
+        Version::V311 => reason::V3_SUBSCRIBE_FAILURE,
+    };
+    let mut s = lock(u.shared);
+    if keep.iter().all(|k| !*k) {
+        // Nothing left for the broker: the SUBACK is ours.
+        if s.to_device.len() >= super::state::MAX_PENDING_ACKS {
+            return Err(overflow());
+        }
+        let codes = vec![refusal; keep.len()];
+        let suback = server::suback(parts.packet_id, &codes, u.version);
+        s.to_device.push_back(Bytes::from(suback));
+        u.notify.notify_one();
+        return Ok(());
+    }
+    if s.subacks.len() >= MAX_PENDING_SUBACKS && !s.subacks.contains_key(&parts.packet_id) {
+        return Err(overflow());
+    }
+    out.push(Bytes::from(parts.keeping(&keep)));
+    s.subacks.insert(parts.packet_id, keep);
+    Ok(())
 }
 
 /// Hand a local ack to the device side: now if nothing is pending before it, else in turn.
