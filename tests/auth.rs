@@ -364,3 +364,71 @@ drain_timeout_secs = 5
         2
     );
 }
+
+/// A TCP upstream that counts the connections it accepts and echoes what they send.
+async fn counting_upstream() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let count = std::sync::Arc::new(AtomicUsize::new(0));
+    let seen = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            seen.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    (addr, count)
+}
+
+#[tokio::test]
+async fn no_upstream_connection_is_opened_for_a_refused_device() {
+    use std::sync::atomic::Ordering;
+    let broker = Broker::spawn().await;
+    let (upstream, accepted) = counting_upstream().await;
+    let signer = Signer::generate_ed25519().expect("key");
+    // One health check at start, then none for an hour: every later accept is a tunnel.
+    let text = config(broker.addr, upstream, &signer, "strike_failures = false").replace(
+        &format!("upstreams = [\"{upstream}\"]"),
+        &format!("upstreams = [\"{upstream}\"]\nhealth_check_interval_secs = 3600"),
+    );
+    let gw = TestGateway::start(&text).await;
+    let settled = support::eventually(Duration::from_secs(10), || {
+        accepted.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert!(settled, "the start-up health check connects once");
+    let now = portcullis::auth::now_secs();
+    let expired = signer
+        .sign(Some("k1"), &json!({"sub": "m", "exp": now - 3600}))
+        .expect("sign");
+    let forged = Signer::generate_ed25519()
+        .expect("key")
+        .device_token(Some("k1"), "m", 60);
+    for token in [
+        None,
+        Some("x.y.z"),
+        Some(expired.as_str()),
+        Some(forged.as_str()),
+    ] {
+        let (status, _) = raw_request(gw.addr(), &upgrade("/tunnel/meters", token)).await;
+        assert_eq!(status, 401);
+    }
+    // The one device that proves itself is the one connection the upstream sees.
+    let good = signer.device_token(Some("k1"), "m", 60);
+    let mut ws = support::ws::upgrade(
+        tokio::net::TcpStream::connect(gw.addr())
+            .await
+            .expect("tcp"),
+        "ws://gw/tunnel/meters",
+        &[("authorization", &format!("Bearer {good}"))],
+    )
+    .await;
+    support::ws::assert_echo(&mut ws, b"counted").await;
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
