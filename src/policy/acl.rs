@@ -217,6 +217,47 @@ mod tests {
         assert!(!acl(&["#"]).covers("$SYS/x", "m1", None));
     }
 
+    /// Fuzz target: over a small alphabet (so that matches happen), a filter a permission
+    /// covers never matches a topic the permission does not allow.
+    #[test]
+    fn fuzz_a_covered_filter_only_matches_allowed_topics() {
+        const LEVELS: [&str; 6] = ["a", "b", "m1", "+", "#", "{clientid}"];
+        let pick = |ix: &[u8], wild: bool| -> Option<String> {
+            let parts: Vec<&str> = ix
+                .iter()
+                .take(4)
+                .map(|i| LEVELS[usize::from(*i) % LEVELS.len()])
+                .filter(|l| wild || !matches!(*l, "+" | "#" | "{clientid}"))
+                .collect();
+            (!parts.is_empty()).then(|| parts.join("/"))
+        };
+        bolero::check!()
+            .with_type::<(Vec<u8>, Vec<u8>, Vec<u8>)>()
+            .for_each(|(p, f, t)| {
+                let Some(permission) = pick(p, true) else {
+                    return;
+                };
+                let Ok(a) = Acl::compile("p", std::slice::from_ref(&permission)) else {
+                    return;
+                };
+                let Some(filter) = pick(f, true).map(|f| f.replace("{clientid}", "m1")) else {
+                    return;
+                };
+                let Ok(parsed) = TopicFilter::parse(&filter) else {
+                    return;
+                };
+                let Some(topic) = pick(t, false) else {
+                    return;
+                };
+                if a.covers(&filter, "m1", None) && parsed.matches(&topic) {
+                    assert!(
+                        a.allows(&topic, "m1", None),
+                        "{permission} covers {filter}, which matches {topic}, which it does not allow"
+                    );
+                }
+            });
+    }
+
     #[test]
     fn bad_filters_are_config_errors_naming_the_entry() {
         let bad = |f: &str| Acl::compile("k", &[f.to_string()]).unwrap_err();

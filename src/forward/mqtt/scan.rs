@@ -158,6 +158,39 @@ mod tests {
         assert_eq!(controls, vec![vec![0x50, 2, 1, 2]]);
     }
 
+    /// Fuzz target: whatever the broker sends, in whatever pieces, the scanner passes on
+    /// exactly those bytes in order (captured control packets included) until it calls
+    /// something malformed, and never holds more than one small packet.
+    #[test]
+    fn fuzz_scanner_passes_every_byte_in_order() {
+        bolero::check!()
+            .with_type::<(Vec<u8>, Vec<u8>)>()
+            .for_each(|(data, cuts)| {
+                let mut s = Scanner::default();
+                let mut out = Vec::new();
+                let mut rest = &data[..];
+                let mut cuts = cuts.iter().map(|c| usize::from(*c) + 1);
+                while !rest.is_empty() {
+                    let n = cuts.next().unwrap_or(rest.len()).min(rest.len());
+                    let fed = s.feed(&rest[..n], |p| match p {
+                        Piece::Pass(b) | Piece::Control(b) => out.extend_from_slice(b),
+                    });
+                    rest = &rest[n..];
+                    if fed.is_err() {
+                        return;
+                    }
+                    assert!(s
+                        .capture
+                        .as_ref()
+                        .is_none_or(|c| c.len() <= MAX_CAPTURE + 5));
+                }
+                // Everything fed is out, except a packet still being captured or a header.
+                let held = s.capture.as_ref().map_or(0, Vec::len) + s.header_len;
+                assert_eq!(&data[..out.len()], &out[..]);
+                assert_eq!(out.len() + held, data.len());
+            });
+    }
+
     #[test]
     fn a_five_byte_length_is_malformed() {
         let mut s = Scanner::default();
