@@ -119,6 +119,12 @@ fn control(packet: &[u8], version: Version, shared: &Guarded, out: &mut BytesMut
             s.injected_pings -= 1;
             return;
         }
+        BrokerPacket::ConnAck {
+            topic_alias_max, ..
+        } if version == Version::V5 => {
+            s.alias_max = Some(topic_alias_max.unwrap_or(0));
+            None
+        }
         BrokerPacket::PubAck(id) => Some((AckKind::PubAck, id)),
         BrokerPacket::PubRec(id) => Some((AckKind::PubRec, id)),
         BrokerPacket::PubComp(id) => Some((AckKind::PubComp, id)),

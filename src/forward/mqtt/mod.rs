@@ -84,6 +84,10 @@ struct Shared {
     /// SUBSCRIBEs forwarded without their refused filters, by packet id: which were kept, so
     /// the broker's SUBACK can be made whole again.
     subacks: std::collections::HashMap<u16, Vec<bool>>,
+    /// The broker's Topic Alias Maximum (MQTT 5 CONNACK; absent means 0), once its CONNACK
+    /// has passed: a device alias above it is the device's error, answered 0x94 here rather
+    /// than by the broker dropping the connection (which the device would see as 0x88).
+    alias_max: Option<u16>,
 }
 
 type Guarded = std::sync::Mutex<Shared>;

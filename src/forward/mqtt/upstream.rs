@@ -194,6 +194,14 @@ fn publish<R>(
     pb: &Publish<'_>,
     out: &mut Vec<Bytes>,
 ) -> Result<(), Error> {
+    if let Some(a) = pb.topic_alias {
+        if let Some(max) = lock(u.shared).alias_max.filter(|max| a > *max) {
+            return Err(Error::device(
+                Kind::BadAlias,
+                format!("topic alias {a} is over the broker's maximum ({max})"),
+            ));
+        }
+    }
     // Without an alias the topic is the packet's own: no copy per publish on the hot path.
     let topic: Cow<'_, str> = match pb.topic_alias {
         None => Cow::Borrowed(pb.topic),
