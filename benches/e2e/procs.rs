@@ -138,12 +138,20 @@ pub struct GatewayProc {
 
 impl GatewayProc {
     pub async fn spawn(dir: &Path, broker: SocketAddr) -> Result<GatewayProc, BoxError> {
+        Self::spawn_with(dir, |port| gateway_config(port, broker)).await
+    }
+
+    /// With the config `make` writes for the listener port it is given.
+    pub async fn spawn_with(
+        dir: &Path,
+        make: impl Fn(u16) -> String,
+    ) -> Result<GatewayProc, BoxError> {
         // Built by cargo for this bench with the same (release) profile.
         let bin = Path::new(env!("CARGO_BIN_EXE_portcullis"));
         for attempt in 0..5 {
             let port = free_port();
             let conf = dir.join(format!("portcullis-{port}.toml"));
-            std::fs::write(&conf, gateway_config(port, broker))?;
+            std::fs::write(&conf, make(port))?;
             let log = dir.join(format!("portcullis-{port}.log"));
             // warn: a log line per tunnel would be part of what we measure.
             let args = [Path::new("serve"), Path::new("--config"), &conf];
