@@ -66,6 +66,8 @@ struct Shared {
     window: Mutex<Vec<u32>>,
     received_total: AtomicU64,
     abusers_refused: AtomicU64,
+    /// Well-behaved devices whose connection ended before the run did (kicked, banned).
+    ended_early: AtomicU64,
     stop: AtomicBool,
 }
 
@@ -82,7 +84,10 @@ upstreams = ["{broker}"]
 default_class = "sensor"
 discard_reason = "no-matching-subscribers"
 
-# In rhythm iff T - E <= interval <= T + E: T the devices' period, E half of it.
+# In rhythm iff T - E <= interval <= T + E: T the devices' period, E three quarters of it.
+# The period is short (a second or less, to reach the rate with thousands of devices), so
+# the machine's own scheduling jitter is a large part of it; real fleets report every minute
+# or so with seconds of tolerance.
 [policy.classes.sensor]
 push_interval_secs = {period:.3}
 tolerance_secs = {tolerance:.3}
@@ -104,7 +109,7 @@ ip_min_client_ids = 1000
 drain_window_secs = 1
 drain_timeout_secs = 3
 "#,
-        tolerance = period / 2.0
+        tolerance = period * 0.75
     )
 }
 
@@ -164,6 +169,7 @@ async fn soak() -> Result<bool, BoxError> {
         window: Mutex::new(Vec::new()),
         received_total: AtomicU64::new(0),
         abusers_refused: AtomicU64::new(0),
+        ended_early: AtomicU64::new(0),
         stop: AtomicBool::new(false),
     });
     let sub = subscriber(ep, shared.clone()).await?;
@@ -215,11 +221,12 @@ async fn soak() -> Result<bool, BoxError> {
         let cpu_pct = (cpu.saturating_sub(cpu_before)) as f64 / secs;
         let t = t0.elapsed().as_secs_f64();
         println!(
-            "t={t:>5.0}s  {:>7.0} msg/s  gateway rss {:>7.1} MiB  cpu {:>5.1}%  p99 {:>7.2} ms",
+            "t={t:>5.0}s  {:>7.0} msg/s  gateway rss {:>7.1} MiB  cpu {:>5.1}%  p99 {:>7.2} ms  cut off {}",
             (received - received_before) as f64 / secs,
             rss as f64 / 1024.0,
             cpu_pct,
-            f64::from(p99) / 1000.0
+            f64::from(p99) / 1000.0,
+            shared.ended_early.load(Relaxed)
         );
         samples.push((t, rss));
         cpu_before = cpu;
@@ -269,8 +276,9 @@ fn report(shared: &Shared, samples: &[(f64, u64)], worst_p99: u32) -> Result<boo
     println!(
         "\nforwarded and acknowledged: {forwarded}  lost: {lost}  duplicated: {dups}  discarded by the policy: {discarded}"
     );
+    let ended = shared.ended_early.load(Relaxed);
     println!(
-        "abusers refused or banned: {}  worst window p99: {:.2} ms",
+        "abusers refused or banned: {}  well-behaved devices cut off early: {ended}  worst window p99: {:.2} ms",
         shared.abusers_refused.load(Relaxed),
         f64::from(worst_p99) / 1000.0
     );
@@ -279,7 +287,7 @@ fn report(shared: &Shared, samples: &[(f64, u64)], worst_p99: u32) -> Result<boo
         first as f64 / 1024.0,
         last as f64 / 1024.0
     );
-    Ok(lost == 0)
+    Ok(lost == 0 && ended == 0)
 }
 
 /// utime + stime of `pid`, in clock ticks.
@@ -313,7 +321,9 @@ async fn device(mut c: MqttConn, i: usize, period: f64, shared: Arc<Shared>) {
     let mut seq = 0u32;
     while !shared.stop.load(Relaxed) {
         tokio::time::sleep_until(next).await;
-        next += every;
+        // A device that fell behind (its last PUBACK came late) reports at its next slot,
+        // not twice in a row: at most once per half period, as a real device would.
+        next = (next + every).max(tokio::time::Instant::now() + every / 2);
         seq += 1;
         let sent = shared.start.elapsed().as_micros() as u64;
         let mut payload = seq.to_be_bytes().to_vec();
@@ -323,9 +333,11 @@ async fn device(mut c: MqttConn, i: usize, period: f64, shared: Arc<Shared>) {
             .await
             .is_err()
         {
+            shared.ended_early.fetch_add(1, Relaxed);
             return;
         }
         let Ok(p) = c.next_packet().await else {
+            shared.ended_early.fetch_add(1, Relaxed);
             return;
         };
         let t = &shared.tallies[i];

@@ -5,7 +5,8 @@
 #   bash benches/soak.sh                                   # 9,000 devices, 20,000 msg/s, 10 min
 #   SOAK_SECS=120 SOAK_DEVICES=2000 bash benches/soak.sh   # shorter, smaller
 #
-# Exits non-zero if any message acknowledged as forwarded never reached the subscriber.
+# Exits non-zero if any message acknowledged as forwarded never reached the subscriber, or a
+# well-behaved device was cut off.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Each process needs a descriptor per device (the gateway two): raise the soft limit to the
