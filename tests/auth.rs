@@ -70,6 +70,17 @@ fn header<'a>(response: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
+/// `/tunnel/meters` opened with `Authorization: Bearer {token}`, echo checked with `payload`.
+async fn tunnel_echo(gw: &TestGateway, token: &str, payload: &[u8]) {
+    let tcp = tokio::net::TcpStream::connect(gw.addr())
+        .await
+        .expect("tcp");
+    let auth = format!("Bearer {token}");
+    let mut ws =
+        support::ws::upgrade(tcp, "ws://gw/tunnel/meters", &[("authorization", &auth)]).await;
+    support::ws::assert_echo(&mut ws, payload).await;
+}
+
 async fn setup(extra: &str) -> (Broker, TestGateway, Signer) {
     let broker = Broker::spawn().await;
     let echo = support::echo_server().await;
@@ -129,15 +140,7 @@ async fn each_refusal_has_its_status_and_challenge() {
     assert_eq!(status, 401);
 
     // The same device with its own token reaches the tunnel: bytes go through.
-    let mut ws = support::ws::upgrade(
-        tokio::net::TcpStream::connect(gw.addr())
-            .await
-            .expect("tcp"),
-        "ws://gw/tunnel/meters",
-        &[("authorization", &format!("Bearer {good}"))],
-    )
-    .await;
-    support::ws::assert_echo(&mut ws, b"reading 42").await;
+    tunnel_echo(&gw, &good, b"reading 42").await;
 
     let stats = gw.gw().auth_stats();
     let refused: Vec<u64> = stats
@@ -421,14 +424,6 @@ async fn no_upstream_connection_is_opened_for_a_refused_device() {
     }
     // The one device that proves itself is the one connection the upstream sees.
     let good = signer.device_token(Some("k1"), "m", 60);
-    let mut ws = support::ws::upgrade(
-        tokio::net::TcpStream::connect(gw.addr())
-            .await
-            .expect("tcp"),
-        "ws://gw/tunnel/meters",
-        &[("authorization", &format!("Bearer {good}"))],
-    )
-    .await;
-    support::ws::assert_echo(&mut ws, b"counted").await;
+    tunnel_echo(&gw, &good, b"counted").await;
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
 }

@@ -7,6 +7,8 @@
 //! is the same packet; a PROXY header that parses prints back to one that parses the same; a
 //! client IP is the peer unless a trusted peer's header named it; no random token verifies.
 
+mod support;
+
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -75,18 +77,7 @@ fn mqtt_framer_hands_out_exactly_the_bytes_it_was_given() {
 /// parsers' insides.
 fn framed(kind: u8, body: &[u8]) -> Vec<u8> {
     const FIRST: [u8; 10] = [0x10, 0x30, 0x32, 0x34, 0x3b, 0x40, 0x62, 0x82, 0xa2, 0xe0];
-    let mut out = vec![FIRST[usize::from(kind) % FIRST.len()]];
-    let mut n = body.len();
-    loop {
-        let digit = (n % 128) as u8;
-        n /= 128;
-        out.push(if n > 0 { digit | 0x80 } else { digit });
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(body);
-    out
+    support::raw_mqtt::packet(FIRST[usize::from(kind) % FIRST.len()], body)
 }
 
 #[test]

@@ -31,6 +31,16 @@ handshake_timeout_secs = 2
 bind = "127.0.0.1:0"
 kind = "mqtt"
 
+# A PROXY-protocol listener (from 127.0.0.1), for the trickled PROXY header.
+[[listener]]
+bind = "127.0.0.1:0"
+handshake_timeout_secs = 2
+proxy_protocol = "v1"
+proxy_protocol_from = ["127.0.0.1/32"]
+
+[mqtt]
+connect_timeout_secs = 2
+
 [routes.mqtt]
 upstreams = ["{broker}"]
 
@@ -164,35 +174,53 @@ async fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
     }
 }
 
-#[tokio::test]
-async fn a_request_head_trickled_a_byte_at_a_time_is_cut_at_the_handshake_timeout() {
-    let (gw, _b) = gateway("").await;
-    let mut s = TcpStream::connect(gw.addr()).await.expect("tcp");
-    let head = b"GET /tunnel/echo HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\n";
+/// Write `bytes` one at a time, 300 ms apart (the attacker's pace, not a synchronisation),
+/// until the gateway closes the connection; how long that took. What it sends meanwhile
+/// (pings, a Close, a 408) is read and ignored. Panics if it never closes.
+async fn trickle_until_cut(s: &mut TcpStream, bytes: &[u8]) -> Duration {
     let started = tokio::time::Instant::now();
-    let mut cut = false;
-    // The attacker's pace (one byte every 300 ms), not a synchronisation: 2 s allows ~7 bytes.
-    for b in head {
+    for b in bytes {
         if s.write_all(&[*b]).await.is_err() {
-            cut = true;
-            break;
+            return started.elapsed();
         }
+        let pause = tokio::time::Instant::now() + Duration::from_millis(300);
         let mut probe = [0u8; 256];
-        if let Ok(Ok(n)) =
-            tokio::time::timeout(Duration::from_millis(300), s.read(&mut probe)).await
-        {
-            // The gateway answered (408/400) or closed: either way the head never completed.
-            let _ = n;
-            cut = true;
-            break;
+        while let Ok(read) = tokio::time::timeout_at(pause, s.read(&mut probe)).await {
+            if !matches!(read, Ok(n) if n > 0) {
+                return started.elapsed();
+            }
         }
     }
-    assert!(
-        cut,
-        "the trickled head was still accepted after {:?}",
+    panic!(
+        "{} bytes trickled over {:?} and still not cut",
+        bytes.len(),
         started.elapsed()
     );
-    assert!(started.elapsed() < Duration::from_secs(8));
+}
+
+#[tokio::test]
+async fn slowloris_at_every_stage_is_cut_at_its_deadline() {
+    let (gw, _b) = gateway("").await;
+    // An HTTP request head: within handshake_timeout_secs (2 s).
+    let mut s = TcpStream::connect(gw.addr()).await.expect("tcp");
+    let head = b"GET /tunnel/echo HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\n";
+    assert!(trickle_until_cut(&mut s, head).await < Duration::from_secs(5));
+    // A PROXY header: within handshake_timeout_secs (2 s) with TLS and the request head.
+    let mut s = TcpStream::connect(gw.addrs[2]).await.expect("tcp");
+    let header = b"PROXY TCP4 198.51.100.7 10.0.0.1 51000 443\r\n";
+    assert!(trickle_until_cut(&mut s, header).await < Duration::from_secs(5));
+    // An MQTT CONNECT on the raw listener: within [mqtt] connect_timeout_secs (2 s).
+    let mut s = TcpStream::connect(gw.addrs[1]).await.expect("tcp");
+    let connect = wire::connect("slow-connect-device-with-a-long-id", 30, Version::V311);
+    assert!(trickle_until_cut(&mut s, &connect).await < Duration::from_secs(5));
+    // A WebSocket frame on /mqtt, before CONNECT: the same connect timeout; and a frame on a
+    // tunnel: the device cannot answer pings from inside a frame, so missed pongs (1 s × 2).
+    let mut s = raw_ws(gw.addr(), "/mqtt", Some("mqtt")).await;
+    let mut f = frame(true, 2, &[0u8; 64]);
+    assert!(trickle_until_cut(&mut s, &f).await < Duration::from_secs(5));
+    let mut s = raw_ws(gw.addr(), "/tunnel/echo", None).await;
+    f = frame(true, 2, &[0u8; 64]);
+    assert!(trickle_until_cut(&mut s, &f).await < Duration::from_secs(5));
     bystander_flows(&gw).await;
 }
 
@@ -324,33 +352,18 @@ async fn a_subscribe_with_thousands_of_filters_is_refused_whole_under_permission
 #[tokio::test]
 async fn a_connect_with_huge_properties_is_refused_before_the_broker() {
     let (gw, _b) = gateway("").await;
-    // A v5 CONNECT whose property block alone is 300 KiB (over max_packet_size, 256 KiB).
+    // A v5 CONNECT whose property block alone is 300 KiB (over max_packet_size, 256 KiB):
+    // its fixed header, variable header and the property length, and nothing more.
     let props_len = 300 * 1024;
+    let props_header = raw_mqtt::packet(0, &vec![0; props_len]);
+    let props_varint = &props_header[1..props_header.len() - props_len];
     let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 30];
-    let mut n = props_len;
-    loop {
-        let d = (n % 128) as u8;
-        n /= 128;
-        body.push(if n > 0 { d | 0x80 } else { d });
-        if n == 0 {
-            break;
-        }
-    }
-    let remaining = body.len() + props_len + 2 + 4;
-    let mut packet = vec![0x10];
-    let mut n = remaining;
-    loop {
-        let d = (n % 128) as u8;
-        n /= 128;
-        packet.push(if n > 0 { d | 0x80 } else { d });
-        if n == 0 {
-            break;
-        }
-    }
-    packet.extend_from_slice(&body);
+    body.extend_from_slice(props_varint);
+    let whole = raw_mqtt::packet(0x10, &[&body[..], &vec![0; props_len + 2 + 4]].concat());
+    let packet = &whole[..whole.len() - (props_len + 2 + 4)];
     let mut s = TcpStream::connect(gw.addrs[1]).await.expect("tcp");
     // Only the header and the start: the gateway must not wait for (or buffer) the rest.
-    s.write_all(&packet).await.expect("start of CONNECT");
+    s.write_all(packet).await.expect("start of CONNECT");
     assert!(closed_within(&mut s, Duration::from_secs(5)).await);
     bystander_flows(&gw).await;
 }

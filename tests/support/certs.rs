@@ -40,15 +40,7 @@ impl Ca {
             CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
                 .expect("leaf params");
         let cert = params.signed_by(&key, &self.issuer).expect("leaf cert");
-        let cert_path = dir.join(format!("{stem}.pem"));
-        let key_path = dir.join(format!("{stem}.key"));
-        std::fs::write(&cert_path, cert.pem()).expect("write cert");
-        std::fs::write(&key_path, key.serialize_pem()).expect("write key");
-        Leaf {
-            cert: cert_path,
-            key: key_path,
-            pem: cert.pem(),
-        }
+        write_out(dir, stem, &cert, &key)
     }
 
     /// A device's client certificate with subject CN `cn` (for client authentication).
@@ -58,14 +50,19 @@ impl Ca {
         params.distinguished_name.push(DnType::CommonName, cn);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         let cert = params.signed_by(&key, &self.issuer).expect("client cert");
-        let cert_path = dir.join(format!("{cn}.pem"));
-        let key_path = dir.join(format!("{cn}.key"));
-        std::fs::write(&cert_path, cert.pem()).expect("write cert");
-        std::fs::write(&key_path, key.serialize_pem()).expect("write key");
-        Leaf {
-            cert: cert_path,
-            key: key_path,
-            pem: cert.pem(),
-        }
+        write_out(dir, cn, &cert, &key)
+    }
+}
+
+/// `{stem}.pem` and `{stem}.key` in `dir`.
+fn write_out(dir: &Path, stem: &str, cert: &rcgen::Certificate, key: &KeyPair) -> Leaf {
+    let cert_path = dir.join(format!("{stem}.pem"));
+    let key_path = dir.join(format!("{stem}.key"));
+    std::fs::write(&cert_path, cert.pem()).expect("write cert");
+    std::fs::write(&key_path, key.serialize_pem()).expect("write key");
+    Leaf {
+        cert: cert_path,
+        key: key_path,
+        pem: cert.pem(),
     }
 }

@@ -184,7 +184,8 @@ impl RawClient {
 
 // === packets the wire module has no encoder for ===
 
-fn packet(first: u8, body: &[u8]) -> Vec<u8> {
+/// A packet of type byte `first` around `body`, with its remaining length.
+pub fn packet(first: u8, body: &[u8]) -> Vec<u8> {
     let mut out = vec![first];
     let mut n = body.len();
     loop {
