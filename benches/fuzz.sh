@@ -26,8 +26,10 @@ targets=(
   "--test fuzz|no_random_token_verifies"
   "--test fuzz|any_config_text_is_accepted_or_refused_without_panic"
   "--test fuzz|agent_urls_never_carry_credentials"
+  "--test fuzz|a_ban_record_that_parses_round_trips"
   "--lib|forward::mqtt::scan::tests::fuzz_scanner_passes_every_byte_in_order"
   "--lib|policy::acl::tests::fuzz_a_covered_filter_only_matches_allowed_topics"
+  "--lib|handshake::upgrade::tests::fuzz_upgrade_header_checks"
 )
 
 cargo test --release --test fuzz --lib --no-run >/dev/null 2>&1 || {

@@ -314,3 +314,31 @@ fn agent_urls_never_carry_credentials() {
     });
     report("agent_urls", &N);
 }
+
+#[test]
+fn a_ban_record_that_parses_round_trips() {
+    use portcullis::store::{Record, KINDS};
+    static N: AtomicU64 = AtomicU64::new(0);
+    // What the admin API's POST /banned, the store file and the bootstrap CSV all become.
+    bolero::check!()
+        .with_type::<(u8, String, String, Option<String>)>()
+        .for_each(|(kind, who, by, until)| {
+            N.fetch_add(1, Relaxed);
+            let record = Record {
+                kind: KINDS[usize::from(*kind) % KINDS.len()].to_string(),
+                who: who.clone(),
+                by: by.clone(),
+                reason: String::new(),
+                at: "2026-12-02T10:00:00Z".into(),
+                until: until.clone(),
+            };
+            if let Ok(ban) = record.to_ban() {
+                let again = Record::of(&ban)
+                    .to_ban()
+                    .expect("a ban's own record parses");
+                assert_eq!(again.subject, ban.subject.clone().canonical());
+                assert_eq!(again.expires, ban.expires);
+            }
+        });
+    report("ban_records", &N);
+}

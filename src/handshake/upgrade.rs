@@ -347,6 +347,32 @@ mod tests {
         assert_eq!(choose_mqtt_subprotocol(&h), Err(()));
     }
 
+    /// Fuzz target: the upgrade's header checks on any bytes. A key accepted is 24 base64
+    /// characters ending `==`; a subprotocol chosen is one we speak and one the client offered.
+    #[test]
+    fn fuzz_upgrade_header_checks() {
+        bolero::check!()
+            .with_type::<(Vec<u8>, String)>()
+            .for_each(|(key, offered)| {
+                if valid_key(key) {
+                    assert_eq!(key.len(), 24);
+                    assert!(key.ends_with(b"=="));
+                }
+                let mut h = HeaderMap::new();
+                if let Ok(v) = HeaderValue::from_str(offered) {
+                    h.insert(header::SEC_WEBSOCKET_PROTOCOL, v.clone());
+                    h.insert(header::CONNECTION, v);
+                }
+                if let Ok(Some(p)) = choose_mqtt_subprotocol(&h) {
+                    assert!(MQTT_SUBPROTOCOLS.contains(&p));
+                    assert!(offered
+                        .to_ascii_lowercase()
+                        .contains(&p.to_ascii_lowercase()));
+                }
+                let _ = has_token(&h, header::CONNECTION, "upgrade");
+            });
+    }
+
     #[test]
     fn connection_tokens() {
         let mut h = HeaderMap::new();
