@@ -30,6 +30,7 @@ targets=(
   "--lib|forward::mqtt::scan::tests::fuzz_scanner_passes_every_byte_in_order"
   "--lib|policy::acl::tests::fuzz_a_covered_filter_only_matches_allowed_topics"
   "--lib|handshake::upgrade::tests::fuzz_upgrade_header_checks"
+  "--lib|agent::connect::tests::fuzz_a_proxy_answer_opens_a_pipe_only_on_2xx"
 )
 
 cargo test --release --test fuzz --lib --no-run >/dev/null 2>&1 || {

@@ -10,7 +10,8 @@
 //!
 //! Settings (environment): SOAK_DEVICES (default 9,000: the gateway holds two descriptors per
 //! device and the hard limit here is 20,000), SOAK_SECS (600), SOAK_RATE (total msg/s,
-//! 20,000), SOAK_ABUSERS (5: publishing every 10 ms, struck out and banned).
+//! 20,000), SOAK_ABUSERS (5: publishing every 10 ms, struck out and banned), SOAK_SIGHUP (1: a
+//! SIGHUP to the gateway every 30 s, as a deploy reloading its config would send).
 //!
 //! Client, gateway and mosquitto share the machine: the gateway's share of the CPU is what it
 //! gets next to the other two.
@@ -39,6 +40,8 @@ struct Settings {
     secs: u64,
     rate: f64,
     abusers: usize,
+    /// SIGHUP the gateway every 30 s (SOAK_SIGHUP=0 to turn off).
+    sighup: bool,
 }
 
 fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -141,6 +144,7 @@ async fn soak() -> Result<bool, BoxError> {
         secs: env("SOAK_SECS", 600),
         rate: env("SOAK_RATE", 20_000.0),
         abusers: env("SOAK_ABUSERS", 5),
+        sighup: env("SOAK_SIGHUP", 1) != 0,
     };
     let period = s.devices as f64 / s.rate;
     println!(
@@ -207,8 +211,20 @@ async fn soak() -> Result<bool, BoxError> {
     let t0 = Instant::now();
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + WINDOW, WINDOW);
     let mut worst_p99 = 0u32;
+    let mut window = 0u64;
+    let mut reloads = 0u32;
     while t0.elapsed() < Duration::from_secs(s.secs) {
         tick.tick().await;
+        window += 1;
+        // A deploy's SIGHUP every 30 s, under the load: nothing may be dropped or lost.
+        if s.sighup && window.is_multiple_of(3) {
+            let sent = std::process::Command::new("kill")
+                .args(["-HUP", &pid.to_string()])
+                .status();
+            if sent.is_ok_and(|st| st.success()) {
+                reloads += 1;
+            }
+        }
         let rss = procs::rss_kib(pid).unwrap_or(0);
         let cpu = cpu_ticks(pid);
         let received = shared.received_total.load(Relaxed);
@@ -232,6 +248,7 @@ async fn soak() -> Result<bool, BoxError> {
         cpu_before = cpu;
         received_before = received;
     }
+    println!("SIGHUP sent {reloads} times");
     shared.stop.store(true, Relaxed);
     for d in devices {
         let _ = d.await;

@@ -95,9 +95,15 @@ pub async fn connect(
             _ => head.push(byte[0]),
         }
     }
+    answer(&head, sent_credentials)
+}
+
+/// What a proxy's whole answer head to CONNECT means: a pipe (2xx), a credentials problem
+/// (407, or 401 from tinyproxy), another refusal, or not HTTP at all.
+pub fn answer(head: &[u8], sent_credentials: bool) -> Result<(), ConnectError> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut resp = httparse::Response::new(&mut headers);
-    match resp.parse(&head) {
+    match resp.parse(head) {
         Ok(httparse::Status::Complete(_)) => {}
         Ok(httparse::Status::Partial) => {
             return Err(ConnectError::Malformed("incomplete head".into()))
@@ -115,5 +121,61 @@ pub async fn connect(
             status,
             reason: resp.reason.unwrap_or("").to_string(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Fuzz target: any answer a proxy could send. A pipe is opened only on an HTTP 2xx
+    /// status line; 401 and 407 are credential problems, whatever else the head says.
+    #[test]
+    fn fuzz_a_proxy_answer_opens_a_pipe_only_on_2xx() {
+        bolero::check!()
+            .with_type::<(Option<u16>, Vec<u8>)>()
+            .for_each(|(status, rest)| {
+                let head = match status {
+                    Some(code) => {
+                        [format!("HTTP/1.1 {} X\r\n", code % 1000).as_bytes(), rest].concat()
+                    }
+                    None => rest.clone(),
+                };
+                match answer(&head, true) {
+                    Ok(()) => {
+                        assert!(head.starts_with(b"HTTP/1."));
+                        assert_eq!(
+                            head.get(9),
+                            Some(&b'2'),
+                            "{:?}",
+                            String::from_utf8_lossy(&head)
+                        );
+                    }
+                    Err(ConnectError::AuthRequired { status, .. }) => {
+                        assert!(status == 401 || status == 407)
+                    }
+                    Err(_) => {}
+                }
+            });
+    }
+
+    #[test]
+    fn answers() {
+        assert!(answer(b"HTTP/1.1 200 Connection established\r\n\r\n", false).is_ok());
+        assert!(matches!(
+            answer(b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n", true),
+            Err(ConnectError::AuthRequired {
+                status: 407,
+                sent_credentials: true
+            })
+        ));
+        assert!(matches!(
+            answer(b"HTTP/1.1 403 Forbidden\r\n\r\n", false),
+            Err(ConnectError::Refused { status: 403, .. })
+        ));
+        assert!(matches!(
+            answer(b"SSH-2.0-OpenSSH\r\n\r\n", false),
+            Err(ConnectError::Malformed(_))
+        ));
     }
 }
