@@ -1,6 +1,7 @@
-//! The soak (run with `bash benches/soak.sh`): thousands of MQTT 5 devices in rhythm through
-//! the gateway's `/mqtt` to mosquitto, a few abusers among them, for a set time; a subscriber
-//! on mosquitto checks every message the gateway forwarded and the broker acknowledged.
+//! The soak (run with `bash benches/soak.sh`): thousands of MQTT 5 devices through the
+//! gateway's `/mqtt` to mosquitto (meters and sensors in two rhythms, trackers under a message
+//! rate), a few abusers among them, for a set time, with a SIGHUP every 30 s; a subscriber on
+//! mosquitto checks every message the gateway forwarded and the broker acknowledged.
 //!
 //! Every 10 s it prints the gateway's RSS and CPU, messages per second at the subscriber and
 //! the window's p99 latency (device send → subscriber receipt, one clock: same process). At
@@ -74,7 +75,47 @@ struct Shared {
     stop: AtomicBool,
 }
 
-fn gateway_config(port: u16, broker: std::net::SocketAddr, period: f64) -> String {
+/// The fleet: 60 % meters reporting every P, 30 % sensors every 2 P (both in rhythm, E = ¾ T),
+/// 10 % trackers with no rhythm, every P under a message rate. P is chosen for the rate.
+#[derive(Clone, Copy)]
+enum Kind {
+    Meter,
+    Sensor,
+    Tracker,
+}
+
+impl Kind {
+    fn of(i: usize, devices: usize) -> Kind {
+        match i * 10 / devices.max(1) {
+            0..=5 => Kind::Meter,
+            6..=8 => Kind::Sensor,
+            _ => Kind::Tracker,
+        }
+    }
+
+    fn prefix(self) -> &'static str {
+        match self {
+            Kind::Meter => "m",
+            Kind::Sensor => "s",
+            Kind::Tracker => "t",
+        }
+    }
+
+    /// Its period, in units of P.
+    fn periods(self) -> f64 {
+        match self {
+            Kind::Sensor => 2.0,
+            Kind::Meter | Kind::Tracker => 1.0,
+        }
+    }
+}
+
+/// P such that the fleet sends `rate` msg/s: 0.6/P + 0.3/(2P) + 0.1/P = 0.85/P per device.
+fn base_period(devices: usize, rate: f64) -> f64 {
+    0.85 * devices as f64 / rate
+}
+
+fn gateway_config(port: u16, broker: std::net::SocketAddr, p: f64) -> String {
     format!(
         r#"[[listener]]
 bind = "127.0.0.1:{port}"
@@ -84,18 +125,41 @@ max_connections = 19000
 upstreams = ["{broker}"]
 
 [policy]
-default_class = "sensor"
+default_class = "meter"
 discard_reason = "no-matching-subscribers"
 
-# In rhythm iff T - E <= interval <= T + E: T the devices' period, E three quarters of it.
-# The period is short (a second or less, to reach the rate with thousands of devices), so
-# the machine's own scheduling jitter is a large part of it; real fleets report every minute
-# or so with seconds of tolerance.
-[policy.classes.sensor]
-push_interval_secs = {period:.3}
-tolerance_secs = {tolerance:.3}
+# In rhythm iff T - E <= interval <= T + E, with E three quarters of T. The periods are short
+# (a second or less, to reach the rate with thousands of devices), so the machine's own
+# scheduling jitter is a large part of them; real fleets report every minute or so with
+# seconds of tolerance.
+[policy.classes.meter]
+push_interval_secs = {p:.3}
+tolerance_secs = {e1:.3}
 messages_per_sec = 1000
 message_burst = 1000
+
+[policy.classes.sensor]
+push_interval_secs = {p2:.3}
+tolerance_secs = {e2:.3}
+messages_per_sec = 1000
+message_burst = 1000
+
+# No rhythm: a message rate (ten times what they send) is their only limit.
+[policy.classes.tracker]
+messages_per_sec = {tracker_rate}
+message_burst = {tracker_rate}
+
+[[policy.device_prefixes]]
+prefix = "dev-m"
+class = "meter"
+
+[[policy.device_prefixes]]
+prefix = "dev-s"
+class = "sensor"
+
+[[policy.device_prefixes]]
+prefix = "dev-t"
+class = "tracker"
 
 [policy.connects]
 # Every device comes from 127.0.0.1.
@@ -112,7 +176,10 @@ ip_min_client_ids = 1000
 drain_window_secs = 1
 drain_timeout_secs = 3
 "#,
-        tolerance = period * 0.75
+        e1 = p * 0.75,
+        p2 = p * 2.0,
+        e2 = p * 2.0 * 0.75,
+        tracker_rate = ((10.0 / p).ceil() as u32).max(1),
     )
 }
 
@@ -146,9 +213,9 @@ async fn soak() -> Result<bool, BoxError> {
         abusers: env("SOAK_ABUSERS", 5),
         sighup: env("SOAK_SIGHUP", 1) != 0,
     };
-    let period = s.devices as f64 / s.rate;
+    let period = base_period(s.devices, s.rate);
     println!(
-        "soak: {} devices every {:.3} s ({} msg/s), {} abusers, {} s; open files limit {:?}",
+        "soak: {} devices (60 % meters every {:.3} s, 30 % sensors every twice that, 10 % trackers without rhythm), {} msg/s, {} abusers, {} s; open files limit {:?}",
         s.devices,
         period,
         s.rate,
@@ -180,19 +247,22 @@ async fn soak() -> Result<bool, BoxError> {
 
     // Connect in batches, each device starting at a random point of its period.
     let mut devices = Vec::with_capacity(s.devices);
+    let devices_n = s.devices;
     for batch in (0..s.devices).collect::<Vec<_>>().chunks(500) {
         let mut connecting = Vec::new();
         for &i in batch {
             connecting.push(tokio::spawn(async move {
-                let c = connect_v5(&ep, &format!("dev-{i:05}")).await;
+                let kind = Kind::of(i, devices_n);
+                let c = connect_v5(&ep, &format!("dev-{}{i:05}", kind.prefix())).await;
                 (i, c)
             }));
         }
         for c in connecting {
             let (i, conn) = c.await?;
-            let conn = conn.map_err(|e| format!("dev-{i:05}: {e}"))?;
+            let conn = conn.map_err(|e| format!("device {i}: {e}"))?;
             let shared = shared.clone();
-            devices.push(tokio::spawn(device(conn, i, period, shared)));
+            let every = period * Kind::of(i, s.devices).periods();
+            devices.push(tokio::spawn(device(conn, i, every, shared)));
         }
     }
     let abusers: Vec<_> = (0..s.abusers)
