@@ -175,16 +175,10 @@ impl Key {
 /// (RFC 8410 §4 for Ed25519, RFC 5480 for uncompressed P-256), so a prefix match is exact
 /// and anything else (another curve, RSA, a compressed point) is refused by name.
 fn public_key(alg: TokenAlg, spki: &[u8]) -> Result<UnparsedPublicKey<Vec<u8>>, String> {
-    const ED25519: &[u8] = &[
-        0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
-    ];
-    const P256: &[u8] = &[
-        0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08,
-        0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
-    ];
+    use crate::device_token::{ED25519_SPKI, P256_SPKI};
     let (prefix, len, ring_alg): (_, _, &'static dyn signature::VerificationAlgorithm) = match alg {
-        TokenAlg::EdDSA => (ED25519, 32, &signature::ED25519),
-        TokenAlg::ES256 => (P256, 65, &signature::ECDSA_P256_SHA256_FIXED),
+        TokenAlg::EdDSA => (ED25519_SPKI, 32, &signature::ED25519),
+        TokenAlg::ES256 => (P256_SPKI, 65, &signature::ECDSA_P256_SHA256_FIXED),
         TokenAlg::HS256 => return Err("HS256 has no public key".into()),
     };
     match spki.strip_prefix(prefix) {

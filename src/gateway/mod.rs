@@ -108,6 +108,23 @@ impl Shared {
         self.websocket.read().map(|g| g.clone()).unwrap_or_default()
     }
 
+    /// The reason of a ban on a proven identity (a revocation), if any.
+    pub fn revoked(&self, identity: &str) -> Option<String> {
+        self.policy.revoked(identity).map(|b| b.reason)
+    }
+
+    /// A refused authentication, from `ip` when the client's own address is known: logged,
+    /// and a failure is a strike against the address unless `strikes` is off.
+    pub fn auth_refused(&self, ip: Option<IpAddr>, refusal: &crate::auth::Refusal, strikes: bool) {
+        tracing::info!(?ip, "authentication refused: {refusal}");
+        let Some(ip) = ip.filter(|_| strikes && refusal.is_failure()) else {
+            return;
+        };
+        if let Some(ban) = self.policy.on_auth_failure(ip) {
+            tracing::warn!(%ip, reason = %ban.reason, "address banned");
+        }
+    }
+
     /// Keys and auth modes now (`None`: nothing asks devices to authenticate).
     pub fn auth(&self) -> Option<Arc<crate::auth::Authenticator>> {
         self.auth.read().ok().and_then(|g| g.clone())

@@ -138,7 +138,7 @@ async fn story(
     if pool.mqtt {
         let (tx, rx) = futures_util::StreamExt::split(ws);
         let mut ctx = mqtt_ctx(&shared, &pool, &settings, client_ip, &registration);
-        ctx.proof = proof(device);
+        ctx.proof = mqtt::Proof::of(device);
         let ending = forward::mqtt::relay(mqtt::WsRx(rx), mqtt::WsTx(tx), ctx).await;
         return log_ending(&ending);
     }
@@ -182,29 +182,14 @@ fn router_inputs(shared: &Arc<Shared>) -> handshake::Inputs {
 /// what a refusal means to the policy (a strike against the address, for failures).
 fn auth_gate(shared: &Arc<Shared>) -> Option<handshake::AuthGate> {
     let authenticator = shared.auth()?;
-    let revoked = {
-        let shared = shared.clone();
-        Arc::new(move |identity: &str| shared.policy.revoked(identity).map(|b| b.reason))
-    };
     let strikes = authenticator.strike_failures;
-    let refused = {
-        let shared = shared.clone();
-        Arc::new(
-            move |ip: Option<std::net::IpAddr>, refusal: &crate::auth::Refusal| {
-                tracing::info!(?ip, "upgrade refused: {refusal}");
-                let Some(ip) = ip.filter(|_| strikes && refusal.is_failure()) else {
-                    return;
-                };
-                if let Some(ban) = shared.policy.on_auth_failure(ip) {
-                    tracing::warn!(%ip, reason = %ban.reason, "address banned");
-                }
-            },
-        )
-    };
+    let (s1, s2) = (shared.clone(), shared.clone());
     Some(handshake::AuthGate {
         authenticator,
-        revoked,
-        refused,
+        revoked: Arc::new(move |identity: &str| s1.revoked(identity)),
+        refused: Arc::new(move |ip, refusal: &crate::auth::Refusal| {
+            s2.auth_refused(ip, refusal, strikes)
+        }),
     })
 }
 
@@ -243,17 +228,6 @@ fn mqtt_ctx<'a>(
     }
 }
 
-/// What the upgrade proved, as the CONNECT is to check it.
-fn proof(device: Option<crate::auth::Authenticated>) -> mqtt::Proof {
-    match device {
-        Some(d) => mqtt::Proof::Proven {
-            identity: d.identity,
-            binding: d.binding,
-        },
-        None => mqtt::Proof::NotAsked,
-    }
-}
-
 /// A raw MQTT listener has no HTTP: its device proves itself with the certificate of our
 /// TLS handshake or not at all.
 fn raw_proof(shared: &Shared, conn: &Conn) -> mqtt::Proof {
@@ -267,19 +241,12 @@ fn raw_proof(shared: &Shared, conn: &Conn) -> mqtt::Proof {
         tls_cert: conn.client_cert.as_ref(),
         peer: conn.source.ip(),
     };
-    let revoked = |id: &str| shared.policy.revoked(id).map(|b| b.reason);
+    let revoked = |id: &str| shared.revoked(id);
     let now = crate::auth::now_secs();
     match auth.authenticate(mode, &conn.listener.mqtt_route, &presented, now, revoked) {
-        Ok(None) => mqtt::Proof::NotAsked,
-        Ok(Some(d)) => mqtt::Proof::Proven {
-            identity: d.identity,
-            binding: d.binding,
-        },
+        Ok(device) => mqtt::Proof::of(device),
         Err(refusal) => {
-            let ip = conn.source.ip();
-            if auth.strike_failures && refusal.is_failure() {
-                let _ = shared.policy.on_auth_failure(ip);
-            }
+            shared.auth_refused(Some(conn.source.ip()), &refusal, auth.strike_failures);
             mqtt::Proof::Refused(refusal.to_string())
         }
     }

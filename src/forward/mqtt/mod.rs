@@ -70,6 +70,19 @@ pub enum Proof {
     Refused(String),
 }
 
+impl Proof {
+    /// What authentication found: nothing asked, or the identity and its binding.
+    pub fn of(device: Option<crate::auth::Authenticated>) -> Proof {
+        match device {
+            Some(d) => Proof::Proven {
+                identity: d.identity,
+                binding: d.binding,
+            },
+            None => Proof::NotAsked,
+        }
+    }
+}
+
 /// State both directions touch. Held only between awaits (never across one).
 #[derive(Default)]
 struct Shared {

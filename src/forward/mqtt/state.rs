@@ -128,6 +128,8 @@ pub struct Aliases {
     broker: HashMap<u16, Box<str>>,
     device_bytes: usize,
     broker_bytes: usize,
+    /// The broker's Topic Alias Maximum, once its CONNACK has said it (absent there: 0).
+    broker_max: Option<u16>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -135,6 +137,12 @@ pub enum AliasError {
     /// An empty topic with an alias the device never defined.
     Unknown(u16),
     TooMany,
+    /// Over the maximum the broker announced (which the device saw in the CONNACK): the
+    /// device's error, answered 0x94 here rather than by the broker dropping the session.
+    OverMaximum {
+        alias: u16,
+        max: u16,
+    },
 }
 
 /// How a publish must go upstream.
@@ -148,12 +156,26 @@ pub enum Upstream {
 }
 
 impl Aliases {
+    /// Whether the broker's maximum is known yet.
+    pub fn knows_broker_max(&self) -> bool {
+        self.broker_max.is_some()
+    }
+
+    pub fn set_broker_max(&mut self, max: u16) {
+        self.broker_max = Some(max);
+    }
+
     /// The publish's real topic: its own, or the one its alias stands for.
     pub fn resolve<'a>(
         &'a mut self,
         topic: &'a str,
         alias: Option<u16>,
     ) -> Result<&'a str, AliasError> {
+        if let (Some(alias), Some(max)) = (alias, self.broker_max) {
+            if alias > max {
+                return Err(AliasError::OverMaximum { alias, max });
+            }
+        }
         match alias {
             None => Ok(topic),
             Some(a) if topic.is_empty() => self
@@ -317,6 +339,12 @@ mod tests {
     fn unknown_alias_is_an_error() {
         let mut a = Aliases::default();
         assert_eq!(a.resolve("", Some(9)), Err(AliasError::Unknown(9)));
+        a.set_broker_max(10);
+        assert_eq!(
+            a.resolve("t/x", Some(11)),
+            Err(AliasError::OverMaximum { alias: 11, max: 10 })
+        );
+        assert_eq!(a.resolve("t/x", Some(10)).unwrap(), "t/x");
         assert_eq!(a.resolve("t", None).unwrap(), "t");
     }
 }

@@ -194,12 +194,11 @@ fn publish<R>(
     pb: &Publish<'_>,
     out: &mut Vec<Bytes>,
 ) -> Result<(), Error> {
-    if let Some(a) = pb.topic_alias {
-        if let Some(max) = lock(u.shared).alias_max.filter(|max| a > *max) {
-            return Err(Error::device(
-                Kind::BadAlias,
-                format!("topic alias {a} is over the broker's maximum ({max})"),
-            ));
+    // The broker's alias maximum arrives with its CONNACK, on the other half: taken over once,
+    // so that only aliased publishes before it take the lock.
+    if pb.topic_alias.is_some() && !aliases.knows_broker_max() {
+        if let Some(max) = lock(u.shared).alias_max {
+            aliases.set_broker_max(max);
         }
     }
     // Without an alias the topic is the packet's own: no copy per publish on the hot path.
@@ -215,6 +214,12 @@ fn publish<R>(
             }
             Err(AliasError::TooMany) => {
                 return Err(Error::device(Kind::BadAlias, "too many topic aliases"))
+            }
+            Err(AliasError::OverMaximum { alias, max }) => {
+                return Err(Error::device(
+                    Kind::BadAlias,
+                    format!("topic alias {alias} is over the broker's maximum ({max})"),
+                ))
             }
         },
     };
