@@ -133,8 +133,31 @@ async fn each_refusal_has_its_status_and_challenge() {
     assert_eq!(status, 403, "{text}");
     assert_eq!(header(&text, "www-authenticate"), None);
 
-    // A token in the query string is never looked at.
+    // Not valid yet (nbf beyond the skew): 401 saying so.
+    let early = signer
+        .sign(
+            Some("k1"),
+            &json!({"sub": "meter-1", "exp": now + 7200, "nbf": now + 3600}),
+        )
+        .expect("sign");
+    let (status, text) = raw_request(gw.addr(), &upgrade("/tunnel/meters", Some(&early))).await;
+    assert_eq!(status, 401, "{text}");
+    assert!(text.ends_with("token not valid yet\n"), "{text}");
+
+    // Two Authorization headers: which one would a proxy in front have checked? 401.
     let good = signer.device_token(Some("k1"), "meter-1", 60);
+    let twice = upgrade("/tunnel/meters", Some(&good)).replace(
+        "\r\n\r\n",
+        &format!("\r\nAuthorization: Bearer {good}\r\n\r\n"),
+    );
+    let (status, text) = raw_request(gw.addr(), &twice).await;
+    assert_eq!(status, 401, "{text}");
+    assert_eq!(
+        header(&text, "www-authenticate"),
+        Some(r#"Bearer realm="portcullis", error="invalid_request""#)
+    );
+
+    // A token in the query string is never looked at.
     let path = format!("/tunnel/meters?access_token={good}");
     let (status, _) = raw_request(gw.addr(), &upgrade(&path, None)).await;
     assert_eq!(status, 401);
@@ -148,8 +171,9 @@ async fn each_refusal_has_its_status_and_challenge() {
         .iter()
         .map(|n| n.load(std::sync::atomic::Ordering::Relaxed))
         .collect();
-    // missing ×2 (none, query only), invalid, expired, forbidden.
-    assert_eq!(refused, [2, 1, 1, 1, 0]);
+    // missing ×2 (none, query only), invalid ×2 (forged, two headers), expired ×2 (exp, nbf),
+    // forbidden.
+    assert_eq!(refused, [2, 2, 2, 1, 0]);
     assert_eq!(
         stats.accepted[0].load(std::sync::atomic::Ordering::Relaxed),
         1
@@ -426,4 +450,66 @@ async fn no_upstream_connection_is_opened_for_a_refused_device() {
     let good = signer.device_token(Some("k1"), "m", 60);
     tunnel_echo(&gw, &good, b"counted").await;
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_raw_mqtt_device_without_a_certificate_gets_connack_not_authorized() {
+    support::tls_client::install_default_provider();
+    let dir = tempfile::tempdir().expect("dir");
+    let ca = support::certs::Ca::new();
+    let server = ca.leaf(dir.path(), "server", &["localhost"]);
+    let device = ca.client(dir.path(), "meter-9");
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).expect("ca");
+    let broker = Broker::spawn().await;
+    let path = support::ws::toml_path;
+    // Optional client certificates, so the TLS handshake passes and the refusal is MQTT's.
+    let text = format!(
+        r#"
+[[listener]]
+bind = "127.0.0.1:0"
+kind = "mqtt"
+auth = "mtls"
+[listener.tls]
+client_ca = {ca}
+client_auth = "optional"
+certificates = [{{ cert = {cert}, key = {key} }}]
+
+[routes.mqtt]
+upstreams = ["{broker}"]
+"#,
+        ca = path(&ca_file),
+        cert = path(&server.cert),
+        key = path(&server.key),
+        broker = broker.addr,
+    );
+    let gw = TestGateway::start(&text).await;
+    let cases = [
+        (None, Version::V311, "meter-9", 0x05),
+        (None, Version::V5, "meter-9", 0x87),
+        (Some(&device), Version::V5, "meter-1", 0x87),
+        (Some(&device), Version::V311, "meter-9", 0),
+    ];
+    for (cert, version, client_id, want) in cases {
+        let config = match cert {
+            Some(d) => support::tls_client::client_with_cert(&ca.pem, &d.cert, &d.key),
+            None => support::tls_client::default_client(&ca.pem),
+        };
+        let mut tls = support::tls_client::connect(gw.addr(), config, "localhost").await;
+        tls.write_all(&wire::connect(client_id, 30, version))
+            .await
+            .expect("CONNECT");
+        let mut connack = [0u8; 4];
+        tokio::time::timeout(Duration::from_secs(10), tls.read_exact(&mut connack))
+            .await
+            .expect("CONNACK in time")
+            .expect("CONNACK");
+        assert_eq!(connack[0], 0x20);
+        assert_eq!(
+            connack[3],
+            want,
+            "{client_id} {version:?} cert={}",
+            cert.is_some()
+        );
+    }
 }

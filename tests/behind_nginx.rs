@@ -201,6 +201,11 @@ async fn a_client_certificate_forwarded_by_nginx_authenticates_the_device() {
     .await;
     assert_eq!(status, 401, "{text}\n{}", nginx.error_log());
     assert!(text.contains("client certificate is required"), "{text}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("www-authenticate: clientcertificate realm=\"portcullis\""),
+        "{text}"
+    );
 }
 
 /// One request over `stream`; the status and the whole answer as text.

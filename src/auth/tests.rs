@@ -356,6 +356,20 @@ fn a_forwarded_certificate_counts_only_from_a_trusted_proxy_and_our_ca() {
         a.authenticate(AuthMode::Mtls, "meters", &p, now_secs(), |_| None),
         Err(Refusal::InvalidCertificate(CertError::Untrusted(_)))
     ));
+    // The header twice (a proxy that appends, after the client's own): refused.
+    let (_, good) = client(&ca, "meter-9");
+    let mut twice = forwarded(&good);
+    let copy = twice.get("x-client-cert").cloned().expect("header");
+    twice.append("x-client-cert", copy);
+    let p = Presented {
+        headers: &twice,
+        tls_cert: None,
+        peer: peer(PROXY),
+    };
+    assert!(matches!(
+        a.authenticate(AuthMode::Mtls, "meters", &p, now_secs(), |_| None),
+        Err(Refusal::InvalidCertificate(CertError::Untrusted(_)))
+    ));
     // Garbage and nginx's empty placeholder.
     for junk in ["%ZZ", "-----BEGIN CERTIFICATE-----%0AAAAA", ""] {
         let mut h = HeaderMap::new();
