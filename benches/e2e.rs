@@ -14,6 +14,8 @@
 //! the gateway paths pay for a third process that the direct path does not have, and the
 //! agent path for a fourth.
 
+#[path = "e2e/bulk.rs"]
+mod bulk;
 #[path = "e2e/client.rs"]
 mod client;
 #[path = "e2e/cpu.rs"]
@@ -48,6 +50,8 @@ struct Settings {
     idle: Vec<usize>,
     agent_conns: usize,
     paths: Vec<Path>,
+    /// Bytes per bulk transfer (0: no bulk rows).
+    bulk_bytes: u64,
 }
 
 impl Settings {
@@ -79,6 +83,7 @@ impl Settings {
             latency_n: num("BENCH_LATENCY_N", 2_000),
             idle,
             agent_conns: num("BENCH_AGENT_CONNS", 100),
+            bulk_bytes: num("BENCH_BULK_MIB", 512) as u64 * 1024 * 1024,
         }
     }
 }
@@ -133,22 +138,58 @@ async fn run(s: Settings) -> Result<(), BoxError> {
          /tunnel/mqtt-raw on loopback (no TLS)"
     );
 
-    let mut summaries = {
+    let (mut summaries, bulk) = {
+        let sink = bulk::Sink::spawn().await?;
         let broker = Broker::spawn(dir.path()).await?;
-        let gateway = GatewayProc::spawn(dir.path(), broker.tcp).await?;
-        let agent = AgentProc::spawn(dir.path(), gateway.addr).await?;
+        let gateway = GatewayProc::spawn(dir.path(), broker.tcp, sink.addr).await?;
+        let websockify = procs::websockify(dir.path(), sink.addr).await?;
+        if websockify.is_none() {
+            println!("note: websockify is not installed (apt-get install websockify): no peer rows for bulk");
+        }
+        let mut urls = vec![
+            format!("ws://{}/tunnel/mqtt-raw", gateway.addr),
+            format!("ws://{}/tunnel/bulk", gateway.addr),
+        ];
+        if let Some((_, addr)) = &websockify {
+            urls.push(format!("ws://{addr}/tunnel/bulk")); // websockify ignores the path
+        }
+        let (agent, local) = AgentProc::spawn_tunnels(dir.path(), &urls).await?;
         let ep = Endpoints {
             broker_tcp: broker.tcp,
             broker_ws: broker.ws,
             gateway: gateway.addr,
-            agent: Some(agent.addr),
+            agent: Some(local[0]),
         };
-        let meter = cpu::Meter::new(broker.proc.pid(), gateway.proc.pid(), agent.proc.pid());
-        throughput(&s, &ep, &meter).await?
+        let meter = cpu::Meter::new(broker.proc.pid(), gateway.proc.pid(), agent.pid());
+        let summaries = throughput(&s, &ep, &meter).await?;
+        let bulk = if s.bulk_bytes > 0 {
+            let ep = bulk::BulkEndpoints {
+                sink: sink.addr,
+                gateway: gateway.addr,
+                websockify: websockify.as_ref().map(|(_, a)| *a),
+                agent_gateway: local[1],
+                agent_websockify: local.get(2).copied(),
+            };
+            let meter = bulk::BulkMeter {
+                gateway: gateway.proc.pid(),
+                agent: agent.pid(),
+                websockify: websockify.as_ref().map(|(p, _)| p.pid()),
+            };
+            let hwm0 = procs::peak_rss_kib(gateway.proc.pid()).unwrap_or(0);
+            let results = bulk::run(&ep, &sink, &meter, s.rounds, s.bulk_bytes).await?;
+            let hwm1 = procs::peak_rss_kib(gateway.proc.pid()).unwrap_or(0);
+            Some((results, hwm0, hwm1))
+        } else {
+            None
+        };
+        (summaries, bulk)
     };
     report::cpu(&summaries);
     let summaries: Vec<_> = summaries.iter_mut().map(PathResult::summary).collect();
     report::throughput(&summaries);
+    if let Some((results, hwm0, hwm1)) = &bulk {
+        report::bulk(results, *hwm0, *hwm1);
+    }
 
     println!();
     let memory = idle_memory(&s, dir.path()).await?;
@@ -165,6 +206,9 @@ async fn run(s: Settings) -> Result<(), BoxError> {
         None
     };
     report::markdown(&summaries, &memory, agent.as_ref(), &machine);
+    if let Some((results, hwm0, hwm1)) = &bulk {
+        report::bulk_markdown(results, *hwm0, *hwm1);
+    }
     println!(
         "\ntotal time: {:.0} s; load average at the end: {}",
         started.elapsed().as_secs_f64(),

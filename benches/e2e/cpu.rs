@@ -17,6 +17,19 @@ fn cpu_secs(pid: &str) -> Option<f64> {
     Some(ticks / TICKS_PER_SEC)
 }
 
+/// CPU seconds of a process and of its children that have exited and been waited for
+/// (cutime and cstime, fields 16 and 17): websockify forks one child per connection.
+pub fn cpu_secs_with_children(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let mut ticks = 0.0;
+    for i in 11..=14 {
+        ticks += f.get(i)?.parse::<f64>().ok()?;
+    }
+    Some(ticks / TICKS_PER_SEC)
+}
+
 /// CPU seconds of the bench client, mosquitto, the gateway and the agent.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Cpu {

@@ -41,7 +41,7 @@ impl IdleResult {
 
 pub async fn measure(dir: &FsPath, path: Path, n: usize) -> Result<IdleResult, BoxError> {
     let broker = Broker::spawn(dir).await?;
-    let gateway = GatewayProc::spawn(dir, broker.tcp).await?;
+    let gateway = GatewayProc::spawn(dir, broker.tcp, broker.tcp).await?;
     let ep = Endpoints {
         broker_tcp: broker.tcp,
         broker_ws: broker.ws,
@@ -89,7 +89,7 @@ impl AgentRss {
 /// with `n` MQTT clients connected through it.
 pub async fn agent(dir: &FsPath, n: usize) -> Result<AgentRss, BoxError> {
     let broker = Broker::spawn(dir).await?;
-    let gateway = GatewayProc::spawn(dir, broker.tcp).await?;
+    let gateway = GatewayProc::spawn(dir, broker.tcp, broker.tcp).await?;
     let agent = AgentProc::spawn(dir, gateway.addr).await?;
     let ep = Endpoints {
         broker_tcp: broker.tcp,

@@ -137,8 +137,13 @@ pub struct GatewayProc {
 }
 
 impl GatewayProc {
-    pub async fn spawn(dir: &Path, broker: SocketAddr) -> Result<GatewayProc, BoxError> {
-        Self::spawn_with(dir, |port| gateway_config(port, broker)).await
+    /// With a `bulk` tcp route to `sink` (the bulk benchmark's), next to the MQTT routes.
+    pub async fn spawn(
+        dir: &Path,
+        broker: SocketAddr,
+        sink: SocketAddr,
+    ) -> Result<GatewayProc, BoxError> {
+        Self::spawn_with(dir, |port| gateway_config(port, broker, sink)).await
     }
 
     /// With the config `make` writes for the listener port it is given.
@@ -171,7 +176,7 @@ impl GatewayProc {
 ///   listener's MQTT route, so `/tunnel/mqtt` would take the MQTT-aware relay as well);
 /// - the policy stage runs on every packet, but every limit sits far above the offered load:
 ///   all devices come from 127.0.0.1 and one publisher sends ~100k msg/s.
-fn gateway_config(port: u16, broker: SocketAddr) -> String {
+fn gateway_config(port: u16, broker: SocketAddr, sink: SocketAddr) -> String {
     format!(
         r#"[[listener]]
 bind = "127.0.0.1:{port}"
@@ -181,6 +186,10 @@ upstreams = ["{broker}"]
 
 [routes.mqtt-raw]
 upstreams = ["{broker}"]
+protocol = "tcp"
+
+[routes.bulk]
+upstreams = ["{sink}"]
 protocol = "tcp"
 
 [policy]
@@ -216,18 +225,33 @@ pub struct AgentProc {
 
 impl AgentProc {
     pub async fn spawn(dir: &Path, gateway: SocketAddr) -> Result<AgentProc, BoxError> {
+        let (proc, addrs) =
+            Self::spawn_tunnels(dir, &[format!("ws://{gateway}/tunnel/mqtt-raw")]).await?;
+        Ok(AgentProc {
+            addr: addrs[0],
+            proc,
+        })
+    }
+
+    /// One local port per URL, in order.
+    pub async fn spawn_tunnels(
+        dir: &Path,
+        urls: &[String],
+    ) -> Result<(ChildGuard, Vec<SocketAddr>), BoxError> {
         let bin = Path::new(env!("CARGO_BIN_EXE_portcullis"));
         for attempt in 0..5 {
-            let port = free_port();
+            let ports: Vec<u16> = urls.iter().map(|_| free_port()).collect();
+            let port = ports[0];
             let conf = dir.join(format!("agent-{port}.toml"));
-            std::fs::write(&conf, agent_config(port, gateway))?;
+            std::fs::write(&conf, agent_config(&ports, urls))?;
             let log = dir.join(format!("agent-{port}.log"));
             // warn, as for the gateway: the agent logs every tunnel's end at info.
             let args = [Path::new("agent"), Path::new("--config"), &conf];
             let mut proc = spawn_logged(bin, &args, log, &[("RUST_LOG", "warn")]);
-            let addr = ([127, 0, 0, 1], port).into();
-            if wait_listening(&mut proc, &[addr]).await {
-                return Ok(AgentProc { addr, proc });
+            let addrs: Vec<SocketAddr> =
+                ports.iter().map(|&p| ([127, 0, 0, 1], p).into()).collect();
+            if wait_listening(&mut proc, &addrs).await {
+                return Ok((proc, addrs));
             }
             eprintln!("agent attempt {attempt} failed:\n{}", proc.tail());
         }
@@ -238,19 +262,39 @@ impl AgentProc {
 /// Plain `ws://` on loopback (the agent warns about clear text once, at start): TLS would
 /// measure rustls, which no other path here pays for. No status line, no proxy from the
 /// environment, room for more local connections than the default 256.
-fn agent_config(port: u16, gateway: SocketAddr) -> String {
-    format!(
-        r#"status_interval_secs = 0
+fn agent_config(ports: &[u16], urls: &[String]) -> String {
+    let mut conf = String::from("status_interval_secs = 0\n\n[proxy]\nfrom_env = false\n");
+    for (port, url) in ports.iter().zip(urls) {
+        conf += &format!(
+            "\n[[tunnel]]\nlisten = \"127.0.0.1:{port}\"\nurl = \"{url}\"\nmax_connections = 100000\n"
+        );
+    }
+    conf
+}
 
-[[tunnel]]
-listen = "127.0.0.1:{port}"
-url = "ws://{gateway}/tunnel/mqtt-raw"
-max_connections = 100000
-
-[proxy]
-from_env = false
-"#
-    )
+/// websockify (Debian's, Python) bridging WebSocket to `target`: the peer a user might pick
+/// instead of the gateway for a plain WebSocket→TCP bridge. `None` where it is not installed.
+pub async fn websockify(
+    dir: &Path,
+    target: SocketAddr,
+) -> Result<Option<(ChildGuard, SocketAddr)>, BoxError> {
+    let bin = Path::new("/usr/bin/websockify");
+    if !bin.is_file() {
+        return Ok(None);
+    }
+    for attempt in 0..5 {
+        let port = free_port();
+        let listen = std::path::PathBuf::from(format!("127.0.0.1:{port}"));
+        let to = std::path::PathBuf::from(target.to_string());
+        let log = dir.join(format!("websockify-{port}.log"));
+        let mut proc = spawn_logged(bin, &[&listen, &to], log, &[]);
+        let addr = ([127, 0, 0, 1], port).into();
+        if wait_listening(&mut proc, &[addr]).await {
+            return Ok(Some((proc, addr)));
+        }
+        eprintln!("websockify attempt {attempt} failed:\n{}", proc.tail());
+    }
+    Err("websockify did not start".into())
 }
 
 /// Poll `/readyz` until the gateway has seen its upstream healthy.
@@ -276,6 +320,13 @@ async fn ready(addr: SocketAddr) -> bool {
 pub fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The most resident memory a process has had (VmHWM), in KiB.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
 

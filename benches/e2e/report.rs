@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::bulk::{BulkPath, BulkResult};
 use crate::client::Path;
 use crate::cpu::Cpu;
 use crate::idle::{AgentRss, IdleResult};
@@ -252,4 +253,87 @@ pub fn markdown(
         println!("- {}", agent_memory_line(r));
     }
     println!("\nMachine: {machine}.");
+}
+
+/// Target for bulk bytes through the agent and the gateway, as a share of direct TCP.
+pub const TARGET_BULK_RATIO: f64 = 0.9;
+
+fn bulk_rows(results: &[BulkResult]) -> Vec<(String, f64, f64, String, String)> {
+    let median_of = |r: &BulkResult| median(&mut r.gbits.clone());
+    let direct = results
+        .iter()
+        .find(|r| r.path == BulkPath::Direct)
+        .map_or(f64::NAN, median_of);
+    let gib = |r: &BulkResult| r.bytes as f64 / (1u64 << 30) as f64;
+    results
+        .iter()
+        .map(|r| {
+            let per_gib = |s: f64| match r.path {
+                BulkPath::Direct => "-".to_string(),
+                _ => format!("{:.2}", s / gib(r).max(1e-9)),
+            };
+            let agent = match r.path {
+                BulkPath::AgentGateway | BulkPath::AgentWebsockify => per_gib(r.agent_cpu),
+                _ => "-".into(),
+            };
+            (
+                r.path.name().to_string(),
+                median_of(r),
+                ratio(median_of(r), direct),
+                per_gib(r.relay_cpu),
+                agent,
+            )
+        })
+        .collect()
+}
+
+pub fn bulk(results: &[BulkResult], hwm0: u64, hwm1: u64) {
+    println!(
+        "\n{:<30} {:>8} {:>6} {:>14} {:>14}   (median of rounds; CPU s per GiB moved)",
+        "bulk path", "Gbit/s", "ratio", "relay CPU", "agent CPU"
+    );
+    for (name, g, r, relay, agent) in bulk_rows(results) {
+        println!("{name:<30} {g:>8.2} {r:>6.2} {relay:>14} {agent:>14}");
+    }
+    for r in results {
+        let all: Vec<String> = r.gbits.iter().map(|g| format!("{g:.2}")).collect();
+        println!("  {:<28} rounds: {}", r.path.name(), all.join(", "));
+    }
+    let median_of = |p: BulkPath| {
+        results
+            .iter()
+            .find(|r| r.path == p)
+            .map(|r| median(&mut r.gbits.clone()))
+    };
+    if let (Some(d), Some(a)) = (
+        median_of(BulkPath::Direct),
+        median_of(BulkPath::AgentGateway),
+    ) {
+        println!(
+            "target: agent → gateway ≥ {TARGET_BULK_RATIO} × direct: {:.2}, {}",
+            a / d,
+            verdict(a / d >= TARGET_BULK_RATIO)
+        );
+    }
+    for r in results.iter().filter(|r| r.path.is_peer()) {
+        if let (Some(ours), Some(peer)) =
+            (r.path.ours_beside().and_then(median_of), median_of(r.path))
+        {
+            println!(
+                "target: ahead of {}: {ours:.2} vs {peer:.2} Gbit/s, {}",
+                r.path.name(),
+                verdict(ours > peer)
+            );
+        }
+    }
+    println!("gateway peak RSS (VmHWM) before the bulk runs {hwm0} KiB, after {hwm1} KiB");
+}
+
+pub fn bulk_markdown(results: &[BulkResult], hwm0: u64, hwm1: u64) {
+    println!("\n| bulk path | Gbit/s | ratio | relay CPU s/GiB | agent CPU s/GiB |");
+    println!("|---|---:|---:|---:|---:|");
+    for (name, g, r, relay, agent) in bulk_rows(results) {
+        println!("| {name} | {g:.2} | {r:.2} | {relay} | {agent} |");
+    }
+    println!("\nGateway peak RSS: {hwm0} KiB before the bulk rounds, {hwm1} KiB after.");
 }
