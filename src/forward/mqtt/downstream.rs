@@ -1,93 +1,62 @@
 //! Broker → device: pass everything through in order, settle pending acks, swallow the
 //! PINGRESPs that answer our own PINGREQs, and slot local acks in at packet boundaries.
 
-use std::sync::atomic::Ordering;
+use bytes::{Bytes, BytesMut};
 
-use bytes::BytesMut;
-use tokio::net::TcpStream;
-use tokio::sync::Notify;
-
-use super::device::DeviceTx;
 use super::scan::{Piece, Scanner};
 use super::state::AckKind;
-use super::upstream::Counters;
 use super::{lock, Guarded};
-use crate::error::{Error, Kind, Side};
-use crate::forward::relay::RelaySettings;
+use crate::error::{Error, Kind};
+use crate::forward::relay::DownRules;
 use crate::mqtt::server::{self, BrokerPacket, Version};
 
-const CHUNK: usize = 16 * 1024;
+/// The broker → device half's rules for one MQTT connection.
+pub struct Down<'a> {
+    pub scanner: Scanner,
+    pub version: Version,
+    pub shared: &'a Guarded,
+}
 
-/// Runs until the broker side ends or the device cannot be written; returns why.
-pub async fn run<T: DeviceTx>(
-    tx: &mut T,
-    up: &TcpStream,
-    version: Version,
-    shared: &Guarded,
-    notify: &Notify,
-    counters: &Counters<'_>,
-    relay: &RelaySettings,
-) -> Error {
-    let mut scanner = Scanner::default();
-    // A device that stops reading blocks our sends; pings cannot tell while we are blocked, so
-    // the send itself gives up after as long as the missed pongs would have taken.
-    let stall = relay.ping_interval * (relay.max_missed_pongs + 1);
-    let start = tokio::time::Instant::now() + relay.ping_interval;
-    let mut ping = tokio::time::interval_at(start, relay.ping_interval);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            ready = up.readable() => {
-                if let Err(e) = ready {
-                    return Error::upstream(Kind::UpstreamIo, e);
-                }
-                let mut buf = BytesMut::with_capacity(CHUNK);
-                match up.try_read_buf(&mut buf) {
-                    Ok(0) => return Error::new(Kind::UpstreamClosed, Side::Upstream, "broker closed the connection"),
-                    Ok(_) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                    Err(e) => return Error::upstream(Kind::UpstreamIo, format!("reading from broker: {e}")),
-                }
-                let mut out = BytesMut::with_capacity(buf.len());
-                let scanned = scanner.feed(&buf, |piece| match piece {
-                    Piece::Pass(b) => out.extend_from_slice(b),
-                    Piece::Control(packet) => control(packet, version, shared, &mut out),
-                });
-                if scanned.is_err() {
-                    return Error::upstream(Kind::UpstreamIo, "malformed packet from the broker");
-                }
-                if scanner.at_boundary() {
-                    take_due(shared, &mut out);
-                }
-                if !out.is_empty() {
-                    counters.add_down(out.len());
-                    if let Err(e) = send_within(tx, out.freeze(), stall).await {
-                        return e;
-                    }
-                }
-            }
-            () = notify.notified() => {
-                // Local acks may only go between the broker's packets.
-                if scanner.at_boundary() {
-                    let mut out = BytesMut::new();
-                    take_due(shared, &mut out);
-                    if !out.is_empty() {
-                        if let Err(e) = send_within(tx, out.freeze(), stall).await {
-                            return e;
-                        }
-                    }
-                }
-            }
-            _ = ping.tick(), if tx.has_pings() => {
-                let missed = counters.missed_pongs.fetch_add(1, Ordering::Relaxed);
-                if missed >= relay.max_missed_pongs {
-                    return Error::device(Kind::Timeout, format!("device missed {missed} pongs"));
-                }
-                if tx.ping().await.is_err() {
-                    return Error::new(Kind::Gone, Side::Device, "device went away");
-                }
+impl DownRules for Down<'_> {
+    fn from_upstream(&mut self, buf: BytesMut) -> Result<Option<Bytes>, Error> {
+        let mut out = BytesMut::with_capacity(buf.len());
+        let (version, shared) = (self.version, self.shared);
+        let scanned = self.scanner.feed(&buf, |piece| match piece {
+            Piece::Pass(b) => out.extend_from_slice(b),
+            Piece::Control(packet) => control(packet, version, shared, &mut out),
+        });
+        if scanned.is_err() {
+            return Err(Error::upstream(
+                Kind::UpstreamIo,
+                "malformed packet from the broker",
+            ));
+        }
+        if self.scanner.at_boundary() {
+            take_due(shared, &mut out);
+        }
+        Ok(Some(out.freeze()))
+    }
+
+    fn due(&mut self) -> Option<Bytes> {
+        // Local acks may only go between the broker's packets.
+        if !self.scanner.at_boundary() {
+            return None;
+        }
+        let mut out = BytesMut::new();
+        take_due(self.shared, &mut out);
+        Some(out.freeze())
+    }
+
+    /// The local acks still owed, then (MQTT 5) a DISCONNECT saying why, unless the device
+    /// itself ended it.
+    fn last_words(&mut self, why: &Error) -> Vec<Bytes> {
+        let mut words: Vec<Bytes> = lock(self.shared).to_device.drain(..).collect();
+        if !matches!(why.kind(), Kind::Gone | Kind::DeviceClosed) {
+            if let (Version::V5, Some(reason)) = (self.version, why.mqtt_reason()) {
+                words.push(Bytes::from(server::disconnect(reason)));
             }
         }
+        words
     }
 }
 
@@ -143,18 +112,6 @@ fn control(packet: &[u8], version: Version, shared: &Guarded, out: &mut BytesMut
             s.inflight.acked(local_id);
             out.extend_from_slice(&ack);
         }
-    }
-}
-
-async fn send_within<T: DeviceTx>(
-    tx: &mut T,
-    data: bytes::Bytes,
-    limit: std::time::Duration,
-) -> Result<(), Error> {
-    match tokio::time::timeout(limit, tx.send(data)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(())) => Err(Error::new(Kind::Gone, Side::Device, "device went away")),
-        Err(_) => Err(Error::device(Kind::Timeout, "device stopped reading")),
     }
 }
 

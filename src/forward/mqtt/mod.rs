@@ -6,7 +6,6 @@
 //! unchanged unless the policy discards a publish; then the gateway answers for the broker
 //! (PUBACK / PUBREC / PUBCOMP), in order, and keeps the broker session alive with PINGREQs.
 
-mod device;
 mod downstream;
 mod scan;
 mod state;
@@ -17,21 +16,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-pub use device::{DeviceRx, DeviceTx, RawRx, RawTx, WsRx, WsTx};
+pub use crate::forward::relay::{DeviceRx, DeviceTx, RawRx, RawTx, WsRx, WsTx};
 
 use crate::config::policy::{MqttSettings, PolicyConfig};
-use crate::error::{self, Error, Kind, Side};
-use crate::forward::relay::{shutdown_write, Ending, RelaySettings};
+use crate::error::{self, Error, Kind};
+use crate::forward::relay::{self as core, Ending, RelaySettings, RxEvent};
 use crate::forward::{Pool, Traffic};
 use crate::gateway::clients::{MqttIdentity, Registration};
 use crate::mqtt::server::{self, DevicePacket, Framer, Version};
 use crate::policy::{Identity, Policy};
 use crate::shutdown::Drain;
-use device::RxEvent;
 use state::{AckOrder, Inflight};
 
 /// Everything the MQTT relay needs from the gateway.
@@ -227,32 +223,40 @@ pub async fn relay<R: DeviceRx, T: DeviceTx>(mut rx: R, mut tx: T, ctx: MqttCtx<
 
     let shared = Guarded::default();
     let notify = Notify::new();
-    let counters = upstream::Counters::new(ctx.traffic);
-    let ending = {
-        let mut to_broker = std::pin::pin!(upstream::run(upstream::Up {
-            rx: &mut rx,
-            framer,
-            up,
-            version,
-            keep_alive,
-            session,
-            shared: &shared,
-            notify: &notify,
-            counters: &counters,
-            ctx: &ctx,
-            judged: 0,
-        }));
-        let mut to_device = std::pin::pin!(downstream::run(
-            &mut tx, up, version, &shared, &notify, &counters, ctx.relay
-        ));
-        let mut turn = std::pin::pin!(ctx.drain.my_turn());
-        tokio::select! {
-            e = &mut to_broker => e,
-            e = &mut to_device => e,
-            () = &mut turn => Error::new(Kind::Shutdown, Side::Internal, "gateway shutting down"),
-        }
+    let up_rules = upstream::Up {
+        framer,
+        version,
+        keep_alive,
+        session,
+        shared: &shared,
+        notify: &notify,
+        ctx: &ctx,
+        judged: 0,
+        aliases: Default::default(),
     };
-    finish(&mut tx, up, version, &shared, ending, &counters).await
+    let down_rules = downstream::Down {
+        scanner: Default::default(),
+        version,
+        shared: &shared,
+    };
+    // A ban that covers this client (or an admin's kick, or a newer session taking over).
+    let client = ctx.client.client();
+    let kick = async move {
+        let why = client.kicked().await;
+        let kind = match client.taken_over() {
+            true => Kind::TakenOver,
+            false => Kind::Kicked,
+        };
+        Error::device(kind, why)
+    };
+    let run = core::Run {
+        settings: ctx.relay,
+        drain: ctx.drain,
+        kick,
+        traffic: ctx.traffic,
+        wakeup: Some(&notify),
+    };
+    core::relay(rx, tx, up, up_rules, down_rules, run).await
 }
 
 async fn read_connect<R: DeviceRx>(rx: &mut R, framer: &mut Framer) -> Result<Bytes, Error> {
@@ -270,7 +274,7 @@ async fn read_connect<R: DeviceRx>(rx: &mut R, framer: &mut Framer) -> Result<By
         match rx.recv().await {
             RxEvent::Data(b) => framer.push(&b),
             RxEvent::Pong | RxEvent::Control => {}
-            RxEvent::Closed | RxEvent::Gone => {
+            RxEvent::Closed(_) | RxEvent::Gone => {
                 return Err(Error::device(Kind::Gone, "device left before CONNECT"))
             }
             RxEvent::Failed(e) => return Err(e),
@@ -291,55 +295,11 @@ async fn refuse<T: DeviceTx>(tx: &mut T, connack: Vec<u8>, e: Error) -> Ending {
     Ending::from_error(&e, 0, 0)
 }
 
-/// Tell the device why (MQTT 5 DISCONNECT with a reason, then the transport close), and let the
-/// broker see a clean end of stream.
-async fn finish<T: DeviceTx>(
-    tx: &mut T,
-    up: &TcpStream,
-    version: Version,
-    shared: &Guarded,
-    e: Error,
-    counters: &upstream::Counters<'_>,
-) -> Ending {
-    const LAST_WORDS: Duration = Duration::from_secs(2);
-    let pending: Vec<Bytes> = lock(shared).to_device.drain(..).collect();
-    for p in pending {
-        if tokio::time::timeout(LAST_WORDS, tx.send(p)).await.is_err() {
-            break;
-        }
-    }
-    match e.kind() {
-        Kind::Gone => {}
-        // The device closed: flush the Close reply tungstenite queued (else it sees 1006).
-        Kind::DeviceClosed => {
-            let _ = tokio::time::timeout(LAST_WORDS, tx.close(CloseCode::Normal, "")).await;
-        }
-        _ => {
-            if let (Version::V5, Some(reason)) = (version, e.mqtt_reason()) {
-                let _ = tokio::time::timeout(
-                    LAST_WORDS,
-                    tx.send(Bytes::from(server::disconnect(reason))),
-                )
-                .await;
-            }
-            let _ =
-                tokio::time::timeout(LAST_WORDS, tx.close(e.close_code(), &e.to_string())).await;
-        }
-    }
-    let _ = shutdown_write(up);
-    Ending::from_error(&e, counters.up(), counters.down())
-}
-
 // Kept here so both directions agree on what the device's close codes mean.
 impl Ending {
     pub(crate) fn from_error(e: &Error, bytes_up: u64, bytes_down: u64) -> Ending {
-        let code = match e.kind() {
-            Kind::DeviceClosed => CloseCode::Normal,
-            Kind::Gone => CloseCode::Abnormal,
-            _ => e.close_code(),
-        };
         Ending {
-            code,
+            code: core::ending_code(e),
             by: e.side(),
             reason: e.to_string(),
             bytes_up,

@@ -1,156 +1,74 @@
 //! Device → broker: read packets, judge publishes, forward or answer locally.
 
 use std::borrow::Cow;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
-use tokio::time::Instant;
 
-use super::device::{DeviceRx, RxEvent};
 use super::state::{AckKind, AliasError, Aliases, Disposition, Upstream};
 use super::{lock, Guarded, MqttCtx, Shared};
 use crate::config::policy::DiscardReasonCode;
 use crate::error::{Error, Kind, Side};
-use crate::forward::relay::write_all_vectored;
-use crate::forward::Traffic;
+use crate::forward::relay::UpRules;
 use crate::mqtt::server::{self, reason, DevicePacket, Framer, Publish, Version};
 use crate::policy::{PublishFacts, Reason, Session, Verdict};
 
-pub struct Counters<'a> {
-    bytes: &'a Traffic,
-    pub missed_pongs: AtomicU32,
-}
-
-impl<'a> Counters<'a> {
-    pub fn new(bytes: &'a Traffic) -> Self {
-        Counters {
-            bytes,
-            missed_pongs: AtomicU32::new(0),
-        }
-    }
-    pub fn up(&self) -> u64 {
-        self.bytes.up()
-    }
-    pub fn down(&self) -> u64 {
-        self.bytes.down()
-    }
-    pub fn add_down(&self, n: usize) {
-        self.bytes.add_down(n);
-    }
-}
-
-pub struct Up<'a, R> {
-    pub rx: &'a mut R,
+/// The device → broker half's rules for one MQTT connection.
+pub struct Up<'a> {
     pub framer: Framer,
-    pub up: &'a TcpStream,
     pub version: Version,
     pub keep_alive: u16,
     pub session: Session,
     pub shared: &'a Guarded,
     pub notify: &'a Notify,
-    pub counters: &'a Counters<'a>,
     pub ctx: &'a MqttCtx<'a>,
     /// Publishes judged so far (to sample the decision time).
     pub judged: u32,
+    pub aliases: Aliases,
 }
 
-/// Runs until the device side ends; returns why.
-pub async fn run<R: DeviceRx>(mut u: Up<'_, R>) -> Error {
-    let mut aliases = Aliases::default();
-    let mut out: Vec<Bytes> = Vec::new();
+impl UpRules for Up<'_> {
+    fn from_device(&mut self, data: Bytes, out: &mut Vec<Bytes>) -> Result<(), Error> {
+        self.framer.push(&data);
+        while let Some(p) = self
+            .framer
+            .next_packet()
+            .map_err(|e| Error::device(Kind::from_wire(&e), format!("device packet: {e}")))?
+        {
+            handle(self, p, out)?;
+        }
+        Ok(())
+    }
+
     // A device whose publishes are all discarded sends the broker nothing, and the broker drops
     // it after 1.5 × keep-alive; we send PINGREQ for it when nothing went up for half of that.
-    let keep_alive = Duration::from_secs(u64::from(u.keep_alive));
-    let half = (keep_alive / 2).max(Duration::from_millis(500));
-    let mut tick = tokio::time::interval_at(Instant::now() + half, half);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_from_device = Instant::now();
-    let mut sent_up = false;
-    // Made once: a kick waits on a cancellation token, and registering with it anew on every
-    // turn of the loop would take its lock once per message.
-    let ctx = u.ctx;
-    let mut kicked = std::pin::pin!(ctx.client.client().kicked());
+    fn tick_every(&self) -> Option<Duration> {
+        let keep_alive = Duration::from_secs(u64::from(self.keep_alive));
+        (self.keep_alive > 0).then(|| (keep_alive / 2).max(Duration::from_millis(500)))
+    }
 
-    loop {
-        let mut stop = None;
-        loop {
-            match u.framer.next_packet() {
-                Ok(Some(p)) => {
-                    if let Err(e) = handle(&mut u, &mut aliases, p, &mut out) {
-                        stop = Some(e);
-                        break;
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    stop = Some(Error::device(
-                        Kind::from_wire(&e),
-                        format!("device packet: {e}"),
-                    ));
-                    break;
-                }
-            }
+    fn tick(&mut self, silent: Duration, sent_up: bool) -> Result<Option<Bytes>, Error> {
+        let keep_alive = Duration::from_secs(u64::from(self.keep_alive));
+        if silent > keep_alive + keep_alive / 2 {
+            return Err(Error::device(
+                Kind::Timeout,
+                "nothing from the device within 1.5 × its keep-alive",
+            ));
         }
-        if !out.is_empty() {
-            let n: usize = out.iter().map(Bytes::len).sum();
-            if let Err(e) = write_all_vectored(u.up, &mut out).await {
-                return Error::upstream(Kind::UpstreamIo, format!("writing to broker: {e}"));
-            }
-            u.counters.bytes.add_up(n);
-            out.clear();
-            sent_up = true;
+        if sent_up {
+            return Ok(None);
         }
-        if let Some(e) = stop {
-            return e;
-        }
-        tokio::select! {
-            ev = u.rx.recv() => match ev {
-                RxEvent::Data(b) => {
-                    last_from_device = Instant::now();
-                    u.framer.push(&b);
-                }
-                RxEvent::Pong => u.counters.missed_pongs.store(0, Ordering::Relaxed),
-                RxEvent::Control => {}
-                RxEvent::Closed => return Error::new(Kind::DeviceClosed, Side::Device, "device closed the connection"),
-                RxEvent::Gone => return Error::new(Kind::Gone, Side::Device, "device went away without a close"),
-                RxEvent::Failed(e) => return e,
-            },
-            why = &mut kicked => {
-                let kind = match ctx.client.client().taken_over() {
-                    true => Kind::TakenOver,
-                    false => Kind::Kicked,
-                };
-                return Error::device(kind, why);
-            }
-            _ = tick.tick(), if u.keep_alive > 0 => {
-                if last_from_device.elapsed() > keep_alive + keep_alive / 2 {
-                    return Error::device(Kind::Timeout, "nothing from the device within 1.5 × its keep-alive");
-                }
-                if !sent_up {
-                    if let Err(e) = write_all_vectored(u.up, &mut [Bytes::copy_from_slice(&server::pingreq())]).await {
-                        return Error::upstream(Kind::UpstreamIo, format!("writing to broker: {e}"));
-                    }
-                    lock(u.shared).injected_pings += 1;
-                }
-                sent_up = false;
-            }
-        }
+        lock(self.shared).injected_pings += 1;
+        Ok(Some(Bytes::copy_from_slice(&server::pingreq())))
     }
 }
 
-fn handle<R>(
-    u: &mut Up<'_, R>,
-    aliases: &mut Aliases,
-    p: Bytes,
-    out: &mut Vec<Bytes>,
-) -> Result<(), Error> {
+fn handle(u: &mut Up<'_>, p: Bytes, out: &mut Vec<Bytes>) -> Result<(), Error> {
     let packet = server::parse_device(&p, u.version)
         .map_err(|e| Error::device(Kind::from_wire(&e), format!("device packet: {e}")))?;
     match packet {
-        DevicePacket::Publish(pb) => publish(u, aliases, &p, &pb, out),
+        DevicePacket::Publish(pb) => publish(u, &p, &pb, out),
         DevicePacket::PubRel(id) => {
             let mut s = lock(u.shared);
             if s.local_qos2.remove(&id) {
@@ -187,24 +105,18 @@ fn handle<R>(
     }
 }
 
-fn publish<R>(
-    u: &mut Up<'_, R>,
-    aliases: &mut Aliases,
-    p: &Bytes,
-    pb: &Publish<'_>,
-    out: &mut Vec<Bytes>,
-) -> Result<(), Error> {
+fn publish(u: &mut Up<'_>, p: &Bytes, pb: &Publish<'_>, out: &mut Vec<Bytes>) -> Result<(), Error> {
     // The broker's alias maximum arrives with its CONNACK, on the other half: taken over once,
     // so that only aliased publishes before it take the lock.
-    if pb.topic_alias.is_some() && !aliases.knows_broker_max() {
+    if pb.topic_alias.is_some() && !u.aliases.knows_broker_max() {
         if let Some(max) = lock(u.shared).alias_max {
-            aliases.set_broker_max(max);
+            u.aliases.set_broker_max(max);
         }
     }
     // Without an alias the topic is the packet's own: no copy per publish on the hot path.
     let topic: Cow<'_, str> = match pb.topic_alias {
         None => Cow::Borrowed(pb.topic),
-        Some(_) => match aliases.resolve(pb.topic, pb.topic_alias) {
+        Some(_) => match u.aliases.resolve(pb.topic, pb.topic_alias) {
             Ok(t) => Cow::Owned(t.to_string()),
             Err(AliasError::Unknown(a)) => {
                 return Err(Error::device(
@@ -257,7 +169,7 @@ fn publish<R>(
     };
     match verdict {
         Verdict::Forward => {
-            let bytes = match aliases.forwarding(pb.topic, &topic, pb.topic_alias) {
+            let bytes = match u.aliases.forwarding(pb.topic, &topic, pb.topic_alias) {
                 Upstream::AsIs => p.clone(),
                 Upstream::WithTopic(t) => Bytes::from(server::publish_with_topic(p, pb, &t)),
             };
@@ -319,7 +231,7 @@ const MAX_PENDING_SUBACKS: usize = 64;
 /// A SUBSCRIBE, under the class's topic permissions: the allowed filters go on to the broker,
 /// the others are refused in the SUBACK (the broker's, made whole again on the way back, or
 /// ours when no filter is left for the broker).
-fn subscribe<R>(u: &mut Up<'_, R>, p: Bytes, out: &mut Vec<Bytes>) -> Result<(), Error> {
+fn subscribe(u: &mut Up<'_>, p: Bytes, out: &mut Vec<Bytes>) -> Result<(), Error> {
     if !u.ctx.policy.checks_subscriptions(&mut u.session) {
         out.push(p);
         return Ok(());

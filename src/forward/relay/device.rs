@@ -1,5 +1,6 @@
-//! The device side of the MQTT relay, whether its bytes come in WebSocket binary frames
-//! (`/mqtt`, `/tunnel/{mqtt route}`) or straight over TCP/TLS (the raw MQTT listener).
+//! The device side of a relay, whether its bytes come in WebSocket binary frames (`/mqtt`,
+//! `/tunnel/{route}`, and the agent's side towards the gateway) or straight over TCP/TLS (the
+//! raw MQTT listener). The relay core sees only these events and these sends.
 
 use std::future::Future;
 
@@ -12,8 +13,8 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+use super::{device_ws_failure, text_frame, truncate_reason};
 use crate::error::Error;
-use crate::forward::relay::{device_ws_failure, text_frame};
 
 const RAW_CHUNK: usize = 8 * 1024;
 
@@ -23,8 +24,8 @@ pub enum RxEvent {
     Pong,
     /// A WebSocket ping or other control frame: nothing to do.
     Control,
-    /// The device closed (WebSocket Close or TCP FIN).
-    Closed,
+    /// The device closed (WebSocket Close, with its code and reason if it gave them, or FIN).
+    Closed(Option<(CloseCode, String)>),
     /// The connection failed under us.
     Gone,
     Failed(Error),
@@ -55,7 +56,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> DeviceRx for WsRx<S> {
             Some(Ok(Message::Pong(_))) => RxEvent::Pong,
             Some(Ok(Message::Ping(_) | Message::Frame(_))) => RxEvent::Control,
             Some(Ok(Message::Text(_))) => RxEvent::Failed(text_frame()),
-            Some(Ok(Message::Close(_))) => RxEvent::Closed,
+            Some(Ok(Message::Close(f))) => {
+                RxEvent::Closed(f.map(|f| (f.code, f.reason.as_str().to_owned())))
+            }
             None => RxEvent::Gone,
             Some(Err(e)) => device_ws_failure(e).map_or(RxEvent::Gone, RxEvent::Failed),
         }
@@ -81,7 +84,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> DeviceTx for WsTx<S> {
     async fn close(&mut self, code: CloseCode, reason: &str) {
         let frame = CloseFrame {
             code,
-            reason: crate::forward::relay::truncate_reason(reason).into(),
+            reason: truncate_reason(reason).into(),
         };
         let _ = self.0.send(Message::Close(Some(frame))).await;
         let _ = self.0.close().await;
@@ -98,7 +101,7 @@ impl<D: AsyncRead + AsyncWrite + Send> DeviceRx for RawRx<D> {
         // Allocated per read: an idle connection holds no buffer.
         let mut buf = BytesMut::with_capacity(RAW_CHUNK);
         match self.0.read_buf(&mut buf).await {
-            Ok(0) => RxEvent::Closed,
+            Ok(0) => RxEvent::Closed(None),
             Ok(_) => RxEvent::Data(buf.freeze()),
             Err(_) => RxEvent::Gone,
         }
