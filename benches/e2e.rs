@@ -28,6 +28,8 @@ mod measure;
 mod procs;
 #[path = "e2e/report.rs"]
 mod report;
+#[path = "e2e/scale.rs"]
+mod scale;
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -52,6 +54,12 @@ struct Settings {
     paths: Vec<Path>,
     /// Bytes per bulk transfer (0: no bulk rows).
     bulk_bytes: u64,
+    /// Publishing device counts for the scale curve (empty: none), their total QoS 1 rate and
+    /// seconds per point; seconds per connection-rate run (0: none).
+    scale: Vec<usize>,
+    scale_rate: f64,
+    scale_secs: f64,
+    conn_rate_secs: f64,
 }
 
 impl Settings {
@@ -84,6 +92,13 @@ impl Settings {
             idle,
             agent_conns: num("BENCH_AGENT_CONNS", 100),
             bulk_bytes: num("BENCH_BULK_MIB", 512) as u64 * 1024 * 1024,
+            scale: std::env::var("BENCH_SCALE")
+                .ok()
+                .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+                .unwrap_or_else(|| vec![1, 100, 1_000, 10_000]),
+            scale_rate: num("BENCH_SCALE_RATE", 5_000) as f64,
+            scale_secs: num("BENCH_SCALE_SECS", 5) as f64,
+            conn_rate_secs: num("BENCH_CONN_RATE_SECS", 3) as f64,
         }
     }
 }
@@ -138,7 +153,7 @@ async fn run(s: Settings) -> Result<(), BoxError> {
          /tunnel/mqtt-raw on loopback (no TLS)"
     );
 
-    let (mut summaries, bulk) = {
+    let (mut summaries, bulk, scale) = {
         let sink = bulk::Sink::spawn().await?;
         let broker = Broker::spawn(dir.path()).await?;
         let gateway = GatewayProc::spawn(dir.path(), broker.tcp, sink.addr).await?;
@@ -182,7 +197,8 @@ async fn run(s: Settings) -> Result<(), BoxError> {
         } else {
             None
         };
-        (summaries, bulk)
+        let scale = scale_curves(&s, &ep, &meter).await?;
+        (summaries, bulk, scale)
     };
     report::cpu(&summaries);
     let summaries: Vec<_> = summaries.iter_mut().map(PathResult::summary).collect();
@@ -190,6 +206,7 @@ async fn run(s: Settings) -> Result<(), BoxError> {
     if let Some((results, hwm0, hwm1)) = &bulk {
         report::bulk(results, *hwm0, *hwm1);
     }
+    report::scale(&scale.0, &scale.1);
 
     println!();
     let memory = idle_memory(&s, dir.path()).await?;
@@ -209,6 +226,7 @@ async fn run(s: Settings) -> Result<(), BoxError> {
     if let Some((results, hwm0, hwm1)) = &bulk {
         report::bulk_markdown(results, *hwm0, *hwm1);
     }
+    report::scale_markdown(&scale.0, &scale.1);
     println!(
         "\ntotal time: {:.0} s; load average at the end: {}",
         started.elapsed().as_secs_f64(),
@@ -264,6 +282,56 @@ async fn throughput(
         }
     }
     Ok(paths)
+}
+
+/// Publishing devices at 1 … 10,000 and the connection rate, direct and through `/mqtt`.
+async fn scale_curves(
+    s: &Settings,
+    ep: &Endpoints,
+    meter: &cpu::Meter,
+) -> Result<(Vec<scale::ScalePoint>, Vec<report::ConnRate>), BoxError> {
+    let limit = procs::open_files_limit().unwrap_or(0);
+    let mut points = Vec::new();
+    for &wanted in &s.scale {
+        // The gateway holds two sockets per device; the bench holds one per device.
+        let n = wanted.min((limit.saturating_sub(FD_SLACK) / 2) as usize);
+        if n < wanted {
+            println!("note: {wanted} publishing devices need ~{} open files in the gateway, the limit is {limit}: measuring {n}", 2 * wanted as u64 + FD_SLACK);
+        }
+        if n == 0 {
+            continue;
+        }
+        for path in [Path::Direct, Path::GatewayMqtt] {
+            let t = Instant::now();
+            let run = format!("scale-{}-{n}", path.tag());
+            let p = scale::publishing(path, ep, meter, n, s.scale_rate, s.scale_secs, &run)
+                .await
+                .map_err(|e| format!("scale {path} with {n} devices: {e}"))?;
+            println!(
+                "{}  [{:.1} s]",
+                report::scale_line(&p),
+                t.elapsed().as_secs_f64()
+            );
+            points.push(p);
+        }
+    }
+    let mut rates = Vec::new();
+    if s.conn_rate_secs > 0.0 {
+        for path in [Path::Direct, Path::GatewayMqtt, Path::GatewayTunnel] {
+            let run = format!("conn-{}", path.tag());
+            let (per_sec, cpu, n) =
+                scale::connection_rate(path, ep, meter, s.conn_rate_secs, &run).await?;
+            let r = report::ConnRate {
+                path,
+                per_sec,
+                cpu,
+                n,
+            };
+            println!("{}", report::conn_rate_line(&r));
+            rates.push(r);
+        }
+    }
+    Ok((points, rates))
 }
 
 async fn idle_memory(

@@ -160,7 +160,13 @@ impl GatewayProc {
             let log = dir.join(format!("portcullis-{port}.log"));
             // warn: a log line per tunnel would be part of what we measure.
             let args = [Path::new("serve"), Path::new("--config"), &conf];
-            let mut proc = spawn_logged(bin, &args, log, &[("RUST_LOG", "warn")]);
+            // BENCH_GATEWAY_WORKERS: the gateway's tokio worker threads (default: one per core).
+            let workers = std::env::var("BENCH_GATEWAY_WORKERS").unwrap_or_default();
+            let mut env = vec![("RUST_LOG", "warn")];
+            if !workers.is_empty() {
+                env.push(("TOKIO_WORKER_THREADS", workers.as_str()));
+            }
+            let mut proc = spawn_logged(bin, &args, log, &env);
             let addr = ([127, 0, 0, 1], port).into();
             if wait_listening(&mut proc, &[addr]).await && ready(addr).await {
                 return Ok(GatewayProc { addr, proc });

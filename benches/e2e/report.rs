@@ -7,6 +7,7 @@ use crate::client::Path;
 use crate::cpu::Cpu;
 use crate::idle::{AgentRss, IdleResult};
 use crate::measure::{percentile, Qos0};
+use crate::scale::ScalePoint;
 
 pub const TARGET_THROUGHPUT_RATIO: f64 = 0.8;
 /// device → agent → gateway → mosquitto: two relays and a fourth process on the same cores.
@@ -336,4 +337,84 @@ pub fn bulk_markdown(results: &[BulkResult], hwm0: u64, hwm1: u64) {
         println!("| {name} | {g:.2} | {r:.2} | {relay} | {agent} |");
     }
     println!("\nGateway peak RSS: {hwm0} KiB before the bulk rounds, {hwm1} KiB after.");
+}
+
+pub struct ConnRate {
+    pub path: Path,
+    pub per_sec: f64,
+    pub cpu: Cpu,
+    pub n: usize,
+}
+
+pub fn scale_line(p: &ScalePoint) -> String {
+    format!(
+        "scale {:<27} {:>6} devices: {:>7} msgs, CPU µs/msg gateway {:>5.1} mosquitto {:>5.1}, RTT p50 {:>6.0} µs p99 {:>6.0} µs, {} late",
+        p.path.to_string(),
+        p.devices,
+        p.messages,
+        p.us_per_msg(p.cpu.gateway),
+        p.us_per_msg(p.cpu.broker),
+        us(p.p50),
+        us(p.p99),
+        p.late
+    )
+}
+
+pub fn conn_rate_line(r: &ConnRate) -> String {
+    let per = |s: f64| s * 1e6 / r.n.max(1) as f64;
+    format!(
+        "connections/s {:<27} {:>7.0}/s  CPU µs per connection gateway {:>6.1} mosquitto {:>6.1} client {:>6.1}",
+        r.path.to_string(),
+        r.per_sec,
+        per(r.cpu.gateway),
+        per(r.cpu.broker),
+        per(r.cpu.client)
+    )
+}
+
+pub fn scale(points: &[ScalePoint], rates: &[ConnRate]) {
+    if !points.is_empty() {
+        println!("\nscale: QoS 1, one in flight per device, the same total rate at every N");
+        for p in points {
+            println!("  {}", scale_line(p));
+        }
+    }
+    for r in rates {
+        println!("  {}", conn_rate_line(r));
+    }
+}
+
+pub fn scale_markdown(points: &[ScalePoint], rates: &[ConnRate]) {
+    if !points.is_empty() {
+        println!("\n| devices | path | CPU µs/msg gateway | CPU µs/msg mosquitto | RTT p50 µs | RTT p99 µs |");
+        println!("|---:|---|---:|---:|---:|---:|");
+        for p in points {
+            println!(
+                "| {} | {} | {:.1} | {:.1} | {:.0} | {:.0} |",
+                p.devices,
+                p.path,
+                p.us_per_msg(p.cpu.gateway),
+                p.us_per_msg(p.cpu.broker),
+                us(p.p50),
+                us(p.p99)
+            );
+        }
+    }
+    if !rates.is_empty() {
+        println!("\n| new connections | per second | ratio | gateway CPU µs each |");
+        println!("|---|---:|---:|---:|");
+        let direct = rates
+            .iter()
+            .find(|r| r.path == Path::Direct)
+            .map_or(f64::NAN, |r| r.per_sec);
+        for r in rates {
+            println!(
+                "| {} | {:.0} | {:.2} | {:.0} |",
+                r.path,
+                r.per_sec,
+                ratio(r.per_sec, direct),
+                r.cpu.gateway * 1e6 / r.n.max(1) as f64
+            );
+        }
+    }
 }

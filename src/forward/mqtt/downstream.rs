@@ -18,7 +18,7 @@ pub struct Down<'a> {
 }
 
 impl DownRules for Down<'_> {
-    fn from_upstream(&mut self, buf: BytesMut) -> Result<Option<Bytes>, Error> {
+    fn on_upstream_data(&mut self, buf: BytesMut) -> Result<Option<Bytes>, Error> {
         let mut out = BytesMut::with_capacity(buf.len());
         let (version, shared) = (self.version, self.shared);
         let scanned = self.scanner.feed(&buf, |piece| match piece {

@@ -29,7 +29,7 @@ pub struct Up<'a> {
 }
 
 impl UpRules for Up<'_> {
-    fn from_device(&mut self, data: Bytes, out: &mut Vec<Bytes>) -> Result<(), Error> {
+    fn on_device_data(&mut self, data: Bytes, out: &mut Vec<Bytes>) -> Result<(), Error> {
         self.framer.push(&data);
         while let Some(p) = self
             .framer

@@ -95,7 +95,7 @@ impl Traffic {
 pub trait UpRules: Send {
     /// Bytes from the device: what goes on to the upstream is pushed onto `out`. An error ends
     /// the relay (after `out` is written: an MQTT DISCONNECT still reaches the broker).
-    fn from_device(&mut self, data: Bytes, out: &mut Vec<Bytes>) -> Result<(), Error>;
+    fn on_device_data(&mut self, data: Bytes, out: &mut Vec<Bytes>) -> Result<(), Error>;
 
     /// How often [`UpRules::tick`] runs; `None`: never.
     fn tick_every(&self) -> Option<Duration> {
@@ -119,7 +119,7 @@ pub trait UpRules: Send {
 /// What the upstream → device half does with the upstream's bytes.
 pub trait DownRules: Send {
     /// One read from the upstream: what goes to the device now (`None`: nothing yet).
-    fn from_upstream(&mut self, data: BytesMut) -> Result<Option<Bytes>, Error>;
+    fn on_upstream_data(&mut self, data: BytesMut) -> Result<Option<Bytes>, Error>;
 
     /// What the up half queued for the device and may go now (asked when [`Run::wakeup`]
     /// is signalled).
@@ -138,7 +138,7 @@ pub trait DownRules: Send {
 pub struct Opaque;
 
 impl UpRules for Opaque {
-    fn from_device(&mut self, data: Bytes, out: &mut Vec<Bytes>) -> Result<(), Error> {
+    fn on_device_data(&mut self, data: Bytes, out: &mut Vec<Bytes>) -> Result<(), Error> {
         if !data.is_empty() {
             out.push(data);
         }
@@ -150,7 +150,7 @@ impl UpRules for Opaque {
 }
 
 impl DownRules for Opaque {
-    fn from_upstream(&mut self, data: BytesMut) -> Result<Option<Bytes>, Error> {
+    fn on_upstream_data(&mut self, data: BytesMut) -> Result<Option<Bytes>, Error> {
         Ok(Some(data.freeze()))
     }
 }
@@ -347,7 +347,7 @@ pub async fn up_half<R: DeviceRx, U: UpRules>(
                 RxEvent::Data(b) => {
                     last_from_device = Instant::now();
                     total += b.len();
-                    if let Err(e) = rules.from_device(b, &mut out) {
+                    if let Err(e) = rules.on_device_data(b, &mut out) {
                         stop = Some(e);
                         break;
                     }
@@ -439,7 +439,7 @@ pub async fn down_half<T: DeviceTx, D: DownRules>(
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                     Err(e) => return Error::upstream(Kind::UpstreamIo, format!("reading from upstream: {e}")),
                 }
-                match rules.from_upstream(buf) {
+                match rules.on_upstream_data(buf) {
                     Ok(out) => out,
                     Err(e) => return e,
                 }
