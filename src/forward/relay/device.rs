@@ -4,10 +4,10 @@
 
 use std::future::Future;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
@@ -15,8 +15,6 @@ use tokio_tungstenite::WebSocketStream;
 
 use super::{device_ws_failure, text_frame, truncate_reason};
 use crate::error::Error;
-
-const RAW_CHUNK: usize = 8 * 1024;
 
 pub enum RxEvent {
     Data(Bytes),
@@ -91,37 +89,51 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> DeviceTx for WsTx<S> {
     }
 }
 
-// === raw stream (TCP / TLS) ===
+// === raw stream (TCP / TLS): the raw MQTT listener's devices, the gateway only ===
 
-pub struct RawRx<D>(pub ReadHalf<D>);
-pub struct RawTx<D>(pub WriteHalf<D>);
+#[cfg(feature = "gateway")]
+pub use raw::{RawRx, RawTx};
 
-impl<D: AsyncRead + AsyncWrite + Send> DeviceRx for RawRx<D> {
-    async fn recv(&mut self) -> RxEvent {
-        // Allocated per read: an idle connection holds no buffer.
-        let mut buf = BytesMut::with_capacity(RAW_CHUNK);
-        match self.0.read_buf(&mut buf).await {
-            Ok(0) => RxEvent::Closed(None),
-            Ok(_) => RxEvent::Data(buf.freeze()),
-            Err(_) => RxEvent::Gone,
+#[cfg(feature = "gateway")]
+mod raw {
+    use bytes::{Bytes, BytesMut};
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+    use super::{DeviceRx, DeviceTx, RxEvent};
+
+    const RAW_CHUNK: usize = 8 * 1024;
+
+    pub struct RawRx<D>(pub ReadHalf<D>);
+    pub struct RawTx<D>(pub WriteHalf<D>);
+
+    impl<D: AsyncRead + AsyncWrite + Send> DeviceRx for RawRx<D> {
+        async fn recv(&mut self) -> RxEvent {
+            // Allocated per read: an idle connection holds no buffer.
+            let mut buf = BytesMut::with_capacity(RAW_CHUNK);
+            match self.0.read_buf(&mut buf).await {
+                Ok(0) => RxEvent::Closed(None),
+                Ok(_) => RxEvent::Data(buf.freeze()),
+                Err(_) => RxEvent::Gone,
+            }
         }
     }
-}
 
-impl<D: AsyncRead + AsyncWrite + Send> DeviceTx for RawTx<D> {
-    async fn send(&mut self, data: Bytes) -> Result<(), ()> {
-        self.0.write_all(&data).await.map_err(|_| ())
-    }
+    impl<D: AsyncRead + AsyncWrite + Send> DeviceTx for RawTx<D> {
+        async fn send(&mut self, data: Bytes) -> Result<(), ()> {
+            self.0.write_all(&data).await.map_err(|_| ())
+        }
 
-    fn has_pings(&self) -> bool {
-        false
-    }
+        fn has_pings(&self) -> bool {
+            false
+        }
 
-    async fn ping(&mut self) -> Result<(), ()> {
-        Ok(())
-    }
+        async fn ping(&mut self) -> Result<(), ()> {
+            Ok(())
+        }
 
-    async fn close(&mut self, _code: CloseCode, _reason: &str) {
-        let _ = self.0.shutdown().await;
+        async fn close(&mut self, _code: CloseCode, _reason: &str) {
+            let _ = self.0.shutdown().await;
+        }
     }
 }

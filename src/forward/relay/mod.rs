@@ -36,7 +36,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::WebSocketStream;
 
-pub use device::{DeviceRx, DeviceTx, RawRx, RawTx, RxEvent, WsRx, WsTx};
+pub use device::{DeviceRx, DeviceTx, RxEvent, WsRx, WsTx};
+#[cfg(feature = "gateway")]
+pub use device::{RawRx, RawTx};
 
 use crate::error::{Error, Kind, Side};
 use crate::shutdown::Drain;
