@@ -9,10 +9,15 @@ use crate::idle::{AgentRss, IdleResult};
 use crate::measure::{percentile, Qos0};
 use crate::scale::ScalePoint;
 
-pub const TARGET_THROUGHPUT_RATIO: f64 = 0.8;
+/// QoS 1 through the gateway (issue 11): at least this share of direct, in the median.
+pub const TARGET_THROUGHPUT_RATIO: f64 = 0.95;
+/// The gateway's CPU per QoS 1 message, at most this share of mosquitto's in the same run.
+pub const TARGET_CPU_SHARE: f64 = 0.5;
+/// Round-trip p99 added by the gateway, at most this many µs.
+pub const TARGET_ADDED_P99_US: f64 = 50.0;
 /// device → agent → gateway → mosquitto: two relays and a fourth process on the same cores.
 pub const TARGET_AGENT_RATIO: f64 = 0.7;
-pub const TARGET_IDLE_KIB: f64 = 32.0;
+pub const TARGET_IDLE_KIB: f64 = 8.0;
 pub const TARGET_AGENT_RSS_MIB: f64 = 20.0;
 
 /// Everything measured on one path, over all rounds.
@@ -35,6 +40,8 @@ pub struct Summary {
     pub qos1: f64,
     pub p50: Duration,
     pub p99: Duration,
+    /// CPU µs per QoS 1 message: the gateway's, mosquitto's.
+    pub cpu_q1: (f64, f64),
 }
 
 impl PathResult {
@@ -59,6 +66,11 @@ impl PathResult {
             qos1: median(&mut self.qos1),
             p50: percentile(&mut self.latency, 50),
             p99: percentile(&mut self.latency, 99),
+            cpu_q1: {
+                let (cpu, n) = self.cpu_qos1;
+                let per = |s: f64| s * 1e6 / n.max(1) as f64;
+                (per(cpu.gateway), per(cpu.broker))
+            },
         }
     }
 }
@@ -138,19 +150,26 @@ pub fn throughput(summaries: &[Summary]) {
         );
     }
     println!(
-        "\ntargets: throughput >= {TARGET_THROUGHPUT_RATIO:.2} x direct through the gateway, \
-         >= {TARGET_AGENT_RATIO:.2} x direct through the agent and the gateway"
+        "\ntargets: QoS 1 >= {TARGET_THROUGHPUT_RATIO:.2} x direct through the gateway, \
+         >= {TARGET_AGENT_RATIO:.2} x direct through the agent and the gateway; \
+         added round-trip p99 <= {TARGET_ADDED_P99_US:.0} µs through the gateway"
     );
     for s in summaries {
         let Some(target) = target_ratio(s.path) else {
             continue;
         };
-        for (what, x, base) in [("QoS0", s.qos0, direct.qos0), ("QoS1", s.qos1, direct.qos1)] {
-            let r = ratio(x, base);
+        let r = ratio(s.qos1, direct.qos1);
+        println!(
+            "  {:<27} QoS1: {r:.2}  target {target:.2}: {}",
+            s.path.to_string(),
+            verdict(r >= target)
+        );
+        if matches!(s.path, Path::GatewayMqtt | Path::GatewayTunnel) {
+            let added = us(s.p99) - us(direct.p99);
             println!(
-                "  {:<27} {what}: {r:.2}  target {target:.2}: {}",
+                "  {:<27} added p99: {added:.0} µs  target {TARGET_ADDED_P99_US:.0}: {}",
                 s.path.to_string(),
-                verdict(r >= target)
+                verdict(added <= TARGET_ADDED_P99_US)
             );
         }
     }
@@ -174,6 +193,21 @@ pub fn cpu(results: &[PathResult]) {
             r.path.to_string(),
             r.cpu_qos0.0.per_msg(r.cpu_qos0.1),
             r.cpu_qos1.0.per_msg(r.cpu_qos1.1)
+        );
+    }
+    println!("target: the gateway's CPU per QoS 1 message <= {TARGET_CPU_SHARE} x mosquitto's");
+    for r in results {
+        if !matches!(r.path, Path::GatewayMqtt | Path::GatewayTunnel) {
+            continue;
+        }
+        let (cpu, n) = r.cpu_qos1;
+        let share = cpu.gateway / cpu.broker.max(1e-9);
+        println!(
+            "  {:<27} gateway {:.1} µs, mosquitto {:.1} µs: {share:.2}, {}",
+            r.path.to_string(),
+            cpu.gateway * 1e6 / n.max(1) as f64,
+            cpu.broker * 1e6 / n.max(1) as f64,
+            verdict(share <= TARGET_CPU_SHARE)
         );
     }
 }
@@ -232,11 +266,11 @@ pub fn markdown(
     let Some(direct) = summaries.iter().find(|s| s.path == Path::Direct) else {
         return;
     };
-    println!("\n| path | QoS0 msg/s | ratio | QoS1 msg/s | ratio | p50 µs | p99 µs |");
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!("\n| path | QoS0 msg/s | ratio | QoS1 msg/s | ratio | p50 µs | p99 µs | QoS1 CPU µs/msg gateway / mosquitto |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for s in summaries {
         println!(
-            "| {} | {:.0} | {:.2} | {:.0} | {:.2} | {:.0} | {:.0} |",
+            "| {} | {:.0} | {:.2} | {:.0} | {:.2} | {:.0} | {:.0} | {:.1} / {:.1} |",
             s.path,
             s.qos0,
             ratio(s.qos0, direct.qos0),
@@ -244,6 +278,8 @@ pub fn markdown(
             ratio(s.qos1, direct.qos1),
             us(s.p50),
             us(s.p99),
+            s.cpu_q1.0,
+            s.cpu_q1.1,
         );
     }
     println!();

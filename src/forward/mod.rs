@@ -16,4 +16,4 @@ pub(crate) mod relay;
 
 #[cfg(feature = "gateway")]
 pub use pool::{Pool, Routes};
-pub use relay::{relay_websocket, Ending, RelaySettings, Traffic};
+pub use relay::{relay_opaque, relay_websocket, Ending, RelaySettings, Traffic};

@@ -35,6 +35,20 @@ pub use upgrade::Target;
 
 pub type DeviceWebSocket = WebSocketStream<TokioIo<Upgraded>>;
 
+/// An upgraded device connection and the WebSocket settings its route gets: the relay reads
+/// and writes its frames itself; the probe and early refusals go through tungstenite.
+pub struct DeviceUpgrade {
+    pub io: Upgraded,
+    pub config: WebSocketConfig,
+}
+
+impl DeviceUpgrade {
+    pub async fn into_tungstenite(self) -> DeviceWebSocket {
+        WebSocketStream::from_raw_socket(TokioIo::new(self.io), Role::Server, Some(self.config))
+            .await
+    }
+}
+
 /// Judges a client IP the router learned from a trusted proxy's header (bans, connect rate).
 pub type Admit = Arc<dyn Fn(IpAddr) -> bool + Send + Sync>;
 
@@ -82,7 +96,7 @@ pub struct Inputs {
 
 /// What the device asked for and who it is, as far as HTTP can tell.
 pub struct WsSession {
-    pub ws: DeviceWebSocket,
+    pub ws: DeviceUpgrade,
     pub target: Target,
     pub client_ip: IpAddr,
     pub ip_source: IpSource,
@@ -163,10 +177,11 @@ pub async fn negotiate(conn: Conn, inputs: Inputs) -> Result<Session> {
         &a.target,
         router.listener.accept_unmasked_frames,
     );
-    let ws =
-        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
     Ok(Session::WebSocket(Box::new(WsSession {
-        ws,
+        ws: DeviceUpgrade {
+            io: upgraded,
+            config,
+        },
         target: a.target,
         client_ip: a.client_ip,
         ip_source: a.ip_source,

@@ -107,156 +107,169 @@ fn lock(s: &Guarded) -> std::sync::MutexGuard<'_, Shared> {
 }
 
 /// Relay one MQTT device connection to the broker, judging it packet by packet.
-pub async fn relay<R: DeviceRx, T: DeviceTx>(mut rx: R, mut tx: T, ctx: MqttCtx<'_>) -> Ending {
-    let mut framer = Framer::new(ctx.settings.max_packet_size);
+///
+/// Not an `async fn`: its arguments are used where they were captured rather than copied
+/// into locals, which keeps this future (held for as long as the connection lives) smaller.
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+pub fn relay<'a, R: DeviceRx + 'a, T: DeviceTx + 'a>(
+    mut rx: R,
+    mut tx: T,
+    ctx: MqttCtx<'a>,
+) -> impl std::future::Future<Output = Ending> + 'a {
+    async move {
+        let mut framer = Framer::new(ctx.settings.max_packet_size);
 
-    // 1. CONNECT, within the connect timeout; nothing else may come first.
-    let connect_timeout = Duration::from_secs(ctx.settings.connect_timeout_secs);
-    let connect =
-        match tokio::time::timeout(connect_timeout, read_connect(&mut rx, &mut framer)).await {
-            Ok(Ok(bytes)) => bytes,
-            Ok(Err(e)) => return fail_before_connect(&mut tx, e).await,
-            Err(_) => {
-                let e = Error::device(Kind::Timeout, "no CONNECT within the connect timeout");
-                return fail_before_connect(&mut tx, e).await;
-            }
+        // 1. CONNECT, within the connect timeout; nothing else may come first.
+        let connect_timeout = Duration::from_secs(ctx.settings.connect_timeout_secs);
+        let connect =
+            match tokio::time::timeout(connect_timeout, read_connect(&mut rx, &mut framer)).await {
+                Ok(Ok(bytes)) => bytes,
+                Ok(Err(e)) => return fail_before_connect(&mut tx, e).await,
+                Err(_) => {
+                    let e = Error::device(Kind::Timeout, "no CONNECT within the connect timeout");
+                    return fail_before_connect(&mut tx, e).await;
+                }
+            };
+        let Ok(DevicePacket::Connect(c)) = server::parse_device(&connect, Version::V311) else {
+            let e = Error::device(Kind::Malformed, "first packet is not a well-formed CONNECT");
+            return fail_before_connect(&mut tx, e).await;
         };
-    let Ok(DevicePacket::Connect(c)) = server::parse_device(&connect, Version::V311) else {
-        let e = Error::device(Kind::Malformed, "first packet is not a well-formed CONNECT");
-        return fail_before_connect(&mut tx, e).await;
-    };
-    let version = c.version;
-    let keep_alive = c.keep_alive;
-    if c.client_id.is_empty() {
-        // The gateway knows devices by client ID; a broker-assigned one identifies nobody.
-        let code = error::connack_for_empty_client_id(version);
-        let e = Error::device(Kind::Refused, "empty client ID");
-        return refuse(&mut tx, server::connack(code, version), e).await;
-    }
-    // Authentication: the client ID must be the identity the device proved.
-    match &ctx.proof {
-        Proof::NotAsked => {}
-        Proof::Proven { identity, binding } => {
-            if !crate::policy::client_id_bound(*binding, identity, c.client_id) {
-                let code = error::connack_not_authorized(version);
-                let e = Error::device(
+        let version = c.version;
+        let keep_alive = c.keep_alive;
+        if c.client_id.is_empty() {
+            // The gateway knows devices by client ID; a broker-assigned one identifies nobody.
+            let code = error::connack_for_empty_client_id(version);
+            let e = Error::device(Kind::Refused, "empty client ID");
+            return refuse(&mut tx, server::connack(code, version), e).await;
+        }
+        // Authentication: the client ID must be the identity the device proved.
+        match &ctx.proof {
+            Proof::NotAsked => {}
+            Proof::Proven { identity, binding } => {
+                if !crate::policy::client_id_bound(*binding, identity, c.client_id) {
+                    let code = error::connack_not_authorized(version);
+                    let e = Error::device(
                     Kind::Refused,
                     format!(
                         "client ID {:?} is not bound to the authenticated device {identity:?} (auth.bind_client_id = {binding:?})",
                         c.client_id
                     ),
                 );
+                    return refuse(&mut tx, server::connack(code, version), e).await;
+                }
+            }
+            Proof::Refused(why) => {
+                let code = error::connack_not_authorized(version);
+                let e = Error::device(Kind::Refused, format!("not authenticated: {why}"));
                 return refuse(&mut tx, server::connack(code, version), e).await;
             }
         }
-        Proof::Refused(why) => {
-            let code = error::connack_not_authorized(version);
-            let e = Error::device(Kind::Refused, format!("not authenticated: {why}"));
-            return refuse(&mut tx, server::connack(code, version), e).await;
-        }
-    }
-    let identity = Identity {
-        client_id: Arc::from(c.client_id),
-        username: c.username.map(Arc::from),
-        ip: ctx.client_ip,
-        named: crate::policy::Naming::ClientId,
-    };
-    let span = tracing::Span::current();
-    span.record("client_id", &*identity.client_id);
+        let identity = Identity {
+            client_id: Arc::from(c.client_id),
+            username: c.username.map(Arc::from),
+            ip: ctx.client_ip,
+            named: crate::policy::Naming::ClientId,
+        };
+        let span = tracing::Span::current();
+        span.record("client_id", &*identity.client_id);
 
-    // 2. policy: bans, unknown devices, flapping, concurrent connections. A client ID at its
-    // class's max_connections takes over from its oldest connection (MQTT spec, 3.1.4) unless
-    // the class refuses duplicates; the old one's slot is free once it is gone (bounded wait).
-    if let Some(n) = ctx.policy.takeover_needed(&identity) {
-        let closed = ctx
-            .client
-            .take_over(&identity.client_id, n, Duration::from_secs(3))
-            .await;
-        tracing::info!(closed, "session taken over");
-    }
-    let session = match ctx.policy.on_connect(&identity) {
-        Ok(s) => s,
-        Err(refusal) => {
+        // 2. policy: bans, unknown devices, flapping, concurrent connections. A client ID at its
+        // class's max_connections takes over from its oldest connection (MQTT spec, 3.1.4) unless
+        // the class refuses duplicates; the old one's slot is free once it is gone (bounded wait).
+        if let Some(n) = ctx.policy.takeover_needed(&identity) {
+            let closed = ctx
+                .client
+                .take_over(&identity.client_id, n, Duration::from_secs(3))
+                .await;
+            tracing::info!(closed, "session taken over");
+        }
+        let session = match ctx.policy.on_connect(&identity) {
+            Ok(s) => s,
+            Err(refusal) => {
+                let code = error::connack_for_refusal(&refusal, version);
+                let e = Error::device(Kind::Refused, format!("CONNECT refused: {refusal}"));
+                return refuse(&mut tx, server::connack(code, version), e).await;
+            }
+        };
+
+        // Listed under its client ID and username from now on; a ban issued between the check
+        // above and this moment would have found nothing to kick, so look once more.
+        ctx.client.identify(MqttIdentity {
+            client_id: identity.client_id.clone(),
+            username: identity.username.clone(),
+            proto_ver: if version == Version::V5 { 5 } else { 4 },
+            keepalive: keep_alive,
+        });
+        if let Some(ban) = ctx.policy.banned(&session) {
+            let refusal = crate::policy::Refusal::Banned(ban);
             let code = error::connack_for_refusal(&refusal, version);
             let e = Error::device(Kind::Refused, format!("CONNECT refused: {refusal}"));
             return refuse(&mut tx, server::connack(code, version), e).await;
         }
-    };
 
-    // Listed under its client ID and username from now on; a ban issued between the check
-    // above and this moment would have found nothing to kick, so look once more.
-    ctx.client.identify(MqttIdentity {
-        client_id: identity.client_id.clone(),
-        username: identity.username.clone(),
-        proto_ver: if version == Version::V5 { 5 } else { 4 },
-        keepalive: keep_alive,
-    });
-    if let Some(ban) = ctx.policy.banned(&session) {
-        let refusal = crate::policy::Refusal::Banned(ban);
-        let code = error::connack_for_refusal(&refusal, version);
-        let e = Error::device(Kind::Refused, format!("CONNECT refused: {refusal}"));
-        return refuse(&mut tx, server::connack(code, version), e).await;
-    }
-
-    // 3. forward: a broker chosen by client ID, so a device keeps its broker across reconnects.
-    let upstream = match ctx.pool.connect(identity.client_id.as_bytes()).await {
-        Ok((up, _)) => up,
-        Err(e) => {
+        // 3. forward: a broker chosen by client ID, so a device keeps its broker across reconnects.
+        let upstream = match ctx.pool.connect(identity.client_id.as_bytes()).await {
+            Ok((up, _)) => up,
+            Err(e) => {
+                return refuse(
+                    &mut tx,
+                    server::connack(error::connack_unavailable(version), version),
+                    e,
+                )
+                .await
+            }
+        };
+        let up = &upstream;
+        if let Err(e) = crate::forward::relay::write_all_vectored(up, &mut [connect]).await {
+            let e = Error::upstream(Kind::UpstreamIo, format!("sending CONNECT: {e}"));
             return refuse(
                 &mut tx,
                 server::connack(error::connack_unavailable(version), version),
                 e,
             )
-            .await
+            .await;
         }
-    };
-    let up = &upstream;
-    if let Err(e) = crate::forward::relay::write_all_vectored(up, &mut [connect]).await {
-        let e = Error::upstream(Kind::UpstreamIo, format!("sending CONNECT: {e}"));
-        return refuse(
-            &mut tx,
-            server::connack(error::connack_unavailable(version), version),
-            e,
-        )
-        .await;
-    }
 
-    let shared = Guarded::default();
-    let notify = Notify::new();
-    let up_rules = upstream::Up {
-        framer,
-        version,
-        keep_alive,
-        session,
-        shared: &shared,
-        notify: &notify,
-        ctx: &ctx,
-        judged: 0,
-        aliases: Default::default(),
-    };
-    let down_rules = downstream::Down {
-        scanner: Default::default(),
-        version,
-        shared: &shared,
-    };
-    // A ban that covers this client (or an admin's kick, or a newer session taking over).
-    let client = ctx.client.client();
-    let kick = async move {
-        let why = client.kicked().await;
-        let kind = match client.taken_over() {
-            true => Kind::TakenOver,
-            false => Kind::Kicked,
+        let shared = Guarded::default();
+        let notify = Notify::new();
+        let up_rules = upstream::Up {
+            framer,
+            version,
+            keep_alive,
+            session,
+            shared: &shared,
+            notify: &notify,
+            ctx: &ctx,
+            judged: 0,
+            aliases: Default::default(),
         };
-        Error::device(kind, why)
-    };
-    let run = core::Run {
-        settings: ctx.relay,
-        drain: ctx.drain,
-        kick,
-        traffic: ctx.traffic,
-        wakeup: Some(&notify),
-    };
-    core::relay(rx, tx, up, up_rules, down_rules, run).await
+        let down_rules = downstream::Down {
+            scanner: Default::default(),
+            version,
+            shared: &shared,
+        };
+        // A ban that covers this client (or an admin's kick, or a newer session taking over).
+        let client = ctx.client.client();
+        let kick = async move {
+            let why = client.kicked().await;
+            let kind = match client.taken_over() {
+                true => Kind::TakenOver,
+                false => Kind::Kicked,
+            };
+            Error::device(kind, why)
+        };
+        let mut up_rules = up_rules;
+        let mut down_rules = down_rules;
+        let kick = std::pin::pin!(kick);
+        let run = core::Run {
+            settings: ctx.relay,
+            drain: ctx.drain,
+            kick,
+            traffic: ctx.traffic,
+            wakeup: Some(&notify),
+        };
+        core::relay(&mut rx, &mut tx, up, &mut up_rules, &mut down_rules, run).await
+    }
 }
 
 async fn read_connect<R: DeviceRx>(rx: &mut R, framer: &mut Framer) -> Result<Bytes, Error> {
@@ -273,7 +286,7 @@ async fn read_connect<R: DeviceRx>(rx: &mut R, framer: &mut Framer) -> Result<By
         }
         match rx.recv().await {
             RxEvent::Data(b) => framer.push(&b),
-            RxEvent::Pong | RxEvent::Control => {}
+            RxEvent::Pong | RxEvent::Ping(_) | RxEvent::Control => {}
             RxEvent::Closed(_) | RxEvent::Gone => {
                 return Err(Error::device(Kind::Gone, "device left before CONNECT"))
             }

@@ -12,6 +12,7 @@ use crate::config::policy::DiscardReasonCode;
 use crate::error::{Error, Kind, Side};
 use crate::forward::relay::UpRules;
 use crate::mqtt::server::{self, reason, DevicePacket, Framer, Publish, Version};
+use crate::mqtt::wire::packet_len;
 use crate::policy::{PublishFacts, Reason, Session, Verdict};
 
 /// The device → broker half's rules for one MQTT connection.
@@ -29,13 +30,21 @@ pub struct Up<'a> {
 }
 
 impl UpRules for Up<'_> {
-    fn on_device_data(&mut self, data: Bytes, out: &mut Vec<Bytes>) -> Result<(), Error> {
+    fn on_device_data(&mut self, mut data: Bytes, out: &mut Vec<Bytes>) -> Result<(), Error> {
+        let malformed = |e| Error::device(Kind::from_wire(&e), format!("device packet: {e}"));
+        if self.framer.buffered() == 0 {
+            // The common case: the frame holds whole packets. They are taken from it as they
+            // are, without a copy; only a partial packet at its end waits in the framer.
+            while let Some(n) = packet_len(&data, self.framer.max_packet()).map_err(malformed)? {
+                let p = data.split_to(n);
+                handle(self, p, out)?;
+            }
+            if data.is_empty() {
+                return Ok(());
+            }
+        }
         self.framer.push(&data);
-        while let Some(p) = self
-            .framer
-            .next_packet()
-            .map_err(|e| Error::device(Kind::from_wire(&e), format!("device packet: {e}")))?
-        {
+        while let Some(p) = self.framer.next_packet().map_err(malformed)? {
             handle(self, p, out)?;
         }
         Ok(())

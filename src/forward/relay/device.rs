@@ -20,6 +20,8 @@ pub enum RxEvent {
     Data(Bytes),
     /// A WebSocket pong (liveness).
     Pong,
+    /// A WebSocket ping whose pong is ours to send (tungstenite sends its own: `Control`).
+    Ping(Bytes),
     /// A WebSocket ping or other control frame: nothing to do.
     Control,
     /// The device closed (WebSocket Close, with its code and reason if it gave them, or FIN).
@@ -38,6 +40,10 @@ pub trait DeviceTx: Send {
     /// Whether this transport has WebSocket pings to keep the path alive.
     fn has_pings(&self) -> bool;
     fn ping(&mut self) -> impl Future<Output = Result<(), ()>> + Send;
+    /// Answer a device's ping (transports that answer their own pings need not).
+    fn pong(&mut self, _payload: Bytes) -> impl Future<Output = Result<(), ()>> + Send {
+        async { Ok(()) }
+    }
     /// End the transport, telling the device why where it can hear it.
     fn close(&mut self, code: CloseCode, reason: &str) -> impl Future<Output = ()> + Send;
 }

@@ -19,10 +19,14 @@
 //! device's remaining frames still flow up until it answers (opaque tunnels).
 
 mod device;
+#[cfg(feature = "gateway")]
+pub mod frames;
+#[cfg(feature = "gateway")]
+mod websocket;
 
 use std::future::Future;
 use std::io::{self, IoSlice};
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
@@ -39,6 +43,8 @@ use tokio_tungstenite::WebSocketStream;
 pub use device::{DeviceRx, DeviceTx, RxEvent, WsRx, WsTx};
 #[cfg(feature = "gateway")]
 pub use device::{RawRx, RawTx};
+#[cfg(feature = "gateway")]
+pub use websocket::device_halves;
 
 use crate::error::{Error, Kind, Side};
 use crate::shutdown::Drain;
@@ -157,10 +163,14 @@ impl DownRules for Opaque {
     }
 }
 
-/// What the halves share: byte counters, pong liveness, and the device's own Close.
+/// What the halves share: byte counters, pong liveness, and a device's ping to answer.
 pub struct Counters<'a> {
     pub bytes: &'a Traffic,
     missed_pongs: AtomicU32,
+    /// The pong owed for the device's latest ping (an older one unanswered is superseded,
+    /// as RFC 6455 §5.5.3 allows), and the signal that wakes the down half to send it.
+    pong: std::sync::Mutex<Option<Bytes>>,
+    pong_due: Notify,
 }
 
 impl<'a> Counters<'a> {
@@ -168,17 +178,31 @@ impl<'a> Counters<'a> {
         Counters {
             bytes,
             missed_pongs: AtomicU32::new(0),
+            pong: std::sync::Mutex::new(None),
+            pong_due: Notify::new(),
         }
+    }
+
+    fn owe_pong(&self, payload: Bytes) {
+        *self.pong.lock().unwrap_or_else(|p| p.into_inner()) = Some(payload);
+        self.pong_due.notify_one();
+    }
+
+    fn take_pong(&self) -> Option<Bytes> {
+        self.pong.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }
 
+/// A future that says why a connection must go.
+pub type Kick<'a> = Pin<&'a mut (dyn Future<Output = Error> + Send + 'a)>;
+
 /// Everything one relay runs with besides its two sides and its rules.
-pub struct Run<'a, K> {
+pub struct Run<'a> {
     pub settings: &'a RelaySettings,
     pub drain: &'a Drain,
     /// Resolves when the connection must go (a ban covering it, an admin's kick, a takeover):
     /// its error says why.
-    pub kick: K,
+    pub kick: Kick<'a>,
     pub traffic: &'a Traffic,
     /// How the up half tells the down half that [`DownRules::due`] has something: the one
     /// hand-over between the halves (the MQTT relay's local acks).
@@ -192,58 +216,82 @@ pub async fn relay_websocket<S>(
     upstream: TcpStream,
     settings: &RelaySettings,
     drain: &Drain,
-    kick: impl Future<Output = Error>,
+    kick: impl Future<Output = Error> + Send,
     traffic: &Traffic,
 ) -> Ending
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let (tx, rx) = ws.split();
-    let run = Run {
-        settings,
-        drain,
-        kick,
-        traffic,
-        wakeup: None,
-    };
-    relay(WsRx(rx), WsTx(tx), &upstream, Opaque, Opaque, run).await
+    relay_opaque(WsRx(rx), WsTx(tx), upstream, settings, drain, kick, traffic).await
+}
+
+/// Relay a device to an upstream TCP connection, bytes unchanged.
+///
+/// Not an `async fn`: its arguments are used where they were captured rather than copied
+/// into locals, which keeps this future (held for as long as the tunnel lives) smaller.
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+pub fn relay_opaque<'a, R: DeviceRx + 'a, T: DeviceTx + 'a>(
+    mut rx: R,
+    mut tx: T,
+    upstream: TcpStream,
+    settings: &'a RelaySettings,
+    drain: &'a Drain,
+    kick: impl Future<Output = Error> + Send + 'a,
+    traffic: &'a Traffic,
+) -> impl Future<Output = Ending> + 'a {
+    async move {
+        let kick = pin!(kick);
+        let run = Run {
+            settings,
+            drain,
+            kick,
+            traffic,
+            wakeup: None,
+        };
+        relay(&mut rx, &mut tx, &upstream, &mut Opaque, &mut Opaque, run).await
+    }
+}
+
+/// The frame limits of a device WebSocket, from the settings its route got at the upgrade.
+#[cfg(feature = "gateway")]
+pub fn frame_limits(
+    config: &tokio_tungstenite::tungstenite::protocol::WebSocketConfig,
+) -> frames::Limits {
+    frames::Limits {
+        max_frame: config.max_frame_size.unwrap_or(usize::MAX),
+        max_message: config.max_message_size.unwrap_or(usize::MAX),
+        require_mask: !config.accept_unmasked_frames,
+    }
 }
 
 /// Relay `device` to `up` under `up_rules` and `down_rules` until one side ends; then close
 /// both as the reason warrants and say how it ended.
-pub async fn relay<R, T, U, D, K>(
-    mut rx: R,
-    mut tx: T,
+pub async fn relay<R, T, U, D>(
+    rx: &mut R,
+    tx: &mut T,
     up: &TcpStream,
-    mut up_rules: U,
-    mut down_rules: D,
-    run: Run<'_, K>,
+    up_rules: &mut U,
+    down_rules: &mut D,
+    run: Run<'_>,
 ) -> Ending
 where
     R: DeviceRx,
     T: DeviceTx,
     U: UpRules,
     D: DownRules,
-    K: Future<Output = Error>,
 {
     let counters = Counters::new(run.traffic);
     let half_close = up_rules.half_close();
     let mut device_close = None;
     let why = {
-        let up_half = up_half(&mut rx, up, &mut up_rules, &counters, &mut device_close);
+        let up_half = up_half(rx, up, up_rules, &counters, &mut device_close);
         let mut up_half = pin!(up_half);
         let (why, up_done) = {
-            let down = down_half(
-                &mut tx,
-                up,
-                &mut down_rules,
-                &counters,
-                run.settings,
-                run.wakeup,
-            );
+            let down = down_half(tx, up, down_rules, &counters, run.settings, run.wakeup);
             let mut down = pin!(down);
             let mut turn = pin!(run.drain.my_turn());
-            let mut kick = pin!(run.kick);
+            let mut kick = run.kick;
             tokio::select! {
                 e = &mut up_half => (e, true),
                 e = &mut down => (e, false),
@@ -355,6 +403,7 @@ pub async fn up_half<R: DeviceRx, U: UpRules>(
                     }
                 }
                 RxEvent::Pong => counters.missed_pongs.store(0, Relaxed),
+                RxEvent::Ping(payload) => counters.owe_pong(payload),
                 RxEvent::Control => {}
                 RxEvent::Closed(frame) => {
                     *device_close = Some(frame);
@@ -447,6 +496,14 @@ pub async fn down_half<T: DeviceTx, D: DownRules>(
                 }
             }
             () = woken(wakeup) => rules.due(),
+            () = counters.pong_due.notified() => {
+                if let Some(payload) = counters.take_pong() {
+                    if tx.pong(payload).await.is_err() {
+                        return Error::new(Kind::Gone, Side::Device, "device went away");
+                    }
+                }
+                None
+            }
             _ = ping.tick(), if pings => {
                 let missed = counters.missed_pongs.fetch_add(1, Relaxed);
                 if missed >= settings.max_missed_pongs {

@@ -99,6 +99,10 @@ impl Framer {
         self.buf.len()
     }
 
+    pub fn max_packet(&self) -> usize {
+        self.max_packet
+    }
+
     #[cfg(test)]
     pub(super) fn capacity(&self) -> usize {
         self.buf.capacity()
