@@ -1,14 +1,23 @@
-//! End-to-end benchmark (a measurement, not a test): MQTT publish throughput and latency
-//! direct to mosquitto, through the gateway's `/mqtt` (MQTT-aware relay, policy on) and
-//! `/tunnel` (opaque bytes), through mosquitto's own WebSocket listener, and through the
-//! device agent (plain MQTT to its local port, a WebSocket per connection to `/tunnel`);
-//! then the gateway's memory per idle device and the agent's RSS with 100 local connections.
+//! End-to-end benchmark (a measurement, not a test), issue 11's table in one run:
 //!
-//! Run with `bash benches/run.sh` (it raises the open-files limit the 10,000-device case
-//! needs). Sizes can be changed with BENCH_ROUNDS, BENCH_QOS0_N, BENCH_QOS1_N,
-//! BENCH_LATENCY_N, BENCH_IDLE (comma-separated device counts, empty for none) and
-//! BENCH_AGENT_CONNS (0 for no agent RSS); BENCH_PATHS picks throughput paths by tag (e.g.
-//! `direct,agent`; direct is always run).
+//! - MQTT publish throughput (QoS 0, QoS 1 with a window of 32) and one-at-a-time latency,
+//!   direct to mosquitto, through the gateway's `/mqtt` (MQTT-aware relay, policy on) and
+//!   `/tunnel` (opaque bytes), through mosquitto's own WebSocket listener, and through the
+//!   device agent; with CPU µs per message of every process, from /proc (the figure that
+//!   survives a noisy machine);
+//! - bulk bytes: direct TCP, the agent → the gateway's `/tunnel`, and websockify as the peer,
+//!   with the same client and sink (`bulk.rs`);
+//! - scale curves: 1 … 10,000 publishing devices at one total rate, and new connections per
+//!   second (`scale.rs`);
+//! - the gateway's memory per idle device, and the agent's RSS with 100 local connections.
+//!
+//! Run with `bash benches/run.sh` (it installs mosquitto and websockify where missing and
+//! raises the open-files limit the 10,000-device cases need). Knobs: BENCH_ROUNDS,
+//! BENCH_QOS0_N, BENCH_QOS1_N, BENCH_LATENCY_N, BENCH_PATHS (tags, e.g. `direct,agent`; direct
+//! is always run), BENCH_BULK_MIB (0: no bulk), BENCH_SCALE (device counts, empty: none),
+//! BENCH_SCALE_RATE, BENCH_SCALE_SECS, BENCH_CONN_RATE_SECS (0: none), BENCH_IDLE
+//! (comma-separated device counts, empty for none), BENCH_AGENT_CONNS (0: none),
+//! BENCH_GATEWAY_WORKERS (the gateway's tokio worker threads).
 //!
 //! Everything runs on one machine: client, gateway, agent and mosquitto share its cores, so
 //! the gateway paths pay for a third process that the direct path does not have, and the
@@ -174,6 +183,7 @@ async fn run(s: Settings) -> Result<(), BoxError> {
             broker_ws: broker.ws,
             gateway: gateway.addr,
             agent: Some(local[0]),
+            tls: None,
         };
         let meter = cpu::Meter::new(broker.proc.pid(), gateway.proc.pid(), agent.pid());
         let summaries = throughput(&s, &ep, &meter).await?;
@@ -340,7 +350,14 @@ async fn idle_memory(
 ) -> Result<Vec<idle::IdleResult>, BoxError> {
     let limit = procs::open_files_limit().unwrap_or(0);
     let mut out = Vec::new();
-    for path in [Path::GatewayMqtt, Path::GatewayTunnel] {
+    // Plain WebSocket (TLS ended in front of the gateway), then TLS ended by the gateway.
+    let cases = [
+        (Path::GatewayMqtt, false),
+        (Path::GatewayTunnel, false),
+        (Path::GatewayMqtt, true),
+        (Path::GatewayTunnel, true),
+    ];
+    for (path, tls) in cases {
         for &wanted in &s.idle {
             // The gateway holds two sockets per device (device + upstream). Without the right
             // to raise the limit (CAP_SYS_RESOURCE), measure as many as fit rather than none.
@@ -356,7 +373,7 @@ async fn idle_memory(
                 continue;
             }
             let t = Instant::now();
-            let r = idle::measure(dir, path, n).await?;
+            let r = idle::measure(dir, path, n, tls).await?;
             println!(
                 "{}  [{:.1} s]",
                 report::memory_line(&r),

@@ -1,9 +1,23 @@
 #!/usr/bin/env bash
-# End-to-end benchmark: direct mosquitto vs the gateway (/mqtt, /tunnel) vs mosquitto's own
-# WebSocket listener vs the device agent (-> /tunnel), then gateway memory per idle device and
-# the agent's RSS with 100 local connections. See benches/e2e.rs.
+# End-to-end benchmark (issue 11's table): MQTT throughput, CPU per message and latency direct
+# to mosquitto vs through the gateway (/mqtt, /tunnel), mosquitto's own WebSocket listener and
+# the device agent; bulk bytes against direct TCP and websockify; scale curves (publishing
+# devices, connections per second); memory per idle device and the agent's RSS. See
+# benches/e2e.rs for the knobs (BENCH_* variables).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# mosquitto and the peer (websockify) from Debian, like the tests' tools.
+need=()
+command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+[ -x /usr/bin/websockify ] || need+=(websockify)
+if [ "${#need[@]}" -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+    else
+        echo "please install: ${need[*]} (the peer rows are skipped without websockify)"
+    fi
+fi
 
 # 10,000 idle devices need ~20k descriptors in the gateway alone (device + upstream socket
 # each), more than the usual hard limit. Raising the hard limit needs CAP_SYS_RESOURCE (root

@@ -233,6 +233,7 @@ async fn soak() -> Result<bool, BoxError> {
         broker_ws: broker.ws,
         gateway: gw.addr,
         agent: None,
+        tls: None,
     };
     let shared = Arc::new(Shared {
         start: Instant::now(),

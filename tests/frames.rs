@@ -199,3 +199,25 @@ async fn mqtt_packets_split_and_joined_across_frames_reach_the_broker_whole() {
         ]
     );
 }
+
+/// `portcullis agent check` pings right after the upgrade, before any MQTT: the pong must come
+/// even though the MQTT relay is still waiting for CONNECT.
+#[tokio::test]
+async fn a_ping_before_connect_on_mqtt_gets_its_pong() {
+    let broker = support::Broker::spawn().await;
+    let gw = TestGateway::start(&support::basic_config(broker.addr)).await;
+    let mut first = upgrade();
+    let at = first
+        .windows(13)
+        .position(|w| w == b"/tunnel/echo ")
+        .unwrap();
+    first.splice(at..at + 12, b"/mqtt".iter().copied());
+    first.splice(
+        first.len() - 2..first.len() - 2,
+        b"Sec-WebSocket-Protocol: mqtt\r\n".iter().copied(),
+    );
+    let (mut s, mut back) = open(&gw, &first).await;
+    s.write_all(&frame(0x89, b"check")).await.unwrap();
+    read_to(&mut s, &mut back, 7).await;
+    assert_eq!(back, [&[0x8A, 5][..], b"check"].concat());
+}

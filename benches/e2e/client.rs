@@ -15,6 +15,8 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+use portcullis::stream::{GatewayStream, MaybeTls};
+
 use crate::BoxError;
 
 /// Every packet we expect is small; anything bigger is a broken stream.
@@ -78,11 +80,14 @@ pub struct Endpoints {
     pub gateway: SocketAddr,
     /// The agent's local port, where one is running.
     pub agent: Option<SocketAddr>,
+    /// Where the gateway's listener ends TLS itself: the client's config for it (the gateway
+    /// paths then speak `wss://`).
+    pub tls: Option<&'static tokio_rustls::rustls::ClientConfig>,
 }
 
 enum Io {
     Tcp(TcpStream),
-    Ws(Box<WebSocketStream<TcpStream>>),
+    Ws(Box<WebSocketStream<GatewayStream>>),
 }
 
 pub struct MqttConn {
@@ -109,6 +114,16 @@ impl MqttConn {
         let io = match ws_path {
             None => Io::Tcp(tcp),
             Some(p) => {
+                let tcp = match (ep.tls, addr == ep.gateway) {
+                    (Some(config), true) => {
+                        let connector =
+                            tokio_rustls::TlsConnector::from(std::sync::Arc::new(config.clone()));
+                        let name =
+                            tokio_rustls::rustls::pki_types::ServerName::try_from("localhost")?;
+                        MaybeTls::Tls(Box::new(connector.connect(name, tcp).await?))
+                    }
+                    _ => MaybeTls::Plain(tcp),
+                };
                 let mut req = format!("ws://{addr}{p}").into_client_request()?;
                 if subprotocol {
                     req.headers_mut()

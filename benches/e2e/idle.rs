@@ -27,6 +27,8 @@ const SETTLE: Duration = Duration::from_secs(1);
 
 pub struct IdleResult {
     pub path: Path,
+    /// TLS ended by the gateway itself (`wss://`).
+    pub tls: bool,
     pub n: usize,
     pub before_kib: u64,
     pub after_kib: u64,
@@ -39,14 +41,35 @@ impl IdleResult {
     }
 }
 
-pub async fn measure(dir: &FsPath, path: Path, n: usize) -> Result<IdleResult, BoxError> {
+pub async fn measure(
+    dir: &FsPath,
+    path: Path,
+    n: usize,
+    tls: bool,
+) -> Result<IdleResult, BoxError> {
     let broker = Broker::spawn(dir).await?;
-    let gateway = GatewayProc::spawn(dir, broker.tcp, broker.tcp).await?;
+    let (gateway, client_tls) = match tls {
+        false => (GatewayProc::spawn(dir, broker.tcp, broker.tcp).await?, None),
+        true => {
+            let (listener, client) = crate::procs::tls_for_localhost(dir)?;
+            let b = broker.tcp;
+            let gw = GatewayProc::spawn_with(dir, |port| {
+                crate::procs::gateway_config(port, b, b).replacen(
+                    "[[listener]]\n",
+                    &format!("[[listener]]\n{listener}\n"),
+                    1,
+                )
+            })
+            .await?;
+            (gw, Some(client))
+        }
+    };
     let ep = Endpoints {
         broker_tcp: broker.tcp,
         broker_ws: broker.ws,
         gateway: gateway.addr,
         agent: None,
+        tls: client_tls,
     };
     let pid = gateway.proc.pid();
     let mut devices = JoinSet::new();
@@ -63,6 +86,7 @@ pub async fn measure(dir: &FsPath, path: Path, n: usize) -> Result<IdleResult, B
     devices.shutdown().await;
     Ok(IdleResult {
         path,
+        tls,
         n,
         before_kib,
         after_kib,
@@ -96,6 +120,7 @@ pub async fn agent(dir: &FsPath, n: usize) -> Result<AgentRss, BoxError> {
         broker_ws: broker.ws,
         gateway: gateway.addr,
         agent: Some(agent.addr),
+        tls: None,
     };
     let pid = agent.proc.pid();
     tokio::time::sleep(SETTLE).await;

@@ -182,7 +182,7 @@ impl GatewayProc {
 ///   listener's MQTT route, so `/tunnel/mqtt` would take the MQTT-aware relay as well);
 /// - the policy stage runs on every packet, but every limit sits far above the offered load:
 ///   all devices come from 127.0.0.1 and one publisher sends ~100k msg/s.
-fn gateway_config(port: u16, broker: SocketAddr, sink: SocketAddr) -> String {
+pub fn gateway_config(port: u16, broker: SocketAddr, sink: SocketAddr) -> String {
     format!(
         r#"[[listener]]
 bind = "127.0.0.1:{port}"
@@ -327,6 +327,32 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A self-signed certificate for `localhost`, written into `dir`: the listener's `tls` line,
+/// and a client config that trusts it (leaked: the bench holds it to its end).
+pub fn tls_for_localhost(
+    dir: &Path,
+) -> Result<(String, &'static tokio_rustls::rustls::ClientConfig), BoxError> {
+    use tokio_rustls::rustls;
+    let key = rcgen::KeyPair::generate()?;
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])?.self_signed(&key)?;
+    let (cert_path, key_path) = (dir.join("bench-tls.pem"), dir.join("bench-tls.key"));
+    std::fs::write(&cert_path, cert.pem())?;
+    std::fs::write(&key_path, key.serialize_pem())?;
+    let listener = format!(
+        "tls = {{ certificates = [{{ cert = \"{}\", key = \"{}\" }}] }}",
+        cert_path.display(),
+        key_path.display()
+    );
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der().clone())?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok((listener, Box::leak(Box::new(config))))
 }
 
 /// The most resident memory a process has had (VmHWM), in KiB.

@@ -228,15 +228,21 @@ pub fn memory_line(r: &IdleResult) -> String {
         String::new()
     };
     format!(
-        "gateway RSS per idle {} connection, N = {:>6}: {per:>6.1} KiB  (RSS {} -> {} KiB{failed})  target < {TARGET_IDLE_KIB} KiB: {}",
-        match r.path {
-            Path::GatewayTunnel => "/tunnel",
-            _ => "/mqtt",
+        "gateway RSS per idle {} connection, N = {:>6}: {per:>6.1} KiB  (RSS {} -> {} KiB{failed})  target <= {TARGET_IDLE_KIB} KiB{}",
+        match (r.path, r.tls) {
+            (Path::GatewayTunnel, false) => "/tunnel",
+            (Path::GatewayTunnel, true) => "/tunnel (TLS here)",
+            (_, false) => "/mqtt",
+            (_, true) => "/mqtt (TLS here)",
         },
         r.n,
         r.before_kib,
         r.after_kib,
-        verdict(per < TARGET_IDLE_KIB && r.failed == 0),
+        match r.tls {
+            // The target is for plain WebSocket; with TLS the figure is reported.
+            true => String::new(),
+            false => format!(": {}", verdict(per <= TARGET_IDLE_KIB && r.failed == 0)),
+        },
     )
 }
 

@@ -121,15 +121,19 @@ pub fn relay<'a, R: DeviceRx + 'a, T: DeviceTx + 'a>(
 
         // 1. CONNECT, within the connect timeout; nothing else may come first.
         let connect_timeout = Duration::from_secs(ctx.settings.connect_timeout_secs);
-        let connect =
-            match tokio::time::timeout(connect_timeout, read_connect(&mut rx, &mut framer)).await {
-                Ok(Ok(bytes)) => bytes,
-                Ok(Err(e)) => return fail_before_connect(&mut tx, e).await,
-                Err(_) => {
-                    let e = Error::device(Kind::Timeout, "no CONNECT within the connect timeout");
-                    return fail_before_connect(&mut tx, e).await;
-                }
-            };
+        let connect = match tokio::time::timeout(
+            connect_timeout,
+            read_connect(&mut rx, &mut tx, &mut framer),
+        )
+        .await
+        {
+            Ok(Ok(bytes)) => bytes,
+            Ok(Err(e)) => return fail_before_connect(&mut tx, e).await,
+            Err(_) => {
+                let e = Error::device(Kind::Timeout, "no CONNECT within the connect timeout");
+                return fail_before_connect(&mut tx, e).await;
+            }
+        };
         let Ok(DevicePacket::Connect(c)) = server::parse_device(&connect, Version::V311) else {
             let e = Error::device(Kind::Malformed, "first packet is not a well-formed CONNECT");
             return fail_before_connect(&mut tx, e).await;
@@ -272,7 +276,11 @@ pub fn relay<'a, R: DeviceRx + 'a, T: DeviceTx + 'a>(
     }
 }
 
-async fn read_connect<R: DeviceRx>(rx: &mut R, framer: &mut Framer) -> Result<Bytes, Error> {
+async fn read_connect<R: DeviceRx, T: DeviceTx>(
+    rx: &mut R,
+    tx: &mut T,
+    framer: &mut Framer,
+) -> Result<Bytes, Error> {
     loop {
         match framer.next_packet() {
             Ok(Some(p)) => return Ok(p),
@@ -286,7 +294,11 @@ async fn read_connect<R: DeviceRx>(rx: &mut R, framer: &mut Framer) -> Result<By
         }
         match rx.recv().await {
             RxEvent::Data(b) => framer.push(&b),
-            RxEvent::Pong | RxEvent::Ping(_) | RxEvent::Control => {}
+            // A ping before CONNECT (`portcullis agent check` sends one) is answered too.
+            RxEvent::Ping(payload) => {
+                let _ = tx.pong(payload).await;
+            }
+            RxEvent::Pong | RxEvent::Control => {}
             RxEvent::Closed(_) | RxEvent::Gone => {
                 return Err(Error::device(Kind::Gone, "device left before CONNECT"))
             }
