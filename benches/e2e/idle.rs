@@ -53,14 +53,14 @@ pub async fn measure(
         true => {
             let (listener, client) = crate::procs::tls_for_localhost(dir)?;
             let b = broker.tcp;
-            let gw = GatewayProc::spawn_with(dir, |port| {
+            let config = |port| {
                 crate::procs::gateway_config(port, b, b).replacen(
                     "[[listener]]\n",
                     &format!("[[listener]]\n{listener}\n"),
                     1,
                 )
-            })
-            .await?;
+            };
+            let gw = GatewayProc::spawn_tls(dir, config, Some(client)).await?;
             (gw, Some(client))
         }
     };

@@ -151,6 +151,15 @@ impl GatewayProc {
         dir: &Path,
         make: impl Fn(u16) -> String,
     ) -> Result<GatewayProc, BoxError> {
+        Self::spawn_tls(dir, make, None).await
+    }
+
+    /// As `spawn_with`, for a listener that ends TLS itself (`tls`: a client config for it).
+    pub async fn spawn_tls(
+        dir: &Path,
+        make: impl Fn(u16) -> String,
+        tls: Option<&'static tokio_rustls::rustls::ClientConfig>,
+    ) -> Result<GatewayProc, BoxError> {
         // Built by cargo for this bench with the same (release) profile.
         let bin = Path::new(env!("CARGO_BIN_EXE_portcullis"));
         for attempt in 0..5 {
@@ -168,7 +177,7 @@ impl GatewayProc {
             }
             let mut proc = spawn_logged(bin, &args, log, &env);
             let addr = ([127, 0, 0, 1], port).into();
-            if wait_listening(&mut proc, &[addr]).await && ready(addr).await {
+            if wait_listening(&mut proc, &[addr]).await && ready(addr, tls).await {
                 return Ok(GatewayProc { addr, proc });
             }
             eprintln!("gateway attempt {attempt} failed:\n{}", proc.tail());
@@ -303,18 +312,35 @@ pub async fn websockify(
     Err("websockify did not start".into())
 }
 
-/// Poll `/readyz` until the gateway has seen its upstream healthy.
-async fn ready(addr: SocketAddr) -> bool {
+/// Poll `/readyz` until the gateway has seen its upstream healthy (over TLS where the
+/// listener ends TLS itself).
+async fn ready(addr: SocketAddr, tls: Option<&'static tokio_rustls::rustls::ClientConfig>) -> bool {
     let deadline = tokio::time::Instant::now() + START_TIMEOUT;
     while tokio::time::Instant::now() < deadline {
-        if let Ok(mut s) = TcpStream::connect(addr).await {
-            let req = b"GET /readyz HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n";
-            let mut resp = Vec::new();
-            if s.write_all(req).await.is_ok()
-                && s.read_to_end(&mut resp).await.is_ok()
-                && resp.starts_with(b"HTTP/1.1 200")
-            {
-                return true;
+        if let Ok(tcp) = TcpStream::connect(addr).await {
+            let stream = match tls {
+                None => Some(portcullis::stream::MaybeTls::Plain(tcp)),
+                Some(config) => {
+                    let connector =
+                        tokio_rustls::TlsConnector::from(std::sync::Arc::new(config.clone()));
+                    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost")
+                        .expect("a valid name");
+                    connector
+                        .connect(name, tcp)
+                        .await
+                        .ok()
+                        .map(|t| portcullis::stream::MaybeTls::Tls(Box::new(t)))
+                }
+            };
+            if let Some(mut s) = stream {
+                let req = b"GET /readyz HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n";
+                let mut resp = Vec::new();
+                if s.write_all(req).await.is_ok()
+                    && s.read_to_end(&mut resp).await.is_ok()
+                    && resp.starts_with(b"HTTP/1.1 200")
+                {
+                    return true;
+                }
             }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
