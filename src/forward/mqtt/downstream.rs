@@ -50,6 +50,11 @@ impl DownRules for Down<'_> {
     /// The local acks still owed, then (MQTT 5) a DISCONNECT saying why, unless the device
     /// itself ended it.
     fn last_words(&mut self, why: &Error) -> Vec<Bytes> {
+        if !self.scanner.at_boundary() {
+            // Inside a broker packet already partly relayed: anything sent now would land in
+            // its middle. The device gets only the transport's close.
+            return Vec::new();
+        }
         let mut words: Vec<Bytes> = lock(self.shared).to_device.drain(..).collect();
         if !matches!(why.kind(), Kind::Gone | Kind::DeviceClosed) {
             if let (Version::V5, Some(reason)) = (self.version, why.mqtt_reason()) {

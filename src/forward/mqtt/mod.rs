@@ -309,14 +309,21 @@ async fn read_connect<R: DeviceRx, T: DeviceTx>(
 
 /// Before CONNECT there is no MQTT version to answer in: only the transport can say why.
 async fn fail_before_connect<T: DeviceTx>(tx: &mut T, e: Error) -> Ending {
-    tx.close(e.close_code(), &e.to_string()).await;
+    // Bounded: a device that reads nothing must not hold its connection slot.
+    let _ = tokio::time::timeout(REFUSAL_WAIT, tx.close(e.close_code(), &e.to_string())).await;
     Ending::from_error(&e, 0, 0)
 }
 
+/// How long a refusal (CONNACK, Close) may take to reach a device.
+const REFUSAL_WAIT: Duration = Duration::from_secs(5);
+
 /// CONNACK with a failure code, then close: the broker never hears of this device.
 async fn refuse<T: DeviceTx>(tx: &mut T, connack: Vec<u8>, e: Error) -> Ending {
-    let _ = tx.send(Bytes::from(connack)).await;
-    tx.close(e.close_code(), &e.to_string()).await;
+    let answer = async {
+        let _ = tx.send(Bytes::from(connack)).await;
+        tx.close(e.close_code(), &e.to_string()).await;
+    };
+    let _ = tokio::time::timeout(REFUSAL_WAIT, answer).await;
     Ending::from_error(&e, 0, 0)
 }
 

@@ -41,7 +41,7 @@ pub enum FrameError {
     /// A frame or message over the limit, with its size.
     TooBig(u64),
     Protocol(&'static str),
-    /// A Close reason that is not UTF-8 (close code 1007).
+    /// A Close reason that is not UTF-8 (closed with 1002, as every protocol error here).
     BadUtf8,
     /// A text frame.
     Text,
@@ -138,7 +138,7 @@ impl Reader {
                             ))
                         }
                     };
-                    let total = so_far + h.len;
+                    let total = so_far.saturating_add(h.len);
                     if total > self.limits.max_message as u64 {
                         return Err(FrameError::TooBig(total));
                     }
@@ -231,7 +231,12 @@ fn parse_header(buf: &[u8], limits: &Limits) -> Result<Option<Header>, FrameErro
             Some(b) => {
                 let mut n = [0u8; 8];
                 n.copy_from_slice(b);
-                (u64::from_be_bytes(n), 10)
+                let len = u64::from_be_bytes(n);
+                // §5.2: the most significant bit of a 64-bit length must be 0.
+                if len >> 63 != 0 {
+                    return Err(FrameError::Protocol("64-bit length with its top bit set"));
+                }
+                (len, 10)
             }
             None => return Ok(None),
         },

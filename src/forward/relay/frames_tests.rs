@@ -129,12 +129,19 @@ fn sizes_are_checked_at_the_header_before_any_payload_is_read() {
     };
     // A 64-bit length far over the limit: refused from the header alone.
     let mut huge = vec![0x82, 0x80 | 127];
-    huge.extend_from_slice(&u64::MAX.to_be_bytes());
+    huge.extend_from_slice(&(u64::MAX >> 1).to_be_bytes());
     huge.extend_from_slice(&[1, 2, 3, 4]);
     assert_eq!(
         read_all(&huge, usize::MAX, small).unwrap_err(),
-        FrameError::TooBig(u64::MAX)
+        FrameError::TooBig(u64::MAX >> 1)
     );
+    // §5.2: a 64-bit length with its top bit set is a protocol error, not a size.
+    let mut top = vec![0x82, 0x80 | 127];
+    top.extend_from_slice(&u64::MAX.to_be_bytes());
+    assert!(matches!(
+        read_all(&top, usize::MAX, small),
+        Err(FrameError::Protocol(_))
+    ));
     assert_eq!(
         read_all(&frame(true, 2, &[0; 101], K), 5, small).unwrap_err(),
         FrameError::TooBig(101)

@@ -310,7 +310,8 @@ where
         match why.kind() {
             // Nothing to say to a device that vanished.
             Kind::Gone => {}
-            // The device closed: push out the Close reply (tungstenite queued it; else 1006).
+            // The device closed: answer its Close (the agent's tungstenite flushes the reply it
+            // queued; our own frames send a Close 1000).
             Kind::DeviceClosed => {
                 let _ = tokio::time::timeout(CLOSE_WAIT, tx.close(CloseCode::Normal, "")).await;
             }
@@ -437,7 +438,8 @@ pub async fn up_half<R: DeviceRx, U: UpRules>(
         }
         if let Some(e) = stop {
             if e.kind() == Kind::DeviceClosed {
-                // Half-close: the upstream sees EOF but may still answer.
+                // The upstream sees EOF now (whatever it still sends is not relayed: the device
+                // has closed its side of the WebSocket).
                 let _ = shutdown_write(up);
             }
             return e;
@@ -498,8 +500,10 @@ pub async fn down_half<T: DeviceTx, D: DownRules>(
             () = woken(wakeup) => rules.due(),
             () = counters.pong_due.notified() => {
                 if let Some(payload) = counters.take_pong() {
-                    if tx.pong(payload).await.is_err() {
-                        return Error::new(Kind::Gone, Side::Device, "device went away");
+                    match tokio::time::timeout(stall, tx.pong(payload)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(())) => return Error::new(Kind::Gone, Side::Device, "device went away"),
+                        Err(_) => return Error::device(Kind::Timeout, "device stopped reading"),
                     }
                 }
                 None
@@ -509,10 +513,11 @@ pub async fn down_half<T: DeviceTx, D: DownRules>(
                 if missed >= settings.max_missed_pongs {
                     return Error::device(Kind::Timeout, format!("device missed {missed} pongs"));
                 }
-                if tx.ping().await.is_err() {
-                    return Error::new(Kind::Gone, Side::Device, "device went away");
+                match tokio::time::timeout(stall, tx.ping()).await {
+                    Ok(Ok(())) => None,
+                    Ok(Err(())) => return Error::new(Kind::Gone, Side::Device, "device went away"),
+                    Err(_) => return Error::device(Kind::Timeout, "device stopped reading"),
                 }
-                None
             }
         };
         let Some(out) = out.filter(|o| !o.is_empty()) else {

@@ -27,6 +27,8 @@ use crate::stream::{DeviceStream, MaybeTls};
 const MIN_READ: usize = 2 * 1024;
 /// ...up to this: a bulk transfer costs one read per 64 KiB.
 const MAX_READ: usize = 64 * 1024;
+/// At most a frame header and a whole control frame (14 + 125 bytes), with room.
+const SMALL_LEFTOVER: usize = 256;
 
 trait Io: AsyncRead + AsyncWrite + Send {}
 impl<T: AsyncRead + AsyncWrite + Send> Io for T {}
@@ -74,6 +76,7 @@ pub fn device_halves(upgraded: Upgraded, limits: Limits) -> (FrameRx, FrameTx) {
     let tx = FrameTx {
         sink,
         closed: false,
+        pending: None,
     };
     (rx, tx)
 }
@@ -122,6 +125,10 @@ impl DeviceRx for FrameRx {
             if self.buf.is_empty() {
                 // Nothing held between reads: an idle device costs no buffer.
                 self.buf = BytesMut::new();
+            } else if self.buf.len() <= SMALL_LEFTOVER && self.buf.capacity() > 2 * MIN_READ {
+                // A device that stopped inside a header or a control frame keeps only those
+                // bytes, not the large read they came with.
+                self.buf = BytesMut::from(&self.buf[..]);
             }
             match self.read().await {
                 Ok(0) | Err(_) => return RxEvent::Gone,
@@ -158,37 +165,64 @@ fn frame_error(e: FrameError) -> Error {
 pub struct FrameTx {
     sink: Sink,
     closed: bool,
+    /// The frame being written, kept here rather than in the write's future: a write cut off
+    /// (its future dropped by a timeout or a `select!`) is finished before the next frame
+    /// starts, so no frame ever begins inside another's payload.
+    pending: Option<Pending>,
+}
+
+struct Pending {
+    header: [u8; 10],
+    header_len: usize,
+    payload: Bytes,
+    /// Bytes of header and payload already written.
+    written: usize,
 }
 
 impl FrameTx {
-    async fn frame(&mut self, opcode: Opcode, payload: &[u8]) -> io::Result<()> {
-        let (header, n) = frames::header(opcode, payload.len());
-        let mut parts = [&header[..n], payload];
-        match &mut self.sink {
-            Sink::Tcp(tcp) => {
-                while !parts.iter().all(|p| p.is_empty()) {
+    async fn frame(&mut self, opcode: Opcode, payload: Bytes) -> io::Result<()> {
+        self.finish_pending().await?;
+        let (header, header_len) = frames::header(opcode, payload.len());
+        self.pending = Some(Pending {
+            header,
+            header_len,
+            payload,
+            written: 0,
+        });
+        self.finish_pending().await
+    }
+
+    /// Write the rest of the pending frame. Progress is recorded after every write, so this
+    /// may be cancelled at any await and resumed by the next call.
+    async fn finish_pending(&mut self) -> io::Result<()> {
+        let FrameTx { sink, pending, .. } = self;
+        while let Some(p) = pending {
+            let mut parts = [&p.header[..p.header_len], &p.payload[..]];
+            advance(&mut parts, p.written);
+            if parts.iter().all(|part| part.is_empty()) {
+                *pending = None;
+                if let Sink::Io(w) = sink {
+                    w.flush().await?;
+                }
+                break;
+            }
+            let slices = [IoSlice::new(parts[0]), IoSlice::new(parts[1])];
+            let written = match sink {
+                Sink::Tcp(tcp) => loop {
                     tcp.writable().await?;
-                    let slices = [IoSlice::new(parts[0]), IoSlice::new(parts[1])];
                     match tcp.try_write_vectored(&slices) {
-                        Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                        Ok(written) => advance(&mut parts, written),
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(e) => return Err(e),
+                        done => break done?,
                     }
-                }
-                Ok(())
+                },
+                Sink::Io(w) => w.write_vectored(&slices).await?,
+            };
+            if written == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
             }
-            Sink::Io(w) => {
-                while !parts.iter().all(|p| p.is_empty()) {
-                    let slices = [IoSlice::new(parts[0]), IoSlice::new(parts[1])];
-                    match w.write_vectored(&slices).await? {
-                        0 => return Err(io::ErrorKind::WriteZero.into()),
-                        written => advance(&mut parts, written),
-                    }
-                }
-                w.flush().await
-            }
+            p.written += written;
         }
+        Ok(())
     }
 }
 
@@ -203,7 +237,7 @@ fn advance(parts: &mut [&[u8]; 2], mut n: usize) {
 
 impl DeviceTx for FrameTx {
     async fn send(&mut self, data: Bytes) -> Result<(), ()> {
-        self.frame(Opcode::Binary, &data).await.map_err(|_| ())
+        self.frame(Opcode::Binary, data).await.map_err(|_| ())
     }
 
     fn has_pings(&self) -> bool {
@@ -211,11 +245,11 @@ impl DeviceTx for FrameTx {
     }
 
     async fn ping(&mut self) -> Result<(), ()> {
-        self.frame(Opcode::Ping, &[]).await.map_err(|_| ())
+        self.frame(Opcode::Ping, Bytes::new()).await.map_err(|_| ())
     }
 
     async fn pong(&mut self, payload: Bytes) -> Result<(), ()> {
-        self.frame(Opcode::Pong, &payload).await.map_err(|_| ())
+        self.frame(Opcode::Pong, payload).await.map_err(|_| ())
     }
 
     async fn close(&mut self, code: CloseCode, reason: &str) {
@@ -229,6 +263,49 @@ impl DeviceTx for FrameTx {
             payload.extend_from_slice(&code.to_be_bytes());
             payload.extend_from_slice(truncate_reason(reason).as_bytes());
         }
-        let _ = self.frame(Opcode::Close, &payload).await;
+        let _ = self.frame(Opcode::Close, Bytes::from(payload)).await;
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A frame whose write is cut off (its future dropped, as a timeout or a `select!` does)
+    /// is finished before the next one starts: the Close after it arrives whole, not inside
+    /// its payload.
+    #[tokio::test]
+    async fn a_frame_cut_off_mid_write_is_finished_before_the_next() {
+        let (ours, mut device) = tokio::io::duplex(1024);
+        let (_r, w) = tokio::io::split(Box::pin(ours) as BoxedIo);
+        let mut tx = FrameTx {
+            sink: Sink::Io(w),
+            closed: false,
+            pending: None,
+        };
+        let big = Bytes::from(vec![7u8; 100_000]);
+        let cut = tokio::time::timeout(Duration::from_millis(20), tx.send(big)).await;
+        assert!(
+            cut.is_err(),
+            "the device reads nothing, so the send cannot finish"
+        );
+        let reader = tokio::spawn(async move {
+            let mut all = Vec::new();
+            let _ = device.read_to_end(&mut all).await;
+            all
+        });
+        tx.close(CloseCode::Away, "bye").await;
+        drop(tx);
+        drop(_r);
+        let all = reader.await.unwrap();
+        // Binary frame: 0x82, 127, 8-byte length, then the payload.
+        assert_eq!(&all[..2], &[0x82, 127]);
+        assert_eq!(u64::from_be_bytes(all[2..10].try_into().unwrap()), 100_000);
+        assert!(all[10..100_010].iter().all(|b| *b == 7));
+        // Then the Close, whole: 0x88, length 5, code 1001, "bye".
+        assert_eq!(&all[100_010..], &[0x88, 5, 0x03, 0xE9, b'b', b'y', b'e']);
+    }
+
+    use std::time::Duration;
+    use tokio::io::AsyncReadExt;
 }
