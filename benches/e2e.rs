@@ -207,7 +207,13 @@ async fn run(s: Settings) -> Result<(), BoxError> {
         } else {
             None
         };
-        let scale = scale_curves(&s, &ep, &meter).await?;
+        let mut scale = scale_curves(&s, &ep, &meter).await?;
+        if s.conn_rate_secs > 0.0 {
+            let pids = (broker.proc.pid(), agent.pid());
+            scale
+                .1
+                .extend(tls_connection_rates(&s, dir.path(), &ep, pids).await?);
+        }
         (summaries, bulk, scale)
     };
     report::cpu(&summaries);
@@ -333,6 +339,7 @@ async fn scale_curves(
                 scale::connection_rate(path, ep, meter, s.conn_rate_secs, &run).await?;
             let r = report::ConnRate {
                 path,
+                tls: false,
                 per_sec,
                 cpu,
                 n,
@@ -342,6 +349,48 @@ async fn scale_curves(
         }
     }
     Ok((points, rates))
+}
+
+/// New connections per second with TLS ended by the gateway: a second gateway whose listener
+/// has a certificate, the same broker, every connection a full handshake.
+async fn tls_connection_rates(
+    s: &Settings,
+    dir: &std::path::Path,
+    ep: &Endpoints,
+    (broker_pid, agent_pid): (u32, u32),
+) -> Result<Vec<report::ConnRate>, BoxError> {
+    let (listener, client) = procs::tls_for_localhost(dir)?;
+    let broker = ep.broker_tcp;
+    let config = |port| {
+        procs::gateway_config(port, broker, broker).replacen(
+            "[[listener]]\n",
+            &format!("[[listener]]\n{listener}\n"),
+            1,
+        )
+    };
+    let gateway = GatewayProc::spawn_tls(dir, config, Some(client)).await?;
+    let ep = Endpoints {
+        gateway: gateway.addr,
+        tls: Some(client),
+        ..*ep
+    };
+    let meter = cpu::Meter::new(broker_pid, gateway.proc.pid(), agent_pid);
+    let mut rates = Vec::new();
+    for path in [Path::GatewayMqtt, Path::GatewayTunnel] {
+        let run = format!("conn-tls-{}", path.tag());
+        let (per_sec, cpu, n) =
+            scale::connection_rate(path, &ep, &meter, s.conn_rate_secs, &run).await?;
+        let r = report::ConnRate {
+            path,
+            tls: true,
+            per_sec,
+            cpu,
+            n,
+        };
+        println!("{}", report::conn_rate_line(&r));
+        rates.push(r);
+    }
+    Ok(rates)
 }
 
 async fn idle_memory(

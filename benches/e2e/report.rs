@@ -383,6 +383,8 @@ pub fn bulk_markdown(results: &[BulkResult], hwm0: u64, hwm1: u64) {
 
 pub struct ConnRate {
     pub path: Path,
+    /// TLS ended by the gateway (each connection a full handshake, no resumption).
+    pub tls: bool,
     pub per_sec: f64,
     pub cpu: Cpu,
     pub n: usize,
@@ -406,12 +408,19 @@ pub fn conn_rate_line(r: &ConnRate) -> String {
     let per = |s: f64| s * 1e6 / r.n.max(1) as f64;
     format!(
         "connections/s {:<27} {:>7.0}/s  CPU µs per connection gateway {:>6.1} mosquitto {:>6.1} client {:>6.1}",
-        r.path.to_string(),
+        conn_label(r),
         r.per_sec,
         per(r.cpu.gateway),
         per(r.cpu.broker),
         per(r.cpu.client)
     )
+}
+
+fn conn_label(r: &ConnRate) -> String {
+    match r.tls {
+        true => format!("{} (TLS here)", r.path),
+        false => r.path.to_string(),
+    }
 }
 
 pub fn scale(points: &[ScalePoint], rates: &[ConnRate]) {
@@ -452,7 +461,7 @@ pub fn scale_markdown(points: &[ScalePoint], rates: &[ConnRate]) {
         for r in rates {
             println!(
                 "| {} | {:.0} | {:.2} | {:.0} |",
-                r.path,
+                conn_label(r),
                 r.per_sec,
                 ratio(r.per_sec, direct),
                 r.cpu.gateway * 1e6 / r.n.max(1) as f64
