@@ -118,6 +118,12 @@ async fn protocol_errors_close_1002_and_a_device_close_is_answered() {
         ("reserved opcode", frame(0x83, b"x")),
         ("close code 1005", frame(0x88, &1005u16.to_be_bytes())),
         ("continuation first", frame(0x80, b"x")),
+        // A 64-bit length with its top bit set (§5.2), before any mask or payload.
+        ("length top bit", {
+            let mut f = vec![0x82, 0x80 | 127];
+            f.extend_from_slice(&u64::MAX.to_be_bytes());
+            f
+        }),
     ] {
         let (mut s, mut back) = open(&gw, &upgrade()).await;
         s.write_all(&bad).await.unwrap();

@@ -49,9 +49,32 @@ pub use websocket::device_halves;
 use crate::error::{Error, Kind, Side};
 use crate::shutdown::Drain;
 
-/// One read from the upstream becomes at most one frame of this size: large enough that a
-/// bulk transfer costs few sends, and allocated only for the read (an idle tunnel holds none).
-const UPSTREAM_CHUNK: usize = 64 * 1024;
+/// How much the next read asks for, on either side: small while traffic is light (a PUBACK
+/// needs no 64 KiB allocation), growing while each read fills what it asked for, so a bulk
+/// transfer costs one read (and one frame) per 64 KiB.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ReadSize(usize);
+
+impl ReadSize {
+    pub(crate) const MIN: usize = 2 * 1024;
+    pub(crate) const MAX: usize = 64 * 1024;
+
+    pub(crate) fn new() -> ReadSize {
+        ReadSize(Self::MIN)
+    }
+
+    pub(crate) fn get(self) -> usize {
+        self.0
+    }
+
+    /// After a read of `n` bytes.
+    pub(crate) fn after(&mut self, n: usize) {
+        self.0 = match n >= self.0 {
+            true => (self.0 * 4).min(Self::MAX),
+            false => n.next_power_of_two().clamp(Self::MIN, Self::MAX),
+        };
+    }
+}
 /// Device data already decoded is written upstream together, up to this many bytes...
 const COALESCE_BYTES: usize = 64 * 1024;
 /// ...and this many pieces (one `writev`).
@@ -478,6 +501,7 @@ pub async fn down_half<T: DeviceTx, D: DownRules>(
     let mut ping = tokio::time::interval_at(start, settings.ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let pings = tx.has_pings();
+    let mut size = ReadSize::new();
     loop {
         let out = tokio::select! {
             ready = up.readable() => {
@@ -485,10 +509,10 @@ pub async fn down_half<T: DeviceTx, D: DownRules>(
                     return Error::upstream(Kind::UpstreamIo, e);
                 }
                 // Allocated only when there is something to read: an idle relay holds no buffer.
-                let mut buf = BytesMut::with_capacity(UPSTREAM_CHUNK);
+                let mut buf = BytesMut::with_capacity(size.get());
                 match up.try_read_buf(&mut buf) {
                     Ok(0) => return Error::new(Kind::UpstreamClosed, Side::Upstream, "upstream closed the connection"),
-                    Ok(_) => {}
+                    Ok(n) => size.after(n),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                     Err(e) => return Error::upstream(Kind::UpstreamIo, format!("reading from upstream: {e}")),
                 }

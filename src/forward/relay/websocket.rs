@@ -4,7 +4,7 @@
 //! On plain TCP (TLS ended by a load balancer in front: the usual deployment) both halves
 //! share the socket through readiness, as the upstream side does: no lock between them, and
 //! no read buffer at all while the device is idle. Over TLS ended here, they are the two
-//! halves of tokio's split, and the read buffer shrinks to [`MIN_READ`] when traffic is light.
+//! halves of tokio's split, and the read buffer shrinks to [`ReadSize::MIN`] when traffic is light.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -19,14 +19,10 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::device::{DeviceRx, DeviceTx, RxEvent};
 use super::frames::{self, Event, FrameError, Limits, Opcode, Reader};
-use super::{text_frame, truncate_reason};
+use super::{text_frame, truncate_reason, ReadSize};
 use crate::error::{Error, Kind};
 use crate::stream::{DeviceStream, MaybeTls};
 
-/// Reads start this small and grow while each one fills its buffer...
-const MIN_READ: usize = 2 * 1024;
-/// ...up to this: a bulk transfer costs one read per 64 KiB.
-const MAX_READ: usize = 64 * 1024;
 /// At most a frame header and a whole control frame (14 + 125 bytes), with room.
 const SMALL_LEFTOVER: usize = 256;
 
@@ -71,7 +67,7 @@ pub fn device_halves(upgraded: Upgraded, limits: Limits) -> (FrameRx, FrameTx) {
         source,
         buf: early,
         reader: Reader::new(limits),
-        chunk: MIN_READ,
+        size: ReadSize::new(),
     };
     let tx = FrameTx {
         sink,
@@ -86,7 +82,7 @@ pub struct FrameRx {
     buf: BytesMut,
     reader: Reader,
     /// How much the next read asks for.
-    chunk: usize,
+    size: ReadSize,
 }
 
 impl FrameRx {
@@ -96,7 +92,7 @@ impl FrameRx {
             Source::Tcp(tcp) => loop {
                 tcp.readable().await?;
                 // Reserved only now that there is something to read.
-                self.buf.reserve(self.chunk);
+                self.buf.reserve(self.size.get());
                 match tcp.try_read_buf(&mut self.buf) {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         if self.buf.is_empty() {
@@ -107,7 +103,7 @@ impl FrameRx {
                 }
             },
             Source::Io(r) => {
-                self.buf.reserve(self.chunk);
+                self.buf.reserve(self.size.get());
                 r.read_buf(&mut self.buf).await
             }
         }
@@ -125,19 +121,14 @@ impl DeviceRx for FrameRx {
             if self.buf.is_empty() {
                 // Nothing held between reads: an idle device costs no buffer.
                 self.buf = BytesMut::new();
-            } else if self.buf.len() <= SMALL_LEFTOVER && self.buf.capacity() > 2 * MIN_READ {
+            } else if self.buf.len() <= SMALL_LEFTOVER && self.buf.capacity() > 2 * ReadSize::MIN {
                 // A device that stopped inside a header or a control frame keeps only those
                 // bytes, not the large read they came with.
                 self.buf = BytesMut::from(&self.buf[..]);
             }
             match self.read().await {
                 Ok(0) | Err(_) => return RxEvent::Gone,
-                Ok(n) => {
-                    self.chunk = match n >= self.chunk {
-                        true => (self.chunk * 4).min(MAX_READ),
-                        false => n.next_power_of_two().clamp(MIN_READ, MAX_READ),
-                    };
-                }
+                Ok(n) => self.size.after(n),
             }
         }
     }
