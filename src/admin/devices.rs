@@ -1,16 +1,17 @@
 //! `/api/v1/devices/{clientid}`: the class a client ID gets, and an admin's override of it,
 //! applied from the device's next publish on (live sessions included). Overrides live in
-//! memory: lasting ones belong in `[policy.devices]`, reloaded on SIGHUP.
+//! memory: lasting ones belong in `[policy.devices]`, reloaded on SIGHUP. Also the classes
+//! themselves (`/api/v1/classes`) and the overrides in force (`/api/v1/overrides`).
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
-use super::{body, AdminState, ApiError, Caller};
+use super::{body, page_of, paging, query, AdminState, ApiError, Caller, PageMeta};
 use crate::config::policy::DeviceClass;
 
 #[derive(Serialize, ToSchema)]
@@ -115,4 +116,90 @@ pub async fn delete(
     }
     tracing::info!(admin = %caller, clientid, "class override cleared");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A class of `[policy.classes]`.
+#[derive(Serialize, ToSchema)]
+pub struct ClassView {
+    name: String,
+    settings: DeviceClass,
+}
+
+#[utoipa::path(
+    get, path = "/api/v1/classes", operation_id = "list_classes",
+    responses(
+        (status = 200, description = "Every class in force, by name", body = Vec<ClassView>),
+        (status = 401, description = "No or an unknown token", body = ApiError),
+    )
+)]
+pub async fn classes(State(state): State<AdminState>) -> Json<Vec<ClassView>> {
+    let all = state.shared.policy.classes();
+    Json(
+        all.into_iter()
+            .map(|(name, settings)| ClassView { name, settings })
+            .collect(),
+    )
+}
+
+/// Filters of `GET /api/v1/overrides`.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct OverridesQuery {
+    /// A substring of the client ID.
+    like_clientid: Option<String>,
+    /// Exactly this class.
+    class: Option<String>,
+    #[param(minimum = 1)]
+    page: Option<usize>,
+    /// 1 to 10000; default 100.
+    #[param(minimum = 1, maximum = 10000)]
+    limit: Option<usize>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OverrideView {
+    clientid: String,
+    class: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OverridesPage {
+    data: Vec<OverrideView>,
+    meta: PageMeta,
+}
+
+#[utoipa::path(
+    get, path = "/api/v1/overrides", operation_id = "list_overrides", params(OverridesQuery),
+    responses(
+        (status = 200, description = "The per-device class overrides in force, by client ID", body = OverridesPage),
+        (status = 400, description = "A bad parameter, named", body = ApiError),
+        (status = 401, description = "No or an unknown token", body = ApiError),
+    )
+)]
+pub async fn overrides(
+    State(state): State<AdminState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<OverridesPage>, ApiError> {
+    let q: OverridesQuery = query(raw)?;
+    let (page, limit) = paging(q.page, q.limit)?;
+    let matching: Vec<_> = state
+        .shared
+        .policy
+        .overrides()
+        .into_iter()
+        .filter(|(id, class)| {
+            q.like_clientid.as_deref().is_none_or(|w| id.contains(w))
+                && q.class.as_deref().is_none_or(|c| **class == *c)
+        })
+        .collect();
+    let (items, meta) = page_of(matching, page, limit);
+    let data = items
+        .into_iter()
+        .map(|(id, class)| OverrideView {
+            clientid: id.to_string(),
+            class: class.to_string(),
+        })
+        .collect();
+    Ok(Json(OverridesPage { data, meta }))
 }

@@ -1,15 +1,19 @@
 //! The admin API: its own listener (loopback by default), JSON in and out, every request behind
-//! a bearer token. Bans, live clients, device class overrides, counters, Prometheus metrics and
-//! the OpenAPI document,
-//! which is generated from the handlers below so that it cannot drift from them.
+//! a bearer token (or, from the dashboard's pages, a session cookie and a CSRF header). Bans,
+//! live clients, device classes and overrides, counters, offenders, Prometheus metrics, the
+//! OpenAPI document, which is generated from the handlers below so that it cannot drift from
+//! them, and the dashboard at `/`.
 //!
 //! Errors are `{ "code": "…", "message": "…" }`, the message naming the field at fault.
 
 mod banned;
 pub mod cli;
 mod clients;
+mod dashboard;
 mod devices;
 mod metrics;
+mod monitor;
+mod offenders;
 mod server;
 pub use server::MAX_CONNECTIONS;
 mod stats;
@@ -19,7 +23,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
@@ -38,7 +42,9 @@ use tokens::Tokens;
 pub struct AdminState {
     pub shared: Arc<Shared>,
     pub tokens: Arc<Tokens>,
-    pub monitor: Arc<stats::Monitor>,
+    pub monitor: Arc<monitor::Monitor>,
+    pub sessions: Arc<dashboard::sessions::Sessions>,
+    pub monitor_interval_secs: u64,
 }
 
 /// The name of the token a request came with (`by = "admin:NAME"`).
@@ -113,19 +119,23 @@ impl Modify for BearerAuth {
     }
 }
 
-/// The routes and the OpenAPI document describing them, built together.
-fn router(state: AdminState) -> Router {
+/// The routes and the OpenAPI document describing them, built together; with the dashboard's
+/// pages in front when `dashboard` is on.
+fn router(state: AdminState, dashboard: bool) -> Router {
     let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(banned::list, banned::add))
         .routes(routes!(banned::remove))
         .routes(routes!(clients::list))
         .routes(routes!(clients::kick))
         .routes(routes!(devices::get, devices::put, devices::delete))
+        .routes(routes!(devices::classes))
+        .routes(routes!(devices::overrides))
         .routes(routes!(stats::stats))
-        .routes(routes!(stats::monitor))
+        .routes(routes!(monitor::monitor))
+        .routes(routes!(offenders::offenders))
         .split_for_parts();
     let doc = api.to_pretty_json().unwrap_or_default();
-    router
+    let api = router
         .route(
             "/api/v1/openapi.json",
             axum::routing::get(move || {
@@ -147,7 +157,14 @@ fn router(state: AdminState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authenticate,
-        ))
+        ));
+    let pages = match dashboard {
+        true => dashboard::routes(),
+        false => Router::new(),
+    };
+    pages
+        .merge(api)
+        .layer(axum::middleware::from_fn(dashboard::security_headers))
         .with_state(state)
 }
 
@@ -169,21 +186,34 @@ async fn refuse_large_bodies(req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
-/// No token, a malformed header or an unknown token: 401, and the handler never runs.
+/// No token, a malformed header or an unknown token: 401, and the handler never runs. Without
+/// an `Authorization` header, a dashboard session's cookie will do, and a request that changes
+/// something must then carry the session's CSRF token too (a bearer token needs none: no other
+/// site's page can make a browser send one).
 async fn authenticate(State(state): State<AdminState>, mut req: Request, next: Next) -> Response {
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let name = presented.and_then(|t| state.tokens.check(t));
+        .map(|v| v.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")));
+    let name = match presented {
+        Some(bearer) => bearer.map(str::trim).and_then(|t| state.tokens.check(t)),
+        None => match state.sessions.caller(req.headers(), &state.tokens) {
+            Some(c) => {
+                let safe = matches!(*req.method(), Method::GET | Method::HEAD);
+                if !safe && !dashboard::sessions::csrf_ok(req.headers(), &c) {
+                    return csrf_refused();
+                }
+                Some(c.name)
+            }
+            None => None,
+        },
+    };
     let Some(name) = name else {
         let refused = &state.shared.admin_unauthorized;
         refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         return unauthorized(match presented {
-            None => "an Authorization: Bearer <token> header is required",
-            Some(_) => "the token is not one of admin.tokens_file",
+            Some(Some(_)) => "the token is not one of admin.tokens_file",
+            _ => "an Authorization: Bearer <token> header is required",
         });
     };
     req.extensions_mut().insert(Caller(name));
@@ -192,6 +222,13 @@ async fn authenticate(State(state): State<AdminState>, mut req: Request, next: N
 
 fn unauthorized(message: &str) -> Response {
     ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", message).into_response()
+}
+
+/// A session's request that changes something, without the session's CSRF token.
+fn csrf_refused() -> Response {
+    let message =
+        "x-csrf-token: missing or wrong (the dashboard sends it; scripts use a bearer token)";
+    ApiError::new(StatusCode::FORBIDDEN, "FORBIDDEN", message).into_response()
 }
 
 /// The running admin listener.
@@ -217,12 +254,16 @@ impl AdminServer {
         if !local_addr.ip().is_loopback() {
             tracing::warn!(%local_addr, "the admin API listens beyond loopback: keep it behind a firewall");
         }
-        let monitor = stats::Monitor::spawn(Arc::downgrade(&shared));
-        let app = router(AdminState {
+        let every = std::time::Duration::from_secs(settings.monitor_interval_secs);
+        let monitor = monitor::Monitor::spawn(Arc::downgrade(&shared), every);
+        let state = AdminState {
             shared,
             tokens: tokens.clone(),
             monitor,
-        });
+            sessions: Arc::default(),
+            monitor_interval_secs: settings.monitor_interval_secs,
+        };
+        let app = router(state, settings.dashboard);
         let stop = CancellationToken::new();
         let until = stop.clone();
         let task = tokio::spawn(server::serve(tcp, app, until));

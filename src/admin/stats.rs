@@ -1,15 +1,14 @@
-//! `/api/v1/stats` (counters now) and `/api/v1/monitor` (10 s samples of the last hour).
+//! `/api/v1/stats`: counters since start, and what is in force now.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::collections::BTreeMap;
+use std::time::SystemTime;
 
-use axum::extract::{RawQuery, State};
+use axum::extract::State;
 use axum::Json;
-use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use serde::Serialize;
+use utoipa::ToSchema;
 
-use super::{query, rfc3339, AdminState, ApiError};
+use super::{AdminState, ApiError};
 use crate::gateway::Shared;
 
 #[derive(Serialize, ToSchema)]
@@ -22,6 +21,8 @@ pub struct Stats {
     bans: Bans,
     /// A reconnect storm is on: per-client connect strikes are suspended.
     storm_active: bool,
+    /// Each route, and whether it has a healthy upstream now.
+    upstreams: BTreeMap<String, bool>,
     /// HTTP push uploads by outcome (`delivered`, `replayed`, `conflict`, …), with `[push]`.
     /// Push devices are among `connections` (transport `http`) while they keep uploading.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -145,113 +146,10 @@ fn collect(shared: &Shared) -> Stats {
             kicks: shared.clients.kicks(),
         },
         storm_active: s.storm_active,
+        upstreams: shared.route_health().into_iter().collect(),
         push_uploads: shared
             .push
             .as_ref()
             .map(|p| p.stats.outcomes().map(|(o, n)| (o.to_owned(), n)).collect()),
     }
-}
-
-/// One 10 s sample.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct Sample {
-    /// RFC 3339.
-    time: String,
-    connections: usize,
-    /// Counters are totals since start: the difference between samples is the rate.
-    messages_forwarded: u64,
-    messages_discarded: u64,
-    bytes_in: u64,
-    bytes_out: u64,
-    bans_active: usize,
-}
-
-/// The samples of the last hour, oldest first.
-#[derive(Default)]
-pub struct Monitor {
-    samples: Mutex<VecDeque<(SystemTime, Sample)>>,
-}
-
-pub const SAMPLE_EVERY: Duration = Duration::from_secs(10);
-const KEEP: usize = 360;
-
-impl Monitor {
-    /// Take a sample every 10 s while `shared` lives.
-    pub fn spawn(shared: std::sync::Weak<Shared>) -> Arc<Monitor> {
-        let monitor = Arc::new(Monitor::default());
-        let m = monitor.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(SAMPLE_EVERY);
-            loop {
-                tick.tick().await;
-                let Some(shared) = shared.upgrade() else {
-                    return;
-                };
-                m.record(&shared);
-            }
-        });
-        monitor
-    }
-
-    fn record(&self, shared: &Shared) {
-        let s = shared.policy.stats().snapshot();
-        let (bytes_in, bytes_out) = shared.clients.bytes();
-        let now = SystemTime::now();
-        let sample = Sample {
-            time: rfc3339(now),
-            connections: shared.clients.len(),
-            messages_forwarded: s.forwarded,
-            messages_discarded: s.discarded_early
-                + s.discarded_late
-                + s.rate_limited
-                + s.discarded_not_authorized,
-            bytes_in,
-            bytes_out,
-            bans_active: shared.bans.tally(now).active,
-        };
-        let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
-        if samples.len() == KEEP {
-            samples.pop_front();
-        }
-        samples.push_back((now, sample));
-    }
-
-    fn latest(&self, secs: u64) -> Vec<Sample> {
-        let since = SystemTime::now() - Duration::from_secs(secs);
-        let samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
-        samples
-            .iter()
-            .filter(|(t, _)| *t >= since)
-            .map(|(_, s)| s.clone())
-            .collect()
-    }
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct MonitorQuery {
-    /// Seconds back from now, 10 to 3600; default 3600.
-    #[param(minimum = 10, maximum = 3600)]
-    latest: Option<u64>,
-}
-
-#[utoipa::path(
-    get, path = "/api/v1/monitor", operation_id = "monitor", params(MonitorQuery),
-    responses(
-        (status = 200, description = "Samples every 10 s, oldest first", body = Vec<Sample>),
-        (status = 400, description = "A bad parameter, named", body = ApiError),
-        (status = 401, description = "No or an unknown token", body = ApiError),
-    )
-)]
-pub async fn monitor(
-    State(state): State<AdminState>,
-    RawQuery(raw): RawQuery,
-) -> Result<Json<Vec<Sample>>, ApiError> {
-    let q: MonitorQuery = query(raw)?;
-    let latest = q.latest.unwrap_or(3600);
-    if !(10..=3600).contains(&latest) {
-        return Err(ApiError::bad_request("latest: must be between 10 and 3600"));
-    }
-    Ok(Json(state.monitor.latest(latest)))
 }

@@ -53,15 +53,28 @@ impl Tokens {
     /// The name of the token `presented`, if it is one of ours. Every entry is compared, so the
     /// time taken does not say which one (or whether any) matched.
     pub fn check(&self, presented: &str) -> Option<Arc<str>> {
+        self.name_of(&Self::digest(presented))
+    }
+
+    /// A token's SHA-256: what a dashboard session keeps instead of the token itself.
+    pub fn digest(presented: &str) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        out.copy_from_slice(digest(&SHA256, presented.as_bytes()).as_ref());
+        out
+    }
+
+    /// The name of the token with this digest, if it is (still) one of ours; compared as in
+    /// [`Tokens::check`]. A dashboard session asks on every request, so a token removed from
+    /// the file and reloaded ends its sessions too.
+    pub fn name_of(&self, wanted: &[u8; 32]) -> Option<Arc<str>> {
         let entries = self
             .entries
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let wanted = digest(&SHA256, presented.as_bytes());
         let mut found = None;
         for e in entries.iter() {
-            if bool::from(wanted.as_ref().ct_eq(&e.digest[..])) {
+            if bool::from(wanted[..].ct_eq(&e.digest[..])) {
                 found = Some(e.name.clone());
             }
         }

@@ -14,6 +14,34 @@ pub struct AdminSettings {
     /// `NAME:TOKEN` per line (`#` comments); re-read on SIGHUP. Required: there is no
     /// admin API without tokens.
     pub tokens_file: PathBuf,
+    /// The dashboard at `/` (a login with one of the tokens, then pages over this API).
+    #[serde(default = "default_dashboard")]
+    pub dashboard: bool,
+    /// How often `/api/v1/monitor` (and the dashboard's charts) takes a sample; an hour of
+    /// samples is kept.
+    #[serde(default = "default_monitor_interval_secs")]
+    pub monitor_interval_secs: u64,
+}
+
+fn default_dashboard() -> bool {
+    true
+}
+
+fn default_monitor_interval_secs() -> u64 {
+    10
+}
+
+impl AdminSettings {
+    /// The error is `(key, message)`.
+    pub fn check(&self) -> Result<(), (String, String)> {
+        if !(1..=60).contains(&self.monitor_interval_secs) {
+            return Err((
+                "admin.monitor_interval_secs".into(),
+                "must be between 1 and 60".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 fn default_bind() -> SocketAddr {

@@ -548,6 +548,9 @@ impl Config {
         if let Some(c) = &self.cluster {
             c.check()?;
         }
+        if let Some(a) = &self.admin {
+            a.check()?;
+        }
         if let Some(p) = &self.push {
             p.check(|r| {
                 self.routes

@@ -126,6 +126,23 @@ impl Live {
         })
     }
 
+    /// Every class as configured, by name.
+    pub(crate) fn classes(&self) -> BTreeMap<String, DeviceClass> {
+        self.current().classes.settings.clone()
+    }
+
+    /// The admin's overrides (client ID, class), sorted by client ID.
+    pub(crate) fn overrides(&self) -> Vec<(Arc<str>, Arc<str>)> {
+        let snap = self.current();
+        let mut all: Vec<_> = snap
+            .overrides
+            .iter()
+            .map(|(id, class)| (Arc::clone(id), Arc::clone(class)))
+            .collect();
+        all.sort_unstable();
+        all
+    }
+
     /// Replace the snapshot with `change` applied; the generation moves on.
     fn update(
         &self,

@@ -168,6 +168,18 @@ impl<C: Clock + Clone> Policy<C> {
         self.live.set_override(client_id, class)
     }
 
+    /// Every class of `[policy.classes]` as configured (reloads included), by name.
+    pub fn classes(
+        &self,
+    ) -> std::collections::BTreeMap<String, crate::config::policy::DeviceClass> {
+        self.live.classes()
+    }
+
+    /// The admin's per-device overrides (client ID, class), sorted by client ID.
+    pub fn overrides(&self) -> Vec<(Arc<str>, Arc<str>)> {
+        self.live.overrides()
+    }
+
     /// Back to the class `[policy]` gives it; false if there was no override.
     pub fn clear_override(&self, client_id: &str) -> bool {
         self.live.clear_override(client_id)

@@ -103,6 +103,7 @@ impl<C: Clock + Clone> Policy<C> {
             .allows(p.topic, &s.id.client_id, s.id.username.as_deref())
         {
             inc(&self.stats.discarded_not_authorized);
+            inc(&s.device.not_authorized);
             let now = self.now();
             let why = "publish outside the topic permissions";
             let ban = self.strike_client(&s.id, &s.key, now, BanSource::Acl, why);

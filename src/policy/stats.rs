@@ -107,6 +107,14 @@ impl Stats {
         self.devices.get(client_id).map(|d| d.snapshot())
     }
 
+    /// Every device in memory with its counters (for the admin API's offenders: a walk over
+    /// the map, shard by shard, taken every monitor sample, never per publish).
+    pub fn each_device(&self, mut f: impl FnMut(&Arc<str>, DeviceSnapshot)) {
+        for d in self.devices.iter() {
+            f(d.key(), d.value().snapshot());
+        }
+    }
+
     /// The counters entry for a device that is connecting, created on first sight, with the
     /// entry's own copy of the client ID (interned: every session of the device shares it).
     pub(crate) fn device_entry(&self, client_id: &Arc<str>) -> (Arc<str>, Arc<DeviceCounters>) {
@@ -163,6 +171,9 @@ pub struct DeviceCounters {
     pub(crate) early: AtomicU64,
     pub(crate) late: AtomicU64,
     pub(crate) rate_limited: AtomicU64,
+    pub(crate) not_authorized: AtomicU64,
+    /// Strikes against this client ID (any rule).
+    pub(crate) strikes: AtomicU64,
     pub(crate) connections: AtomicU32,
     /// Policy time of the last CONNECT or publish (only ever moves forward, see
     /// [`DeviceCounters::touch`]).
@@ -199,6 +210,8 @@ impl DeviceCounters {
             early: self.early.load(Relaxed),
             late: self.late.load(Relaxed),
             rate_limited: self.rate_limited.load(Relaxed),
+            not_authorized: self.not_authorized.load(Relaxed),
+            strikes: self.strikes.load(Relaxed),
             connections: self.connections.load(Relaxed),
         }
     }
@@ -211,6 +224,9 @@ pub struct DeviceSnapshot {
     /// Late publishes, discarded or (with `late = "forward"`) forwarded.
     pub late: u64,
     pub rate_limited: u64,
+    /// Publishes outside the class's topic permissions.
+    pub not_authorized: u64,
+    pub strikes: u64,
     pub connections: u32,
 }
 

@@ -125,6 +125,10 @@ impl<C: Clock + Clone> Policy<C> {
         why: &str,
     ) -> Option<Ban> {
         inc(&self.stats.strikes);
+        // Strikes are rare (each is a misbehaviour): a lookup here costs the hot path nothing.
+        if let Some(d) = self.stats.devices.get(&id.state_key()) {
+            inc(&d.strikes);
+        }
         let r = &self.rules;
         // `get_mut` first: a device being struck usually already has a window, and `entry`
         // would clone the key (two atomic operations) on every strike.
