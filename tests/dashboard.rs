@@ -17,6 +17,8 @@ use support::{Broker, TestGateway};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 const DEVICE: &str = "meter-dash-1";
+/// A client ID a device chose to attack the dashboard with.
+const HOSTILE: &str = "<img src=x onerror=window.pwned=1>\"'</td><script>window.pwned=2</script>";
 
 /// A WebSocket listener in front of mosquitto; `meter-*` devices report once an hour (so a
 /// second publish within it is early); the monitor samples every second.
@@ -222,6 +224,88 @@ async fn pages_need_a_session_and_a_change_from_one_needs_its_csrf_token() {
         "the session acts as its token's name"
     );
 
+    // Another site's page may not log a browser in.
+    let cross = [
+        ("content-type", "application/x-www-form-urlencoded"),
+        ("sec-fetch-site", "cross-site"),
+    ];
+    let (status, h, _) = http(api, "POST", "/login", None, &cross, body.as_bytes()).await;
+    assert_eq!(status, 403);
+    assert!(h.get("set-cookie").is_none());
+    // Only the files themselves: a path that also finds a page is not a second entrance.
+    for path in [
+        "/assets/index.html",
+        "/assets/index.html/",
+        "/assets/./app.js",
+    ] {
+        assert_eq!(
+            http(api, "GET", path, Some(&cookie), &[], b"").await.0,
+            404,
+            "{path}"
+        );
+    }
+    // The browser's favicon request is no refused token.
+    assert_eq!(
+        http(api, "GET", "/favicon.ico", None, &[], b"").await.0,
+        204
+    );
+
+    // Logout needs the CSRF token too, and ends the session here, not just in the browser.
+    let (_, h, _) = http(api, "POST", "/login", None, &form, body.as_bytes()).await;
+    let second = header(&h, "set-cookie")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let (_, _, session) = http(api, "GET", "/dashboard/session", Some(&second), &[], b"").await;
+    let second_csrf = serde_json::from_str::<Value>(&session).unwrap()["csrf"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(second_csrf, csrf, "each session has its own");
+    assert_eq!(
+        http(api, "POST", "/logout", Some(&second), &[], b"")
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        http(api, "GET", "/api/v1/stats", Some(&second), &[], b"")
+            .await
+            .0,
+        200
+    );
+    let (status, h, _) = http(
+        api,
+        "POST",
+        "/logout",
+        Some(&second),
+        &[("x-csrf-token", &second_csrf)],
+        b"",
+    )
+    .await;
+    assert_eq!((status, header(&h, "location")), (303, "/login"));
+    assert!(header(&h, "set-cookie").contains("Max-Age=0"));
+    assert_eq!(
+        http(api, "GET", "/api/v1/stats", Some(&second), &[], b"")
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        http(api, "GET", "/api/v1/stats", Some(&cookie), &[], b"")
+            .await
+            .0,
+        200,
+        "the other session lives"
+    );
+    // Refused so far: the wrong token at the login, and the logged-out session's request.
+    let metrics = support::admin::text(api, "/metrics").await;
+    assert!(
+        metrics.contains("portcullis_admin_unauthorized_total 2"),
+        "{metrics}"
+    );
+
     // The token taken out of the file: its sessions end at the reload.
     std::fs::write(&s.files.tokens, "ci:ci-token-fedcba9876543210\n").unwrap();
     let config = portcullis::Config::parse(&config(s._broker.addr, &s.files), None).unwrap();
@@ -234,6 +318,24 @@ async fn pages_need_a_session_and_a_change_from_one_needs_its_csrf_token() {
             .0,
         401
     );
+}
+
+#[tokio::test]
+async fn without_the_dashboard_the_listener_serves_the_api_alone() {
+    let broker = Broker::spawn().await;
+    let files = AdminFiles::new();
+    let toml =
+        config(broker.addr, &files).replace("monitor_interval_secs = 1", "dashboard = false");
+    let gw = TestGateway::start(&toml).await;
+    let api = gw.gw().admin_addr().unwrap();
+    let (status, _, body) = http(api, "GET", "/", None, &[], b"").await;
+    assert_eq!(status, 401, "{body}");
+    let form = [("content-type", "application/x-www-form-urlencoded")];
+    let login = format!("token={TOKEN}");
+    let (status, h, _) = http(api, "POST", "/login", None, &form, login.as_bytes()).await;
+    assert_eq!(status, 401);
+    assert!(h.get("set-cookie").is_none());
+    assert_eq!(ops(api, "GET", "/api/v1/stats", None).await.status, 200);
 }
 
 #[tokio::test]
@@ -323,6 +425,13 @@ async fn in_a_browser_an_admin_bans_a_device_from_its_row_lifts_the_ban_and_sees
     let (mut dev, code) = device(&s).await;
     assert_eq!(code, 0);
     publish(&mut dev, 1).await;
+    let mut hostile = RawClient::ws(&s.gw.ws_url("/mqtt"), Version::V311).await;
+    assert_eq!(
+        hostile
+            .connect(&wire::connect(HOSTILE, 30, Version::V311))
+            .await,
+        0
+    );
 
     let shots = std::env::var("PORTCULLIS_SCREENSHOTS").unwrap_or_default();
     let script =
@@ -332,6 +441,7 @@ async fn in_a_browser_an_admin_bans_a_device_from_its_row_lifts_the_ban_and_sees
         .env("PORTCULLIS_ADMIN_URL", format!("http://{}", s.api))
         .env("PORTCULLIS_ADMIN_TOKEN", TOKEN)
         .env("PORTCULLIS_DEVICE", DEVICE)
+        .env("PORTCULLIS_HOSTILE_DEVICE", HOSTILE)
         .env("PORTCULLIS_SCREENSHOTS", &shots)
         .env("SE_OFFLINE", "true")
         .stdin(Stdio::piped())

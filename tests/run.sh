@@ -26,6 +26,9 @@ have redis-server || need+=(redis-server)
 # Python for schemathesis (the admin API's OpenAPI conformance run), installed below in a venv.
 have python3 || need+=(python3)
 python3 -c 'import ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+# The dashboard's browser test: Debian's chromium and its driver (one build, so they match).
+have chromium || need+=(chromium)
+have chromedriver || need+=(chromium-driver)
 # The edges the profiles are for, run from profiles/ in front of the gateway.
 have nginx || need+=(nginx)
 have haproxy || need+=(haproxy)
@@ -46,6 +49,15 @@ if [ ! -x "$st_venv/bin/schemathesis" ]; then
   "$st_venv/bin/pip" install --quiet --disable-pip-version-check schemathesis==4.32.5
 fi
 export PORTCULLIS_SCHEMATHESIS="$st_venv/bin/schemathesis"
+
+# selenium, from PyPI at a pinned version, in its own venv: it drives chromium for the dashboard.
+browser_venv="$PWD/target/browser-venv"
+if ! "$browser_venv/bin/python" -c 'import selenium' >/dev/null 2>&1; then
+  echo "installing: selenium (PyPI) into target/browser-venv"
+  python3 -m venv "$browser_venv"
+  "$browser_venv/bin/pip" install --quiet --disable-pip-version-check selenium==4.38.0
+fi
+export PORTCULLIS_BROWSER_PYTHON="$browser_venv/bin/python"
 
 # Envoy and Traefik have profiles too, but no package in Debian's archive or in a registry these
 # machines reach: tests/deploy.rs parses their YAML; nothing runs them.

@@ -66,7 +66,11 @@ pub struct Messages {
     discarded_early: u64,
     /// Late publishes, discarded or (with `late = "forward"`) forwarded.
     late: u64,
+    /// Late publishes discarded (all of `late`, unless `late = "forward"`).
+    discarded_late: u64,
     discarded_rate_limited: u64,
+    /// Publishes outside the class's `publish_topics`.
+    discarded_not_authorized: u64,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -155,7 +159,9 @@ pub async fn list(
                     forwarded: d.forwarded,
                     discarded_early: d.early,
                     late: d.late,
+                    discarded_late: d.late_discarded,
                     discarded_rate_limited: d.rate_limited,
+                    discarded_not_authorized: d.not_authorized,
                 }),
                 bytes_in: c.traffic.up(),
                 bytes_out: c.traffic.down(),

@@ -237,6 +237,9 @@ pub struct AdminServer {
     /// As configured (port 0 stays 0 here; `local_addr` has the port bound).
     pub bind: SocketAddr,
     pub tokens: Arc<Tokens>,
+    /// As configured (a reload cannot change these two).
+    pub dashboard: bool,
+    pub monitor_interval_secs: u64,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
@@ -272,6 +275,8 @@ impl AdminServer {
             local_addr,
             bind: settings.bind,
             tokens,
+            dashboard: settings.dashboard,
+            monitor_interval_secs: settings.monitor_interval_secs,
             stop,
             task,
         })

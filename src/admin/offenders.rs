@@ -2,8 +2,8 @@
 //!
 //! The policy keeps per-device totals since the device was last forgotten; the monitor's tick
 //! turns them into counts per ten minutes here. Only devices that have offended are tracked
-//! (a device with all-zero totals needs no baseline), and a device the policy forgot is
-//! forgotten here too, so this holds no more than the policy's own device map.
+//! (a device with all-zero totals needs no baseline), a device the policy forgot is dropped
+//! once its offences are an hour old, and at most [`MAX_TRACKED`] are held.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -21,12 +21,20 @@ use crate::store::Record;
 /// Ten minutes per bucket, six buckets: an offence counts for 50 to 60 minutes.
 const BUCKET_SECS: u64 = 600;
 const BUCKETS: usize = 6;
+/// Devices tracked at most (each about 200 bytes): beyond it new offenders wait for room.
+const MAX_TRACKED: usize = 200_000;
 
 /// Early, late, rate-limited, not authorized, strikes.
 type Counts = [u64; 5];
 
 fn counts(d: &DeviceSnapshot) -> Counts {
-    [d.early, d.late, d.rate_limited, d.not_authorized, d.strikes]
+    [
+        d.early,
+        d.late_discarded,
+        d.rate_limited,
+        d.not_authorized,
+        d.strikes,
+    ]
 }
 
 #[derive(Default)]
@@ -76,31 +84,37 @@ impl Offenders {
     pub fn record(&self, stats: &Stats, now: SystemTime) {
         let bucket = bucket_of(now);
         let mut devices = self.devices.lock().unwrap_or_else(|e| e.into_inner());
-        let mut present = 0usize;
         stats.each_device(|id, d| {
             let now_counts = counts(&d);
-            if now_counts == [0; 5] && !devices.contains_key(id) {
-                return;
-            }
-            present += 1;
-            let track = devices.entry(Arc::clone(id)).or_default();
-            // Totals only grow while the policy keeps the device; smaller means it was
-            // forgotten and seen anew, so everything it has now is new.
-            let base = if now_counts.iter().zip(&track.seen).any(|(n, s)| n < s) {
-                [0; 5]
-            } else {
-                track.seen
+            let tracked = devices.get_key_value(id).map(|(k, _)| Arc::ptr_eq(k, id));
+            let track = match tracked {
+                None if now_counts == [0; 5] || devices.len() >= MAX_TRACKED => return,
+                None => devices.entry(Arc::clone(id)).or_default(),
+                // The policy forgot the device and saw it anew: a new entry, whose key is a
+                // new allocation (ours keeps the old one alive), with totals from zero. Its
+                // offences of the last hour stay.
+                Some(false) => {
+                    let old = devices.remove(id).unwrap_or_default();
+                    let fresh = Track {
+                        seen: [0; 5],
+                        buckets: old.buckets,
+                    };
+                    devices.entry(Arc::clone(id)).or_insert(fresh)
+                }
+                Some(true) => match devices.get_mut(id) {
+                    Some(t) => t,
+                    None => return,
+                },
             };
-            let delta: Counts = std::array::from_fn(|i| now_counts[i] - base[i]);
+            let delta: Counts =
+                std::array::from_fn(|i| now_counts[i].saturating_sub(track.seen[i]));
             if delta != [0; 5] {
                 track.add(bucket, &delta);
             }
             track.seen = now_counts;
         });
-        // A device the policy forgot: its baseline is gone there, so it goes here.
-        if devices.len() > present {
-            devices.retain(|id, _| stats.device(id).is_some());
-        }
+        // A device the policy forgot is kept while it has offences in the last hour.
+        devices.retain(|id, t| t.recent(bucket) != [0; 5] || stats.device(id).is_some());
     }
 
     /// The `limit` worst of the last hour, worst first: by discards plus strikes.
@@ -197,6 +211,54 @@ pub async fn offenders(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::time::Duration;
+
+    #[test]
+    fn offences_are_counted_once_across_ticks_a_forgotten_device_and_forwarded_late_ones() {
+        let stats = Stats::default();
+        let o = Offenders::default();
+        let device = |stats: &Stats, id: &str| stats.device_entry(&Arc::from(id)).1;
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_000_000 * BUCKET_SECS);
+        let quiet = device(&stats, "quiet");
+        quiet.forwarded.fetch_add(10, Relaxed);
+        let d = device(&stats, "meter-1");
+        d.early.fetch_add(1, Relaxed);
+        d.strikes.fetch_add(1, Relaxed);
+        // Late but forwarded (`late = "forward"`): no offence.
+        d.late.fetch_add(5, Relaxed);
+        o.record(&stats, t0);
+        o.record(&stats, t0 + Duration::from_secs(10));
+        let top = o.top(10, t0);
+        assert_eq!(top.len(), 1, "a device without offences is not listed");
+        assert_eq!(top[0].1, [1, 0, 0, 0, 1]);
+        // More of them later: only the growth is added.
+        d.early.fetch_add(2, Relaxed);
+        d.late_discarded.fetch_add(1, Relaxed);
+        o.record(&stats, t0 + Duration::from_secs(700));
+        assert_eq!(
+            o.top(10, t0 + Duration::from_secs(700))[0].1,
+            [3, 1, 0, 0, 1]
+        );
+        // Forgotten by the policy and seen anew, with one early publish: counted on top.
+        drop(d);
+        stats.devices.remove("meter-1");
+        let d = device(&stats, "meter-1");
+        d.early.fetch_add(1, Relaxed);
+        o.record(&stats, t0 + Duration::from_secs(800));
+        assert_eq!(
+            o.top(10, t0 + Duration::from_secs(800))[0].1,
+            [4, 1, 0, 0, 1]
+        );
+        // Forgotten for good: kept while its offences are within the hour, then dropped.
+        drop(d);
+        stats.devices.remove("meter-1");
+        o.record(&stats, t0 + Duration::from_secs(900));
+        assert_eq!(o.top(10, t0 + Duration::from_secs(900)).len(), 1);
+        o.record(&stats, t0 + Duration::from_secs(2 * 3600));
+        assert!(o.top(10, t0 + Duration::from_secs(2 * 3600)).is_empty());
+        assert!(o.devices.lock().unwrap().is_empty());
+    }
 
     #[test]
     fn an_offence_counts_for_the_hour_and_then_not() {

@@ -276,6 +276,13 @@ impl Gateway {
             if settings.bind != admin.bind {
                 tracing::warn!(running = %admin.bind, wanted = %settings.bind, "admin.bind changed: restart to apply");
             }
+            if settings.dashboard != admin.dashboard
+                || settings.monitor_interval_secs != admin.monitor_interval_secs
+            {
+                tracing::warn!(
+                    "admin.dashboard or admin.monitor_interval_secs changed: restart to apply"
+                );
+            }
             let n = admin.tokens.reload_from(&settings.tokens_file)?;
             tracing::info!(tokens = n, "admin tokens reloaded");
         }

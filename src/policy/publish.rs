@@ -165,6 +165,7 @@ impl<C: Clock + Clone> Policy<C> {
         if timing == Timing::Late {
             inc(&s.device.late);
             if !self.rules.late_forward {
+                inc(&s.device.late_discarded);
                 inc(&self.stats.discarded_late);
                 return Decision::discard(Reason::Late, None);
             }

@@ -170,6 +170,8 @@ pub struct DeviceCounters {
     pub(crate) forwarded: AtomicU64,
     pub(crate) early: AtomicU64,
     pub(crate) late: AtomicU64,
+    /// Late publishes discarded (all of `late`, unless `late = "forward"`).
+    pub(crate) late_discarded: AtomicU64,
     pub(crate) rate_limited: AtomicU64,
     pub(crate) not_authorized: AtomicU64,
     /// Strikes against this client ID (any rule).
@@ -209,6 +211,7 @@ impl DeviceCounters {
             forwarded: self.forwarded.load(Relaxed),
             early: self.early.load(Relaxed),
             late: self.late.load(Relaxed),
+            late_discarded: self.late_discarded.load(Relaxed),
             rate_limited: self.rate_limited.load(Relaxed),
             not_authorized: self.not_authorized.load(Relaxed),
             strikes: self.strikes.load(Relaxed),
@@ -223,6 +226,8 @@ pub struct DeviceSnapshot {
     pub early: u64,
     /// Late publishes, discarded or (with `late = "forward"`) forwarded.
     pub late: u64,
+    /// Late publishes discarded (all of `late`, unless `late = "forward"`).
+    pub late_discarded: u64,
     pub rate_limited: u64,
     /// Publishes outside the class's topic permissions.
     pub not_authorized: u64,

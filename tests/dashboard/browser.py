@@ -25,6 +25,8 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 URL = os.environ["PORTCULLIS_ADMIN_URL"].rstrip("/")
 TOKEN = os.environ["PORTCULLIS_ADMIN_TOKEN"]
 DEVICE = os.environ["PORTCULLIS_DEVICE"]
+# A second device whose client ID is HTML: it must show as text and run nothing.
+HOSTILE = os.environ["PORTCULLIS_HOSTILE_DEVICE"]
 SHOTS = os.environ.get("PORTCULLIS_SCREENSHOTS", "")
 WAIT = 30
 
@@ -140,6 +142,10 @@ def run(d):
     go(d, "clients")
     row = f"#clients-table tr[data-clientid={quoted(DEVICE)}]"
     until(d, f"{DEVICE} in Clients", css(row))
+    hostile = f"#clients-table tr[data-clientid={quoted(HOSTILE)}]"
+    until(d, "the hostile client ID in Clients", css(hostile))
+    assert text_of(d, f"{hostile} td").startswith(HOSTILE), "shown as text"
+    assert d.execute_script("return window.pwned === undefined && !document.querySelector('#clients-table img')")
     shot(d, "clients")
     click(d, f"{row} button.ban")
     until(d, "the ban dialog", lambda d: d.find_element(By.ID, "ban-dialog").get_attribute("open") is not None)

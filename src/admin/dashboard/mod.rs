@@ -38,6 +38,8 @@ pub fn routes() -> Router<AdminState> {
         .route("/logout", post(logout))
         .route("/dashboard/session", get(session))
         .route("/assets/{*file}", get(asset))
+        // Browsers ask for it on every page; a 401 each time would count as a refused token.
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
 }
 
 async fn index(State(state): State<AdminState>, headers: HeaderMap) -> Response {
@@ -76,6 +78,9 @@ fn login_form(status: StatusCode, refusal: Option<&str>) -> Response {
 }
 
 async fn login(State(state): State<AdminState>, req: Request) -> Response {
+    if cross_site(req.headers()) {
+        return super::csrf_refused();
+    }
     let Ok(body) = axum::body::to_bytes(req.into_body(), MAX_LOGIN_BODY).await else {
         return login_form(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -89,7 +94,8 @@ async fn login(State(state): State<AdminState>, req: Request) -> Response {
     if state.tokens.check(&token).is_none() {
         let refused = &state.shared.admin_unauthorized;
         refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tracing::info!("dashboard login refused: not a token of admin.tokens_file");
+        // Counted above; a line each would let anyone fill the log.
+        tracing::debug!("dashboard login refused: not a token of admin.tokens_file");
         return login_form(
             StatusCode::UNAUTHORIZED,
             Some("That token is not one of admin.tokens_file."),
@@ -105,7 +111,7 @@ async fn logout(State(state): State<AdminState>, headers: HeaderMap) -> Response
     let Some(caller) = state.sessions.caller(&headers, &state.tokens) else {
         return see_other("/login", Some(sessions::clear_cookie()));
     };
-    if !sessions::csrf_ok(&headers, &caller) {
+    if cross_site(&headers) || !sessions::csrf_ok(&headers, &caller) {
         return super::csrf_refused();
     }
     state.sessions.close(&headers);
@@ -149,9 +155,13 @@ async fn asset(
     file(&name).unwrap_or_else(|| ApiError::not_found("no such file").into_response())
 }
 
-/// An embedded file, typed by its extension.
+/// An embedded file, typed by its extension; the name must be the file's own, spelled as it
+/// is (a lookup by path also takes `x.html/` or `./x.html`).
 fn file(name: &str) -> Option<Response> {
     let f = ASSETS.get_file(name)?;
+    if f.path().to_str() != Some(name) {
+        return None;
+    }
     let kind = match name.rsplit_once('.').map(|(_, ext)| ext) {
         Some("html") => "text/html; charset=utf-8",
         Some("js") => "text/javascript; charset=utf-8",
@@ -164,6 +174,14 @@ fn file(name: &str) -> Option<Response> {
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
     Some(r)
+}
+
+/// A form posted from another site's page (browsers say so in `Sec-Fetch-Site`): another site
+/// may not log a browser in or out.
+fn cross_site(headers: &HeaderMap) -> bool {
+    headers
+        .get("sec-fetch-site")
+        .is_some_and(|v| v.as_bytes() == b"cross-site" || v.as_bytes() == b"same-site")
 }
 
 fn see_other(to: &'static str, cookie: Option<String>) -> Response {

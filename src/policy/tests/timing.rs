@@ -56,6 +56,10 @@ fn early_is_a_strike_and_leaves_the_clock() {
     assert_eq!(h.verdict(&mut s), Verdict::Forward);
     let dev = h.policy.stats().device("d").expect("device counters");
     assert_eq!((dev.forwarded, dev.early), (2, 1));
+    assert_eq!(
+        dev.strikes, 1,
+        "the device's own strike count (top offenders)"
+    );
 }
 
 #[test]
@@ -68,6 +72,8 @@ fn late_is_discarded_not_struck_and_rearms() {
     assert_eq!(d, Decision::discard(Reason::Late, None));
     assert_eq!(h.stats().strikes, 0);
     assert_eq!(h.stats().discarded_late, 1);
+    let dev = h.policy.stats().device("d").expect("device counters");
+    assert_eq!((dev.late, dev.late_discarded, dev.strikes), (1, 1, 0));
     // Re-armed at the late publish: the next on-time one is in rhythm.
     h.advance(60.0);
     assert_eq!(h.verdict(&mut s), Verdict::Forward);
@@ -90,7 +96,12 @@ fn late_can_be_forwarded() {
         (st.forwarded, st.late_forwarded, st.discarded_late),
         (2, 1, 0)
     );
-    assert_eq!(h.policy.stats().device("d").map(|d| d.late), Some(1));
+    let dev = h.policy.stats().device("d").expect("device counters");
+    assert_eq!(
+        (dev.late, dev.late_discarded),
+        (1, 0),
+        "forwarded: no discard"
+    );
     h.advance(60.0);
     assert_eq!(
         h.verdict(&mut s),
@@ -239,4 +250,18 @@ fn fractional_interval_and_zero_tolerance() {
     assert_eq!(h.verdict(&mut s), EARLY);
     h.advance_nanos(2);
     assert_eq!(h.verdict(&mut s), LATE);
+}
+
+#[test]
+fn a_publish_outside_the_permissions_counts_against_the_device() {
+    let mut cfg = rhythm_config();
+    for c in cfg.classes.values_mut() {
+        c.publish_topics = vec!["meters/{clientid}".into()];
+    }
+    let h = Harness::new(cfg);
+    let mut s = h.connect("d");
+    let d = h.publish(&mut s, "elsewhere");
+    assert_eq!(d.verdict, Verdict::Discard(Reason::NotAuthorized));
+    let dev = h.policy.stats().device("d").expect("device counters");
+    assert_eq!((dev.not_authorized, dev.strikes), (1, 1));
 }

@@ -40,7 +40,7 @@
     s.className = isError ? 'error' : '';
   }
 
-  async function api(method, path, body) {
+  async function api(method, path, body, retried) {
     const headers = {};
     if (method !== 'GET') headers['x-csrf-token'] = session.csrf;
     if (body !== undefined) headers['content-type'] = 'application/json';
@@ -51,6 +51,11 @@
     if (r.status === 401) {
       location.href = '/login';
       throw new Error('the session ended: log in again');
+    }
+    // A login in another tab replaced this tab's session: take the new one's CSRF token.
+    if (r.status === 403 && method !== 'GET' && !retried) {
+      session = await api('GET', '/dashboard/session');
+      return api(method, path, body, true);
     }
     const text = await r.text();
     let json = null;
@@ -97,6 +102,14 @@
       el('button', { type: 'button', class: 'prev', disabled: meta.page <= 1, onclick: () => go(meta.page - 1) }, '‹ Previous'),
       ` page ${meta.page} of ${last} · ${num(meta.count)} matching `,
       el('button', { type: 'button', class: 'next', disabled: !meta.hasnext, onclick: () => go(meta.page + 1) }, 'Next ›'));
+  }
+
+  // A page past the last (rows went away meanwhile): go to the last one instead.
+  function past(page, goTo) {
+    if (page.data.length || page.meta.page <= 1) return false;
+    goTo(Math.max(1, Math.ceil(page.meta.count / page.meta.limit)));
+    again = true;
+    return true;
   }
 
   function fillDurations(select) {
@@ -231,9 +244,13 @@
       const signature = series.map(([label]) => label).join('|');
       let c = charts[id];
       if (!c || c.signature !== signature) {
-        if (c) c.card.remove();
         const card = el('div', { class: 'chart', id: `chart-${id}` }, el('h3', {}, title), el('p', { class: 'latest' }));
-        box.append(card);
+        if (c) {
+          c.plot.destroy();
+          c.card.replaceWith(card);
+        } else {
+          box.append(card);
+        }
         const width = Math.max(300, card.clientWidth - 16);
         const plot = new uPlot({
           width, height: 200,
@@ -270,6 +287,7 @@
   async function clients() {
     const form = document.getElementById('clients-filter');
     const page = await api('GET', `/api/v1/clients?${query(form, { page: clientsPage, limit: PAGE_SIZE })}`);
+    if (past(page, (p) => { clientsPage = p; })) return;
     const rows = page.data.map((c) => {
       const options = {};
       if (c.clientid !== null) options.clientid = c.clientid;
@@ -283,7 +301,7 @@
           c.clientid ?? c.serial ?? '–', c.username ?? '–', c.ip_address, c.route,
           c.proto_ver ? `${c.transport} · MQTT ${c.proto_ver === 5 ? '5' : '3.1.1'}` : c.transport,
           when(c.connected_at),
-          m ? `${num(m.forwarded)} / ${num(m.discarded_early + m.late + m.discarded_rate_limited)}` : '–',
+          m ? `${num(m.forwarded)} / ${num(m.discarded_early + m.discarded_late + m.discarded_rate_limited + m.discarded_not_authorized)}` : '–',
           `${bytes(c.bytes_in)} / ${bytes(c.bytes_out)}`,
           el('span', { class: 'actions' },
             c.clientid !== null ? el('button', { type: 'button', class: 'kick', onclick: () => kick(c.clientid) }, 'Kick') : null,
@@ -313,6 +331,7 @@
   async function banned() {
     const form = document.getElementById('banned-filter');
     const page = await api('GET', `/api/v1/banned?${query(form, { page: bannedPage, limit: PAGE_SIZE })}`);
+    if (past(page, (p) => { bannedPage = p; })) return;
     const rows = page.data.map((b) => ({
       item: b,
       cells: [b.as, b.who, origin(b.by), b.reason || '–', when(b.at), when(b.until),
@@ -368,6 +387,7 @@
       api('GET', '/api/v1/classes'),
       api('GET', `/api/v1/overrides?${query(document.getElementById('overrides-filter'), { page: overridesPage, limit: PAGE_SIZE })}`),
     ]);
+    if (past(overrides, (p) => { overridesPage = p; })) return;
     classNames = classes.map((c) => c.name);
     document.getElementById('classes-table').replaceChildren(
       table(['Class', ...SETTINGS], classes.map((c) => ({ item: c, cells: [c.name, ...settingsCells(c.settings)] }))));
@@ -448,12 +468,29 @@
 
   const PAGES = { overview, clients, banned, devices, offenders };
 
+  // One refresh at a time; one asked for meanwhile (a filter, a timer) runs right after, so
+  // an older answer can never be drawn over a newer one.
+  let busy = false;
+  let again = false;
+
   async function refresh() {
     if (!current || dialog.open) return;
+    if (busy) {
+      again = true;
+      return;
+    }
+    busy = true;
     try {
-      await PAGES[current]();
+      do {
+        again = false;
+        await PAGES[current]();
+      } while (again);
       if (document.getElementById('status').className === 'error') say('');
-    } catch (err) { say(err.message, true); }
+    } catch (err) {
+      say(err.message, true);
+    } finally {
+      busy = false;
+    }
   }
 
   function show() {
@@ -471,8 +508,9 @@
   }
 
   document.getElementById('logout').addEventListener('click', async () => {
-    await fetch('/logout', { method: 'POST', headers: { 'x-csrf-token': session.csrf }, credentials: 'same-origin' });
-    location.href = '/login';
+    const r = await fetch('/logout', { method: 'POST', headers: { 'x-csrf-token': session.csrf }, credentials: 'same-origin' });
+    if (r.ok) location.href = '/login';
+    else say(`Logout failed (${r.status}): reload the page and try again.`, true);
   });
 
   async function start() {
