@@ -13,6 +13,7 @@ pub mod probe;
 #[cfg(feature = "gateway")]
 pub mod push;
 pub(crate) mod relay;
+pub mod resume;
 
 #[cfg(feature = "gateway")]
 pub use pool::{Pool, Routes};

@@ -18,8 +18,8 @@ use ipnet::IpNet;
 
 use super::patterns::Patterns;
 
-/// What a ban applies to.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// What a ban applies to. Ordered (kind, then value) only so that lists are in one order.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Subject {
     ClientId(Arc<str>),
     Username(Arc<str>),
@@ -517,7 +517,9 @@ impl BanList for MemoryBanList {
             .filter(|b| b.active(now))
             .cloned()
             .collect();
-        out.sort_by_key(|b| b.created);
+        // Bans made in the same millisecond (times are kept to the millisecond) in one order,
+        // not the map's: pages of a list must neither repeat nor skip a ban.
+        out.sort_by(|a, b| (a.created, &a.subject).cmp(&(b.created, &b.subject)));
         out
     }
 

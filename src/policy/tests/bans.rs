@@ -252,3 +252,36 @@ fn regex_bans_match_values_and_are_capped() {
     list.sweep(t0() + Duration::from_secs(10));
     assert!(list.get(&client("xyz"), t0()).is_none(), "swept");
 }
+
+#[test]
+fn a_list_has_one_order_even_for_bans_of_the_same_instant() {
+    let list = MemoryBanList::new();
+    let names = ["m-3", "m-1", "m-2", "a", "z"];
+    for n in names {
+        list.insert(ban(Subject::ClientId(n.into()), None), t0())
+            .unwrap();
+    }
+    list.insert(ban(Subject::Username("u".into()), None), t0())
+        .unwrap();
+    let order = |l: &MemoryBanList| -> Vec<String> {
+        l.list(t0()).iter().map(|b| b.subject.to_string()).collect()
+    };
+    let first = order(&list);
+    assert_eq!(first.len(), 6);
+    // Same time for all: by kind, then value; the map's order (which changes as it grows and
+    // shrinks) plays no part, so a page never repeats or skips a ban.
+    assert_eq!(
+        first[..5],
+        [
+            "client_id:a",
+            "client_id:m-1",
+            "client_id:m-2",
+            "client_id:m-3",
+            "client_id:z"
+        ]
+    );
+    list.remove(&Subject::ClientId("m-2".into()));
+    list.insert(ban(Subject::ClientId("m-2".into()), None), t0())
+        .unwrap();
+    assert_eq!(order(&list), first);
+}
