@@ -391,6 +391,39 @@ async fn offenders_classes_and_overrides_are_listed() {
     assert_eq!(list.json["meta"]["count"], 1);
     let none = ops(s.api, "GET", "/api/v1/overrides?class=default", None).await;
     assert_eq!(none.json["meta"]["count"], 0);
+
+    // A ban for a duration, counted by the gateway's clock (what the dashboard sends).
+    let ban = json!({"as": "clientid", "who": "for-an-hour", "for_secs": 3600});
+    let made = ops(s.api, "POST", "/api/v1/banned", Some(ban)).await;
+    assert_eq!(made.status, 201, "{:?}", made.json);
+    let until = chrono::DateTime::parse_from_rfc3339(made.json["until"].as_str().unwrap()).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let left = until.timestamp() - now.as_secs() as i64;
+    assert!((3590..=3600).contains(&left), "{left} s left");
+    for (bad, field) in [
+        (
+            json!({"as": "clientid", "who": "x", "for_secs": 0}),
+            "for_secs",
+        ),
+        (
+            json!({"as": "clientid", "who": "x", "for_secs": 315_360_001u64}),
+            "for_secs",
+        ),
+        (
+            json!({"as": "clientid", "who": "x", "for_secs": 60, "until": "2099-01-01T00:00:00Z"}),
+            "for_secs",
+        ),
+    ] {
+        let a = ops(s.api, "POST", "/api/v1/banned", Some(bad)).await;
+        assert_eq!(a.status, 400, "{:?}", a.json);
+        assert!(
+            a.json["message"].as_str().unwrap().starts_with(field),
+            "{:?}",
+            a.json
+        );
+    }
 }
 
 /// Until the monitor's latest sample satisfies `cond` (a sample a second).

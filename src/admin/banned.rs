@@ -76,10 +76,18 @@ pub struct NewBan {
     who: String,
     #[serde(default)]
     reason: Option<String>,
-    /// RFC 3339, in the future; absent: until removed.
+    /// RFC 3339, in the future; absent (and no `for_secs`): until removed.
     #[serde(default)]
     until: Option<String>,
+    /// Instead of `until`: this many seconds from now, by the gateway's clock (the dashboard
+    /// sends this, so a browser's wrong clock cannot shorten or lengthen a ban).
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 315360000)]
+    for_secs: Option<u64>,
 }
+
+/// The longest `for_secs`: ten years (longer is "until removed").
+const MAX_FOR_SECS: u64 = 315_360_000;
 
 /// A duplicate's answer: the error, and the ban already in force.
 #[derive(Serialize, ToSchema)]
@@ -158,13 +166,27 @@ pub async fn add(
         return Err(ApiError::bad_request("reason: at most 1024 bytes"));
     }
     let now = SystemTime::now();
+    let until = match (new.until, new.for_secs) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "for_secs: give until or for_secs, not both",
+            ))
+        }
+        (None, Some(secs)) if !(1..=MAX_FOR_SECS).contains(&secs) => {
+            return Err(ApiError::bad_request(format!(
+                "for_secs: must be between 1 and {MAX_FOR_SECS} (ten years)"
+            )))
+        }
+        (None, Some(secs)) => Some(super::rfc3339(now + std::time::Duration::from_secs(secs))),
+        (until, None) => until,
+    };
     let record = Record {
         kind: new.kind,
         who: new.who,
         by: BanSource::Admin(caller.clone()).by(),
         reason,
         at: super::rfc3339(now),
-        until: new.until,
+        until,
     };
     let ban = record.to_ban().map_err(ApiError::bad_request)?;
     if !ban.active(now) {

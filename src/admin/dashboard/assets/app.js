@@ -117,8 +117,9 @@
     select.value = '3600';
   }
 
-  function until(seconds) {
-    return seconds ? new Date(Date.now() + Number(seconds) * 1000).toISOString() : undefined;
+  // A duration, counted by the gateway's clock (the browser's may be off); none: until removed.
+  function forSecs(seconds) {
+    return seconds ? Number(seconds) : undefined;
   }
 
   // ---- the ban dialog (from a client's or an offender's row) -------------------------------
@@ -148,7 +149,7 @@
     const reason = document.getElementById('ban-reason').value;
     const seconds = document.getElementById('ban-duration').value;
     try {
-      await api('POST', '/api/v1/banned', { as, who, reason: reason || undefined, until: until(seconds) });
+      await api('POST', '/api/v1/banned', { as, who, reason: reason || undefined, for_secs: forSecs(seconds) });
       dialog.close();
       say(`Banned ${as} ${who}: its connections are closed.`);
       refresh();
@@ -356,7 +357,7 @@
     const f = new FormData(e.target);
     try {
       await api('POST', '/api/v1/banned', {
-        as: f.get('as'), who: f.get('who'), reason: f.get('reason') || undefined, until: until(f.get('duration')),
+        as: f.get('as'), who: f.get('who'), reason: f.get('reason') || undefined, for_secs: forSecs(f.get('duration')),
       });
       say(`Banned ${f.get('as')} ${f.get('who')}.`);
       e.target.reset();
