@@ -13,8 +13,14 @@
 //!   101 with its own [`RECEIVED`] and a new [`TOKEN`], and each side replays what the other
 //!   lacks ([`replay::ReplayBuffer::resume`]). A gateway without the session answers 409 with
 //!   [`REFUSED`] naming why, and the agent closes the device's connection as it does today.
+//!
+//! [`session::Session`] holds both directions of one tunnel as one end sees them; its tests
+//! run two ends over a link that loses everything in flight at random moments.
+//!
+//! Not wired yet: neither the relay nor the agent uses this module so far.
 
 pub mod replay;
+pub mod session;
 pub mod tokens;
 
 /// The agent's offer: `1`.
