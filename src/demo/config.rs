@@ -22,8 +22,9 @@ pub const BAN_SECS: u64 = 60;
 /// policy (route `mqtt` carries MQTT by default, `telemetry` is an opaque tunnel). The
 /// tunnel is for authenticated devices only: the agent presents a device token signed with
 /// the key whose public half is `token_key_pem`.
-pub fn gateway(broker: SocketAddr, token_key_pem: &str) -> String {
+pub fn gateway(broker: SocketAddr, token_key_pem: &str, admin_tokens: &std::path::Path) -> String {
     let period = device::PERIOD.as_secs_f64();
+    let admin = admin_tokens.display();
     format!(
         r#"
 [[listener]]
@@ -47,6 +48,12 @@ public_key_pem = """
 [shutdown]
 drain_window_secs = 1
 drain_timeout_secs = 3
+
+# The admin API and the dashboard, on loopback; the demo makes a token for this run.
+[admin]
+bind = "127.0.0.1:0"
+tokens_file = "{admin}"
+monitor_interval_secs = 2
 
 [policy]
 # The demo knows its whole fleet: a client ID not listed below is refused.

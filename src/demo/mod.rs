@@ -92,6 +92,41 @@ impl AbuserReport {
 /// Largest MQTT packet the demo clients accept; theirs are tens of bytes.
 const MAX_PACKET: usize = 64 * 1024;
 
+/// An admin token for this run only, in a file of its own (removed at the end).
+struct AdminToken {
+    file: std::path::PathBuf,
+    token: String,
+}
+
+impl AdminToken {
+    fn make() -> Result<AdminToken, String> {
+        use base64::Engine;
+        use ring::rand::SecureRandom;
+        let mut raw = [0u8; 18];
+        ring::rand::SystemRandom::new()
+            .fill(&mut raw)
+            .map_err(|_| "no randomness for the admin token".to_string())?;
+        let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+        let file = std::env::temp_dir().join(format!("portcullis-demo-{}-tokens", &token[..8]));
+        let mut open = std::fs::OpenOptions::new();
+        open.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
+        let mut f = open
+            .open(&file)
+            .map_err(|e| format!("{}: {e}", file.display()))?;
+        std::io::Write::write_all(&mut f, format!("demo:{token}\n").as_bytes())
+            .map_err(|e| format!("{}: {e}", file.display()))?;
+        Ok(AdminToken { file, token })
+    }
+}
+
+impl Drop for AdminToken {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
 /// Run the demo for `duration` or until `stop` resolves.
 pub async fn run(duration: Duration, stop: impl Future<Output = ()>) -> Result<(), String> {
     run_with_report(duration, stop).await.map(|_| ())
@@ -106,8 +141,9 @@ pub async fn run_with_report(
     // The platform's token key: the gateway gets its public half, the agent a token.
     let signer = crate::device_token::Signer::generate_ed25519()?;
     let public = signer.public_pem().unwrap_or_default();
-    let config =
-        Config::parse(&config::gateway(broker, &public), None).map_err(|e| e.to_string())?;
+    let admin = AdminToken::make()?;
+    let config = Config::parse(&config::gateway(broker, &public, &admin.file), None)
+        .map_err(|e| e.to_string())?;
     let gateway = Gateway::start(config).await?;
     let Some(&gateway_addr) = gateway.local_addrs().first() else {
         return Err("the gateway has no listener".into());
@@ -121,6 +157,12 @@ pub async fn run_with_report(
         }
     };
     show::banner(broker, gateway_addr, agent.addr, duration);
+    if let Some(addr) = gateway.admin_addr() {
+        println!(
+            "  dashboard http://{addr}/  token {}  (admin API and dashboard; try --seconds 300)\n",
+            admin.token
+        );
+    }
 
     // Staggered starts spread the output; all devices are running after a second, and the
     // abusers take their turns after that.
