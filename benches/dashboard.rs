@@ -70,18 +70,13 @@ default_class = "meters"
 push_interval_secs = 3600.0
 tolerance_secs = 60.0
 
-[policy.connects]
-per_ip_per_sec = 1000000
-per_ip_burst = 1000000
-per_client_per_minute = 1000
-per_listener_per_sec = 1000000
-per_listener_burst = 1000000
-
+{connects}
 [shutdown]
 drain_window_secs = 1
 drain_timeout_secs = 2
 "#,
-        tokens.display()
+        tokens.display(),
+        connects = procs::CONNECTS_FOR_BENCH,
     )
 }
 

@@ -750,6 +750,40 @@ async fn the_cli_adds_lists_and_removes_bans_and_lists_and_kicks_clients() {
     .await;
     assert!(!ok && err.contains("404"), "{err}");
 
+    // For a while, by the gateway's clock; not with --until as well.
+    let timed = [
+        "banned",
+        "add",
+        "--as",
+        "username",
+        "--who",
+        "cli-user",
+        "--for-secs",
+        "600",
+    ];
+    let (ok, out, err) = cli(&s, &timed).await;
+    assert!(ok && out.contains("cli-user"), "{out}{err}");
+    let listed = ops(s.api, "GET", "/api/v1/banned?who=cli-user", None).await;
+    assert!(
+        listed.json["data"][0]["until"].is_string(),
+        "{:?}",
+        listed.json
+    );
+    let both = [
+        "banned",
+        "add",
+        "--as",
+        "username",
+        "--who",
+        "u2",
+        "--for-secs",
+        "60",
+        "--until",
+        "2999-01-01T00:00:00Z",
+    ];
+    let (ok, _, err) = cli(&s, &both).await;
+    assert!(!ok && err.contains("--for-secs"), "{err}");
+
     let mut dev = mqtt_tcp(&s, "cli-meter", None).await;
     let (ok, out, _) = cli(&s, &["clients", "list"]).await;
     assert!(

@@ -186,6 +186,15 @@ impl GatewayProc {
     }
 }
 
+/// Connect limits far above any bench's rate: every device comes from 127.0.0.1.
+pub const CONNECTS_FOR_BENCH: &str = "[policy.connects]
+per_ip_per_sec = 1000000
+per_ip_burst = 1000000
+per_client_per_minute = 1000
+per_listener_per_sec = 1000000
+per_listener_burst = 1000000
+";
+
 /// The gateway as a deployment would run it, with two bench-specific choices:
 /// - `/tunnel/mqtt-raw` is the same broker as a plain `tcp` route (the `mqtt` route is the
 ///   listener's MQTT route, so `/tunnel/mqtt` would take the MQTT-aware relay as well);
@@ -217,13 +226,7 @@ bytes_per_sec = 4000000000
 byte_burst = 4000000000
 max_connections = 1000000
 
-[policy.connects]
-per_ip_per_sec = 1000000
-per_ip_burst = 1000000
-per_client_per_minute = 1000
-per_listener_per_sec = 1000000
-per_listener_burst = 1000000
-
+{CONNECTS_FOR_BENCH}
 [shutdown]
 drain_window_secs = 1
 drain_timeout_secs = 2

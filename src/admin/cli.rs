@@ -50,9 +50,12 @@ pub enum BannedCommand {
         who: String,
         #[arg(long)]
         reason: Option<String>,
-        /// RFC 3339; absent: until removed.
-        #[arg(long)]
+        /// RFC 3339; absent (and no --for-secs): until removed.
+        #[arg(long, conflicts_with = "for_secs")]
         until: Option<String>,
+        /// Seconds from now, by the gateway's clock (instead of --until).
+        #[arg(long)]
+        for_secs: Option<u64>,
     },
     /// Lift a ban.
     Rm {
@@ -115,6 +118,7 @@ pub async fn banned(api: &ApiArgs, cmd: BannedCommand) -> Result<String, String>
             who,
             reason,
             until,
+            for_secs,
         } => {
             let mut body = serde_json::json!({ "as": kind, "who": who });
             if let Some(r) = reason {
@@ -122,6 +126,9 @@ pub async fn banned(api: &ApiArgs, cmd: BannedCommand) -> Result<String, String>
             }
             if let Some(u) = until {
                 body["until"] = u.into();
+            }
+            if let Some(secs) = for_secs {
+                body["for_secs"] = secs.into();
             }
             let v = call(api, "POST", "/api/v1/banned", Some(body)).await?;
             Ok(if api.json {
