@@ -96,6 +96,36 @@ pub async fn wait_listening(addr: SocketAddr) {
     }
 }
 
+/// Whether process `pid` holds the socket listening on `port`: a connect that succeeds may
+/// have reached another test's server that took the port between `free_port` and the child's
+/// bind (the child then exits, but maybe not before the connect). Read from /proc: the
+/// listening socket's inode in /proc/net/tcp{,6}, among the child's descriptors.
+pub fn holds_listener(pid: u32, port: u16) -> bool {
+    let hex = format!(":{port:04X}");
+    let inodes: Vec<String> = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|t| std::fs::read_to_string(t).ok())
+        .flat_map(|text| {
+            text.lines()
+                .skip(1)
+                .filter_map(|line| {
+                    let f: Vec<&str> = line.split_whitespace().collect();
+                    // local address, state (0A: LISTEN), inode
+                    let listening = f.len() > 9 && f[1].ends_with(&hex) && f[3] == "0A";
+                    listening.then(|| format!("socket:[{}]", f[9]))
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .is_ok_and(|link| inodes.iter().any(|i| link.to_string_lossy() == *i))
+    })
+}
+
 pub fn require_binary(name: &str) -> PathBuf {
     for dir in ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"] {
         let p = PathBuf::from(dir).join(name);
@@ -136,7 +166,9 @@ impl Broker {
             let addr: SocketAddr = ([127, 0, 0, 1], port).into();
             let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
             loop {
-                if TcpStream::connect(addr).await.is_ok() {
+                // Ours, not another test's server on a port it took first (a rare flake:
+                // the gateway's upstream was then no broker, and CONNECT got 0x88).
+                if TcpStream::connect(addr).await.is_ok() && holds_listener(child.id(), port) {
                     return Broker {
                         addr,
                         child,

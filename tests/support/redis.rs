@@ -67,7 +67,7 @@ async fn start(port: u16) -> Option<Child> {
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        if TcpStream::connect(addr).await.is_ok() {
+        if TcpStream::connect(addr).await.is_ok() && super::holds_listener(child.id(), port) {
             return Some(child);
         }
         if let Ok(Some(_)) = child.try_wait() {
