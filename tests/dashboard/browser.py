@@ -169,6 +169,20 @@ def run(d):
     click(d, f"{row} button.remove")
     until(d, "the confirmation", EC.alert_is_present()).accept()
     until(d, f"the ban on {DEVICE} gone", gone(row))
+
+    # Added from the form, with an exact end (a datetime-local field), then removed.
+    d.find_element(By.CSS_SELECTOR, "details.add summary").click()
+    Select(d.find_element(By.CSS_SELECTOR, "#ban-add select[name=as]")).select_by_visible_text("username")
+    d.find_element(By.CSS_SELECTOR, "#ban-add input[name=who]").send_keys("dash-user")
+    end = d.find_element(By.CSS_SELECTOR, "#ban-add input[name=until]")
+    d.execute_script("arguments[0].value = arguments[1]", end, "2030-01-02T03:04")
+    click(d, "#ban-add button[type=submit]")
+    added = "#banned-table tr[data-as=username][data-who='dash-user']"
+    until(d, "the added ban", css(added))
+    assert "2030-01-02" in text_of(d, added), text_of(d, added)
+    click(d, f"{added} button.remove")
+    until(d, "the confirmation", EC.alert_is_present()).accept()
+    until(d, "the added ban gone", gone(added))
     step("unbanned")
 
     # Overview: the charts moved: new samples, the device's publishes and discards, the ban.

@@ -356,8 +356,12 @@
     e.preventDefault();
     const f = new FormData(e.target);
     try {
+      // An exact end the admin typed (local time, sent as UTC), else the duration chosen.
+      const at = f.get('until');
       await api('POST', '/api/v1/banned', {
-        as: f.get('as'), who: f.get('who'), reason: f.get('reason') || undefined, for_secs: forSecs(f.get('duration')),
+        as: f.get('as'), who: f.get('who'), reason: f.get('reason') || undefined,
+        until: at ? new Date(at).toISOString() : undefined,
+        for_secs: at ? undefined : forSecs(f.get('duration')),
       });
       say(`Banned ${f.get('as')} ${f.get('who')}.`);
       e.target.reset();
