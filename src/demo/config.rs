@@ -24,7 +24,8 @@ pub const BAN_SECS: u64 = 60;
 /// the key whose public half is `token_key_pem`.
 pub fn gateway(broker: SocketAddr, token_key_pem: &str, admin_tokens: &std::path::Path) -> String {
     let period = device::PERIOD.as_secs_f64();
-    let admin = admin_tokens.display();
+    // A TOML string, escaped: the temp dir's path is the system's choice.
+    let admin = toml::Value::String(admin_tokens.to_string_lossy().into_owned());
     format!(
         r#"
 [[listener]]
@@ -52,7 +53,7 @@ drain_timeout_secs = 3
 # The admin API and the dashboard, on loopback; the demo makes a token for this run.
 [admin]
 bind = "127.0.0.1:0"
-tokens_file = "{admin}"
+tokens_file = {admin}
 monitor_interval_secs = 2
 
 [policy]

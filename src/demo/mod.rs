@@ -102,12 +102,19 @@ impl AdminToken {
     fn make() -> Result<AdminToken, String> {
         use base64::Engine;
         use ring::rand::SecureRandom;
-        let mut raw = [0u8; 18];
+        let mut raw = [0u8; 24];
         ring::rand::SystemRandom::new()
             .fill(&mut raw)
             .map_err(|_| "no randomness for the admin token".to_string())?;
-        let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
-        let file = std::env::temp_dir().join(format!("portcullis-demo-{}-tokens", &token[..8]));
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        // The name shares nothing with the token (anyone may list the temp dir).
+        let token = b64(&raw[..18]);
+        let name = format!(
+            "portcullis-demo-{}-{}-tokens",
+            std::process::id(),
+            b64(&raw[18..])
+        );
+        let file = std::env::temp_dir().join(name);
         let mut open = std::fs::OpenOptions::new();
         open.write(true).create_new(true);
         #[cfg(unix)]

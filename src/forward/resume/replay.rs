@@ -149,6 +149,8 @@ pub struct Receiver {
     /// When the oldest unacknowledged byte arrived.
     pending_since: Option<Instant>,
     rule: AckRule,
+    /// An acknowledgement is due now, whatever the rule says.
+    flush: bool,
 }
 
 impl Receiver {
@@ -158,6 +160,7 @@ impl Receiver {
             acked: 0,
             pending_since: None,
             rule,
+            flush: false,
         }
     }
 
@@ -180,11 +183,12 @@ impl Receiver {
         let waited = self
             .pending_since
             .is_some_and(|t| now.duration_since(t) >= self.rule.within);
-        if unacked == 0 || (unacked < self.rule.every_bytes && !waited) {
+        if unacked == 0 || (unacked < self.rule.every_bytes && !waited && !self.flush) {
             return None;
         }
         self.acked = self.received;
         self.pending_since = None;
+        self.flush = false;
         Some(self.received)
     }
 
@@ -193,10 +197,22 @@ impl Receiver {
         self.pending_since.map(|t| t + self.rule.within)
     }
 
+    /// Make an acknowledgement of everything received due now (the peer's source ended: its
+    /// last bytes must not wait for the timer).
+    pub fn flush(&mut self) {
+        self.flush = true;
+    }
+
+    /// Everything received has been acknowledged.
+    pub fn all_acked(&self) -> bool {
+        self.acked == self.received
+    }
+
     /// A resume is an acknowledgement of everything received.
     pub fn resumed(&mut self) {
         self.acked = self.received;
         self.pending_since = None;
+        self.flush = false;
     }
 }
 

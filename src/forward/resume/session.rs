@@ -20,6 +20,8 @@ pub enum SessionError {
     Control(String),
     #[error("the peer ended its side after {said} bytes, but {received} arrived")]
     FinMismatch { said: u64, received: u64 },
+    #[error("data after the end of the stream ({0} side)")]
+    AfterFin(&'static str),
 }
 
 #[derive(Debug)]
@@ -36,7 +38,8 @@ impl Session {
     /// `window`: our replay buffer; `peer_window`: the peer's (we acknowledge every quarter).
     pub fn new(window: usize, peer_window: usize) -> Session {
         Session {
-            out: ReplayBuffer::new(window),
+            // A window of 0 could never send a byte.
+            out: ReplayBuffer::new(window.max(1)),
             inn: Receiver::new(AckRule::for_window(peer_window)),
             our_fin: None,
             peer_fin: None,
@@ -53,6 +56,9 @@ impl Session {
 
     /// Bytes from our source, to send now: kept until the peer acknowledges them.
     pub fn send(&mut self, data: Bytes) -> Result<(), SessionError> {
+        if self.our_fin.is_some() && !data.is_empty() {
+            return Err(SessionError::AfterFin("our"));
+        }
         Ok(self.out.push(data)?)
     }
 
@@ -62,9 +68,14 @@ impl Session {
         Control::Fin(at)
     }
 
-    /// A data frame of `n` bytes from the peer, passed on to our side.
-    pub fn received(&mut self, n: usize, now: Instant) {
+    /// A data frame of `n` bytes from the peer, to pass on to our side (refused after the
+    /// peer said its side ended: a broken peer's extra bytes never reach the device).
+    pub fn received(&mut self, n: usize, now: Instant) -> Result<(), SessionError> {
+        if self.peer_fin.is_some() && n > 0 {
+            return Err(SessionError::AfterFin("the peer's"));
+        }
         self.inn.on_data(n, now);
+        Ok(())
     }
 
     /// A control frame (text) from the peer.
@@ -74,7 +85,12 @@ impl Session {
                 self.out.ack(n)?;
             }
             // Frames arrive in order on one WebSocket, so everything the peer sent is here.
-            Control::Fin(said) if said == self.inn.received() => self.peer_fin = Some(said),
+            Control::Fin(said) if said == self.inn.received() => {
+                self.peer_fin = Some(said);
+                // Its last bytes are acknowledged at once: the peer may be waiting on that
+                // to close.
+                self.inn.flush();
+            }
             Control::Fin(said) => {
                 return Err(SessionError::FinMismatch {
                     said,
@@ -111,9 +127,12 @@ impl Session {
         Ok((again, self.our_fin.map(Control::Fin)))
     }
 
-    /// Both sources ended and the peer has everything of ours: the tunnel can close.
+    /// Both sources ended, the peer has everything of ours, and our acknowledgement of all of
+    /// its bytes has been sent: the tunnel can close.
     pub fn done(&self) -> bool {
-        self.peer_fin.is_some() && self.our_fin.is_some_and(|n| self.out.acked() == n)
+        self.peer_fin.is_some()
+            && self.inn.all_acked()
+            && self.our_fin.is_some_and(|n| self.out.acked() == n)
     }
 
     /// Whether the peer's source has ended (our side's write half can be shut).
@@ -180,7 +199,7 @@ mod tests {
             match f {
                 Frame::Data(d) => {
                     self.delivered.extend_from_slice(&d);
-                    self.session.received(d.len(), now);
+                    self.session.received(d.len(), now).unwrap();
                 }
                 Frame::Control(t) => self.session.on_control(&t).unwrap(),
             }
@@ -253,6 +272,12 @@ mod tests {
                     a.resume(b_has, &mut ab);
                     b.resume(a_has, &mut ba);
                 }
+                // Done means nothing is owed: no acknowledgement left to send.
+                for end in [&mut a, &mut b] {
+                    if end.session.done() {
+                        assert_eq!(end.session.control_due(now), None, "seed {seed}");
+                    }
+                }
                 if a.session.done() && b.session.done() {
                     break;
                 }
@@ -287,7 +312,7 @@ mod tests {
             s.on_control("hello"),
             Err(SessionError::Control(_))
         ));
-        s.received(5, t0);
+        s.received(5, t0).unwrap();
         assert_eq!(
             s.on_control("fin 4"),
             Err(SessionError::FinMismatch {
@@ -297,8 +322,18 @@ mod tests {
         );
         assert_eq!(s.on_control("fin 5"), Ok(()));
         assert!(s.peer_finished());
+        assert_eq!(s.received(1, t0), Err(SessionError::AfterFin("the peer's")));
+        assert_eq!(
+            s.control_due(t0),
+            Some(Control::Ack(5)),
+            "its end acknowledged at once"
+        );
         assert_eq!(s.finish(), Control::Fin(3));
         assert_eq!(s.room(), 0, "nothing more is read once our side ended");
+        assert_eq!(
+            s.send(Bytes::from_static(b"x")),
+            Err(SessionError::AfterFin("our"))
+        );
         assert!(!s.done(), "our bytes are not acknowledged yet");
         s.on_control("ack 3").unwrap();
         assert!(s.done());

@@ -106,8 +106,9 @@
 
   // A page past the last (rows went away meanwhile): go to the last one instead.
   function past(page, goTo) {
-    if (page.data.length || page.meta.page <= 1) return false;
-    goTo(Math.max(1, Math.ceil(page.meta.count / page.meta.limit)));
+    const last = Math.max(1, Math.ceil(page.meta.count / page.meta.limit));
+    if (page.data.length || page.meta.page <= last) return false;
+    goTo(last);
     again = true;
     return true;
   }
