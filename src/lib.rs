@@ -39,6 +39,7 @@ pub mod pipeline;
 #[cfg(feature = "gateway")]
 pub mod policy;
 pub mod probe;
+pub mod secret;
 pub mod shutdown;
 #[cfg(feature = "gateway")]
 pub mod store;

@@ -8,7 +8,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use ring::digest::{digest, SHA256};
 use subtle::ConstantTimeEq;
 
 /// Shorter tokens are refused: an admin API guessable by brute force is an open door.
@@ -58,9 +57,7 @@ impl Tokens {
 
     /// A token's SHA-256: what a dashboard session keeps instead of the token itself.
     pub fn digest(presented: &str) -> [u8; 32] {
-        let mut out = [0u8; 32];
-        out.copy_from_slice(digest(&SHA256, presented.as_bytes()).as_ref());
-        out
+        crate::secret::sha256(presented.as_bytes())
     }
 
     /// The name of the token with this digest, if it is (still) one of ours; compared as in
@@ -113,11 +110,9 @@ fn read(file: &Path) -> Result<Vec<Entry>, String> {
         if entries.iter().any(|e| &*e.name == name) {
             return Err(at(i + 1, &format!("{name:?} appears twice")));
         }
-        let mut d = [0u8; 32];
-        d.copy_from_slice(digest(&SHA256, token.as_bytes()).as_ref());
         entries.push(Entry {
             name: name.into(),
-            digest: d,
+            digest: Tokens::digest(token),
         });
     }
     if entries.is_empty() {

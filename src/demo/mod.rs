@@ -100,19 +100,13 @@ struct AdminToken {
 
 impl AdminToken {
     fn make() -> Result<AdminToken, String> {
-        use base64::Engine;
-        use ring::rand::SecureRandom;
-        let mut raw = [0u8; 24];
-        ring::rand::SystemRandom::new()
-            .fill(&mut raw)
-            .map_err(|_| "no randomness for the admin token".to_string())?;
-        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let random = || crate::secret::random_token().ok_or("no randomness for the admin token");
+        let token = random()?;
         // The name shares nothing with the token (anyone may list the temp dir).
-        let token = b64(&raw[..18]);
         let name = format!(
             "portcullis-demo-{}-{}-tokens",
             std::process::id(),
-            b64(&raw[18..])
+            &random()?[..8]
         );
         let file = std::env::temp_dir().join(name);
         let mut open = std::fs::OpenOptions::new();

@@ -12,8 +12,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::HeaderMap;
-use base64::Engine;
-use ring::rand::{SecureRandom, SystemRandom};
 use subtle::ConstantTimeEq;
 
 use crate::admin::tokens::Tokens;
@@ -48,18 +46,12 @@ pub struct Sessions {
     logins: std::sync::atomic::AtomicU64,
 }
 
-fn random() -> Option<String> {
-    let mut bytes = [0u8; 32];
-    SystemRandom::new().fill(&mut bytes).ok()?;
-    Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
-}
-
 impl Sessions {
     /// A new session for the token with `digest`; the cookie's value, or `None` if the system
     /// has no randomness to give.
     pub fn open(&self, digest: [u8; 32]) -> Option<String> {
-        let cookie = random()?;
-        let csrf: Arc<str> = random()?.into();
+        let cookie = crate::secret::random_token()?;
+        let csrf: Arc<str> = crate::secret::random_token()?.into();
         let now = Instant::now();
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         open.retain(|_, s| now.duration_since(s.opened) < LIFETIME);

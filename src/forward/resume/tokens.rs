@@ -9,10 +9,6 @@
 
 use std::collections::HashMap;
 
-use base64::Engine;
-use ring::digest::{digest, SHA256};
-use ring::rand::{SecureRandom, SystemRandom};
-
 /// Why a resume was refused (a label for metrics and the answer's header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
@@ -42,9 +38,7 @@ impl Refusal {
 type Key = [u8; 32];
 
 fn key_of(token: &str) -> Key {
-    let mut k = [0u8; 32];
-    k.copy_from_slice(digest(&SHA256, token.as_bytes()).as_ref());
-    k
+    crate::secret::sha256(token.as_bytes())
 }
 
 /// Sessions by token: `I` is the identity a session is bound to, `T` what a resume hands over.
@@ -74,11 +68,7 @@ impl<I: PartialEq, T> Registry<I, T> {
         if self.sessions.len() >= self.max {
             return Err(Refusal::Full);
         }
-        let mut raw = [0u8; 32];
-        SystemRandom::new()
-            .fill(&mut raw)
-            .map_err(|_| Refusal::NoRandomness)?;
-        let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+        let token = crate::secret::random_token().ok_or(Refusal::NoRandomness)?;
         self.sessions.insert(key_of(&token), (identity, value));
         Ok(token)
     }
