@@ -80,8 +80,15 @@ impl<C: Clock + Clone> Policy<C> {
             inc(&self.stats.refused_connect_rate);
             if !self.storm_on(now) {
                 let key = DeviceKey::new(Arc::clone(&state), &self.hasher);
+                // Not yet admitted: its counters, if it has any, from the map (a CONNECT path).
+                let device = self
+                    .stats
+                    .devices
+                    .get(&state)
+                    .map(|d| Arc::clone(d.value()));
+                let why = "reconnecting too fast";
                 let _ =
-                    self.strike_client(id, &key, now, BanSource::Flapping, "reconnecting too fast");
+                    self.strike_client(id, &key, device.as_deref(), now, BanSource::Flapping, why);
             }
             return Err(Refusal::ConnectRate);
         }

@@ -106,7 +106,7 @@ impl<C: Clock + Clone> Policy<C> {
             inc(&s.device.not_authorized);
             let now = self.now();
             let why = "publish outside the topic permissions";
-            let ban = self.strike_client(&s.id, &s.key, now, BanSource::Acl, why);
+            let ban = self.strike_client(&s.id, &s.key, Some(&s.device), now, BanSource::Acl, why);
             return Decision::discard(Reason::NotAuthorized, ban);
         }
         let sample = s.class.topics.matches(p.topic);
@@ -143,6 +143,7 @@ impl<C: Clock + Clone> Policy<C> {
             let ban = self.strike_client(
                 &s.id,
                 &s.key,
+                Some(&s.device),
                 now,
                 BanSource::Rhythm,
                 "publish early (out of rhythm)",
@@ -156,7 +157,7 @@ impl<C: Clock + Clone> Policy<C> {
                 Reason::ByteRate => "over the byte rate",
                 _ => "over the message rate",
             };
-            let ban = self.strike_client(&s.id, &s.key, now, BanSource::Rate, why);
+            let ban = self.strike_client(&s.id, &s.key, Some(&s.device), now, BanSource::Rate, why);
             return Decision::discard(reason, ban);
         }
         if timing != Timing::Skip {

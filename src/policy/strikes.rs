@@ -19,7 +19,7 @@ use ipnet::{IpNet, Ipv6Net};
 
 use super::bans::{Ban, BanSource, Subject};
 use super::key::DeviceKey;
-use super::stats::inc;
+use super::stats::{inc, DeviceCounters};
 use super::types::Identity;
 use super::Policy;
 
@@ -114,19 +114,21 @@ pub(crate) fn ip_subject(key: IpAddr) -> Subject {
 }
 
 impl<C: Clock + Clone> Policy<C> {
-    /// A strike against a client ID (early publish, over a rate, reconnecting too fast).
+    /// A strike against a client ID (early publish, over a rate, reconnecting too fast),
+    /// counted on `device` too when it has counters (a flooding device is struck on every
+    /// publish over its rate: the session's own counters, never a map lookup).
     /// Returns the widest ban it led to, if any.
     pub(crate) fn strike_client(
         &self,
         id: &Identity,
         key: &DeviceKey,
+        device: Option<&DeviceCounters>,
         now: u64,
         rule: BanSource,
         why: &str,
     ) -> Option<Ban> {
         inc(&self.stats.strikes);
-        // Strikes are rare (each is a misbehaviour): a lookup here costs the hot path nothing.
-        if let Some(d) = self.stats.devices.get(&id.state_key()) {
+        if let Some(d) = device {
             inc(&d.strikes);
         }
         let r = &self.rules;
