@@ -80,15 +80,7 @@ impl Monitor {
         let s = shared.policy.stats().snapshot();
         let (bytes_in, bytes_out) = shared.clients.bytes();
         let now = SystemTime::now();
-        let live = shared.clients.list();
-        let mut connections_by_transport = BTreeMap::new();
-        let mut connections_by_route = BTreeMap::new();
-        for c in &live {
-            *connections_by_transport
-                .entry(c.transport.as_str())
-                .or_default() += 1;
-            *connections_by_route.entry(c.route.to_string()).or_default() += 1;
-        }
+        let live = super::stats::connections(&shared.clients.list());
         let by = BTreeMap::from([
             ("early", s.discarded_early),
             ("late", s.discarded_late),
@@ -99,9 +91,9 @@ impl Monitor {
         let health = shared.route_health();
         let sample = Sample {
             time: rfc3339(now),
-            connections: live.len(),
-            connections_by_transport,
-            connections_by_route,
+            connections: live.total,
+            connections_by_transport: live.by_transport,
+            connections_by_route: live.by_route,
             messages_in: s.forwarded + discarded,
             messages_forwarded: s.forwarded,
             messages_discarded: discarded,
@@ -114,7 +106,6 @@ impl Monitor {
             routes_healthy: health.iter().filter(|(_, up)| *up).count(),
             routes: health.len(),
         };
-        drop(live);
         {
             let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
             if samples.len() >= self.keep {

@@ -185,8 +185,7 @@ pub async fn offenders(
     let list = top
         .into_iter()
         .map(|(id, c)| {
-            // The policy names a push device by its serial behind a prefix no client ID has.
-            let serial = id.strip_prefix("\0serial:").map(Arc::<str>::from);
+            let serial = crate::policy::serial_of_key(&id).map(Arc::<str>::from);
             let subject = match &serial {
                 Some(s) => Subject::Serial(Arc::clone(s)),
                 None => Subject::ClientId(Arc::clone(&id)),

@@ -1,6 +1,7 @@
 //! `/api/v1/stats`: counters since start, and what is in force now.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use axum::extract::State;
@@ -9,6 +10,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::{AdminState, ApiError};
+use crate::gateway::clients::Client;
 use crate::gateway::Shared;
 
 #[derive(Serialize, ToSchema)]
@@ -31,9 +33,24 @@ pub struct Stats {
 
 #[derive(Serialize, ToSchema)]
 pub struct Connections {
-    total: usize,
-    by_transport: BTreeMap<String, usize>,
-    by_route: BTreeMap<String, usize>,
+    pub(super) total: usize,
+    pub(super) by_transport: BTreeMap<&'static str, usize>,
+    pub(super) by_route: BTreeMap<String, usize>,
+}
+
+/// The live connections counted by transport and by route (stats and monitor samples).
+pub(super) fn connections(live: &[Arc<Client>]) -> Connections {
+    let mut by_transport = BTreeMap::new();
+    let mut by_route = BTreeMap::new();
+    for c in live {
+        *by_transport.entry(c.transport.as_str()).or_default() += 1;
+        *by_route.entry(c.route.to_string()).or_default() += 1;
+    }
+    Connections {
+        total: live.len(),
+        by_transport,
+        by_route,
+    }
 }
 
 #[derive(Serialize, ToSchema)]
@@ -92,15 +109,6 @@ pub async fn stats(State(state): State<AdminState>) -> Json<Stats> {
 
 fn collect(shared: &Shared) -> Stats {
     let s = shared.policy.stats().snapshot();
-    let mut by_transport = BTreeMap::new();
-    let mut by_route = BTreeMap::new();
-    let live = shared.clients.list();
-    for c in &live {
-        *by_transport
-            .entry(c.transport.as_str().to_owned())
-            .or_default() += 1;
-        *by_route.entry(c.route.to_string()).or_default() += 1;
-    }
     let tally = shared.bans.tally(SystemTime::now());
     let active_by_as = tally
         .by_kind
@@ -108,11 +116,7 @@ fn collect(shared: &Shared) -> Stats {
         .map(|(k, n)| (k.to_string(), *n))
         .collect();
     Stats {
-        connections: Connections {
-            total: live.len(),
-            by_transport,
-            by_route,
-        },
+        connections: connections(&shared.clients.list()),
         messages: Messages {
             forwarded: s.forwarded,
             retransmits: s.retransmits,

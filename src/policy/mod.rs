@@ -58,7 +58,8 @@ pub use live::DeviceClassView;
 pub use session::{RhythmMark, Session};
 pub use stats::{DeviceSnapshot, Stats, StatsSnapshot};
 pub use types::{
-    serial_key, Admit, Decision, Identity, Naming, PublishFacts, Reason, Refusal, Verdict,
+    serial_key, serial_of_key, Admit, Decision, Identity, Naming, PublishFacts, Reason, Refusal,
+    Verdict,
 };
 
 use crate::config::policy::PolicyConfig;

@@ -18,9 +18,17 @@ pub struct Identity {
     pub named: Naming,
 }
 
+/// What no MQTT client ID can start with (a NUL), so that serials and client IDs never meet.
+const SERIAL_PREFIX: &str = "\u{0}serial:";
+
 /// The policy's state key for a push device's serial (see [`Identity::state_key`]).
 pub fn serial_key(serial: &str) -> Arc<str> {
-    format!("\u{0}serial:{serial}").into()
+    format!("{SERIAL_PREFIX}{serial}").into()
+}
+
+/// The serial a [`serial_key`] names; `None` for a client ID.
+pub fn serial_of_key(key: &str) -> Option<&str> {
+    key.strip_prefix(SERIAL_PREFIX)
 }
 
 /// What kind of name `Identity::client_id` is, so that bans and strikes name it as such.

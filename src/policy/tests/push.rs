@@ -146,3 +146,14 @@ fn a_retry_after_a_failed_delivery_is_judged_against_the_last_delivered_upload()
         "62 s after the last delivered"
     );
 }
+
+#[test]
+fn a_serial_key_names_its_serial_and_no_client_id_is_one() {
+    assert_eq!(serial_of_key(&serial_key("SN-1")), Some("SN-1"));
+    assert_eq!(
+        serial_of_key("serial:SN-1"),
+        None,
+        "a client ID that looks like one"
+    );
+    assert_eq!(serial_of_key("meter-1"), None);
+}
