@@ -224,6 +224,12 @@ async fn pages_need_a_session_and_a_change_from_one_needs_its_csrf_token() {
         "the session acts as its token's name"
     );
 
+    // A login form is a token and a few bytes: a larger body is refused before it is read.
+    let big = format!("token={}", "x".repeat(5000));
+    let (status, h, page) = http(api, "POST", "/login", None, &form, big.as_bytes()).await;
+    assert_eq!(status, 413, "{page}");
+    assert!(h.get("set-cookie").is_none());
+
     // Another site's page may not log a browser in.
     let cross = [
         ("content-type", "application/x-www-form-urlencoded"),

@@ -229,3 +229,18 @@ fn auth_settings_are_checked_key_by_key() {
     );
     assert!(e.contains("raw MQTT listener"), "{e}");
 }
+
+#[test]
+fn the_admin_monitor_interval_is_checked_and_the_dashboard_is_on_by_default() {
+    let admin = "[admin]\ntokens_file = \"tokens\"\n";
+    let c = Config::parse(&format!("{MINIMAL}\n{admin}"), None).unwrap();
+    let a = c.admin.unwrap();
+    assert!(a.dashboard);
+    assert_eq!(a.monitor_interval_secs, 10);
+    for bad in [0, 61] {
+        let e = err(&format!(
+            "{MINIMAL}\n{admin}monitor_interval_secs = {bad}\n"
+        ));
+        assert!(e.contains("admin.monitor_interval_secs"), "{e}");
+    }
+}
