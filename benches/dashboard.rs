@@ -80,11 +80,14 @@ drain_timeout_secs = 2
     )
 }
 
-/// One keep-alive connection to the admin listener, with the session's cookie.
+/// One keep-alive connection to the admin listener, with the session's cookie: every call the
+/// benchmark makes, as the dashboard's pages make them.
 struct Admin {
     addr: SocketAddr,
     send: SendRequest<Full<Bytes>>,
     cookie: String,
+    /// The session's CSRF token, sent with every call (changes need it).
+    csrf: String,
 }
 
 async fn open(addr: SocketAddr) -> Result<SendRequest<Full<Bytes>>, BoxError> {
@@ -96,7 +99,8 @@ async fn open(addr: SocketAddr) -> Result<SendRequest<Full<Bytes>>, BoxError> {
 }
 
 impl Admin {
-    /// Log in as the dashboard does: the token in a form, a cookie back.
+    /// Log in as the dashboard does: the token in a form, a cookie back, then the session's
+    /// CSRF token.
     async fn login(addr: SocketAddr) -> Result<Admin, BoxError> {
         let mut send = open(addr).await?;
         let req = http::Request::post("/login")
@@ -111,7 +115,18 @@ impl Admin {
             .and_then(|v| v.split(';').next())
             .ok_or("no session cookie")?
             .to_owned();
-        Ok(Admin { addr, send, cookie })
+        // The response body must be read before the connection takes the next request.
+        r.into_body().collect().await?;
+        let mut admin = Admin {
+            addr,
+            send,
+            cookie,
+            csrf: String::new(),
+        };
+        let (_, session) = admin.get("/dashboard/session").await?;
+        let session: serde_json::Value = serde_json::from_slice(&session)?;
+        admin.csrf = session["csrf"].as_str().ok_or("no CSRF token")?.to_owned();
+        Ok(admin)
     }
 
     /// A request; the status and the body. A connection the server closed (its 120 s
@@ -130,7 +145,7 @@ impl Admin {
             .uri(path)
             .header("host", "admin")
             .header("cookie", &self.cookie)
-            .header("authorization", format!("Bearer {TOKEN}"))
+            .header("x-csrf-token", &self.csrf)
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(body.to_owned())))?;
         let r = self.send.send_request(req).await?;
@@ -144,29 +159,19 @@ impl Admin {
     }
 }
 
-/// The session cookie alone (no bearer header) for the timed calls, as a browser sends them.
+/// `path` asked `n` times on the session's connection: p50, p99 and the answer's size.
 async fn timed(
-    admin: &Admin,
+    admin: &mut Admin,
     path: &str,
     n: usize,
 ) -> Result<(Duration, Duration, usize), BoxError> {
-    let mut send = open(admin.addr).await?;
     let mut times = Vec::with_capacity(n);
     let mut size = 0;
     for _ in 0..n {
-        if send.ready().await.is_err() {
-            send = open(admin.addr).await?;
-        }
-        let req = http::Request::get(path)
-            .header("host", "admin")
-            .header("cookie", &admin.cookie)
-            .body(Full::new(Bytes::new()))?;
         let t = Instant::now();
-        let r = send.send_request(req).await?;
-        let status = r.status();
-        let body = r.into_body().collect().await?.to_bytes();
+        let (status, body) = admin.get(path).await?;
         times.push(t.elapsed());
-        if !status.is_success() {
+        if !(200..300).contains(&status) {
             return Err(format!("{path}: {status}").into());
         }
         size = body.len();
@@ -318,7 +323,7 @@ async fn run() -> Result<(), BoxError> {
         "/api/v1/offenders?limit=50",
     ];
     for path in calls {
-        let (p50, p99, size) = timed(&admin, path, n).await?;
+        let (p50, p99, size) = timed(&mut admin, path, n).await?;
         println!(
             "| `{path}` | {} | {} | {:.1} KiB |",
             us(p50),
@@ -345,7 +350,7 @@ async fn run() -> Result<(), BoxError> {
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    let (p50, p99, size) = timed(&admin, "/api/v1/monitor?latest=360", n).await?;
+    let (p50, p99, size) = timed(&mut admin, "/api/v1/monitor?latest=360", n).await?;
     println!(
         "| `/api/v1/monitor?latest=360` (360 samples: an hour at the default 10 s) | {} | {} | {:.1} KiB |",
         us(p50),

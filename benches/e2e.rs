@@ -333,22 +333,36 @@ async fn scale_curves(
     }
     let mut rates = Vec::new();
     if s.conn_rate_secs > 0.0 {
-        for path in [Path::Direct, Path::GatewayMqtt, Path::GatewayTunnel] {
-            let run = format!("conn-{}", path.tag());
-            let (per_sec, cpu, n) =
-                scale::connection_rate(path, ep, meter, s.conn_rate_secs, &run).await?;
-            let r = report::ConnRate {
-                path,
-                tls: false,
-                per_sec,
-                cpu,
-                n,
-            };
-            println!("{}", report::conn_rate_line(&r));
-            rates.push(r);
-        }
+        let paths = [Path::Direct, Path::GatewayMqtt, Path::GatewayTunnel];
+        rates = connection_rates(s, ep, meter, &paths, false).await?;
     }
     Ok((points, rates))
+}
+
+/// New connections per second on each of `paths`, printed as they come.
+async fn connection_rates(
+    s: &Settings,
+    ep: &Endpoints,
+    meter: &cpu::Meter,
+    paths: &[Path],
+    tls: bool,
+) -> Result<Vec<report::ConnRate>, BoxError> {
+    let mut rates = Vec::new();
+    for &path in paths {
+        let run = format!("conn-{}{}", if tls { "tls-" } else { "" }, path.tag());
+        let (per_sec, cpu, n) =
+            scale::connection_rate(path, ep, meter, s.conn_rate_secs, &run).await?;
+        let r = report::ConnRate {
+            path,
+            tls,
+            per_sec,
+            cpu,
+            n,
+        };
+        println!("{}", report::conn_rate_line(&r));
+        rates.push(r);
+    }
+    Ok(rates)
 }
 
 /// New connections per second with TLS ended by the gateway: a second gateway whose listener
@@ -375,22 +389,8 @@ async fn tls_connection_rates(
         ..*ep
     };
     let meter = cpu::Meter::new(broker_pid, gateway.proc.pid(), agent_pid);
-    let mut rates = Vec::new();
-    for path in [Path::GatewayMqtt, Path::GatewayTunnel] {
-        let run = format!("conn-tls-{}", path.tag());
-        let (per_sec, cpu, n) =
-            scale::connection_rate(path, &ep, &meter, s.conn_rate_secs, &run).await?;
-        let r = report::ConnRate {
-            path,
-            tls: true,
-            per_sec,
-            cpu,
-            n,
-        };
-        println!("{}", report::conn_rate_line(&r));
-        rates.push(r);
-    }
-    Ok(rates)
+    let paths = [Path::GatewayMqtt, Path::GatewayTunnel];
+    connection_rates(s, &ep, &meter, &paths, true).await
 }
 
 async fn idle_memory(
