@@ -234,12 +234,10 @@ fn csrf_refused() -> Response {
 /// The running admin listener.
 pub struct AdminServer {
     pub local_addr: SocketAddr,
-    /// As configured (port 0 stays 0 here; `local_addr` has the port bound).
-    pub bind: SocketAddr,
+    /// As configured at start (port 0 stays 0 here; `local_addr` has the port bound): a
+    /// reload changes only the tokens.
+    pub settings: AdminSettings,
     pub tokens: Arc<Tokens>,
-    /// As configured (a reload cannot change these two).
-    pub dashboard: bool,
-    pub monitor_interval_secs: u64,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
@@ -273,10 +271,8 @@ impl AdminServer {
         tracing::info!(addr = %local_addr, "admin API listening");
         Ok(AdminServer {
             local_addr,
-            bind: settings.bind,
+            settings: settings.clone(),
             tokens,
-            dashboard: settings.dashboard,
-            monitor_interval_secs: settings.monitor_interval_secs,
             stop,
             task,
         })

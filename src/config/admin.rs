@@ -32,6 +32,22 @@ fn default_monitor_interval_secs() -> u64 {
 }
 
 impl AdminSettings {
+    /// The keys that differ from `running` and only take effect at a restart (all but the
+    /// tokens file, which a reload re-reads).
+    pub fn changed_needing_restart(&self, running: &AdminSettings) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        if self.bind != running.bind {
+            changed.push("bind");
+        }
+        if self.dashboard != running.dashboard {
+            changed.push("dashboard");
+        }
+        if self.monitor_interval_secs != running.monitor_interval_secs {
+            changed.push("monitor_interval_secs");
+        }
+        changed
+    }
+
     /// The error is `(key, message)`.
     pub fn check(&self) -> Result<(), (String, String)> {
         if !(1..=60).contains(&self.monitor_interval_secs) {

@@ -244,3 +244,29 @@ fn the_admin_monitor_interval_is_checked_and_the_dashboard_is_on_by_default() {
         assert!(e.contains("admin.monitor_interval_secs"), "{e}");
     }
 }
+
+#[test]
+fn a_reload_names_the_admin_keys_that_need_a_restart() {
+    let parse = |extra: &str| {
+        let text = format!("{MINIMAL}\n[admin]\ntokens_file = \"tokens\"\n{extra}");
+        Config::parse(&text, None).unwrap().admin.unwrap()
+    };
+    let running = parse("");
+    assert!(parse("").changed_needing_restart(&running).is_empty());
+    let wanted = parse("bind = \"127.0.0.1:9191\"\ndashboard = false\nmonitor_interval_secs = 5\n");
+    assert_eq!(
+        wanted.changed_needing_restart(&running),
+        ["bind", "dashboard", "monitor_interval_secs"]
+    );
+    let other_tokens = Config::parse(
+        &format!("{MINIMAL}\n[admin]\ntokens_file = \"other\"\n"),
+        None,
+    )
+    .unwrap()
+    .admin
+    .unwrap();
+    assert!(
+        other_tokens.changed_needing_restart(&running).is_empty(),
+        "the tokens file is reloaded, not a restart"
+    );
+}

@@ -273,15 +273,8 @@ impl Gateway {
         };
         // Tokens last among the checks: a token file that does not parse keeps the old tokens.
         if let (Some(admin), Some(settings)) = (&self.admin, &config.admin) {
-            if settings.bind != admin.bind {
-                tracing::warn!(running = %admin.bind, wanted = %settings.bind, "admin.bind changed: restart to apply");
-            }
-            if settings.dashboard != admin.dashboard
-                || settings.monitor_interval_secs != admin.monitor_interval_secs
-            {
-                tracing::warn!(
-                    "admin.dashboard or admin.monitor_interval_secs changed: restart to apply"
-                );
+            for key in settings.changed_needing_restart(&admin.settings) {
+                tracing::warn!("admin.{key} changed: restart to apply");
             }
             let n = admin.tokens.reload_from(&settings.tokens_file)?;
             tracing::info!(tokens = n, "admin tokens reloaded");
