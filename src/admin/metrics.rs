@@ -41,6 +41,54 @@ fn l(pairs: &[(&'static str, &str)]) -> Labels {
     pairs.iter().map(|(k, v)| (*k, (*v).to_owned())).collect()
 }
 
+/// Resumable tunnels (`[resume]`): held, parked, resumed, failures, replay, time to resume.
+fn resume_metrics(reg: &mut Registry, lot: &crate::forward::resume::lot::Lot) {
+    let s = &lot.stats;
+    let n = |c: &std::sync::atomic::AtomicU64| vec![(vec![], c.load(Relaxed))];
+    let held = vec![(vec![], lot.len() as i64)];
+    gauge(
+        reg,
+        "resumable_tunnels",
+        "Resumable tunnels held (live or parked)",
+        held,
+    );
+    counter(
+        reg,
+        "resume_parked",
+        "Resumable tunnels whose WebSocket dropped (parked for a resume)",
+        n(&s.parked),
+    );
+    counter(
+        reg,
+        "resume_resumed",
+        "Tunnels resumed on a new WebSocket",
+        n(&s.resumed),
+    );
+    let rows = s
+        .failures()
+        .map(|(reason, v)| (l(&[("reason", reason)]), v))
+        .collect();
+    counter(
+        reg,
+        "resume_failures",
+        "Resumes refused or tunnels not resumed, by reason",
+        rows,
+    );
+    counter(
+        reg,
+        "resume_bytes_replayed",
+        "Bytes sent again to the agent after a resume",
+        n(&s.bytes_replayed),
+    );
+    let micros = s.resume_micros.load(Relaxed);
+    counter(
+        reg,
+        "resume_wait_microseconds",
+        "Time from drops to their resumes, summed (divide by resume_resumed for the mean)",
+        vec![(vec![], micros)],
+    );
+}
+
 /// Every metric, as of now. The README's table lists them.
 pub fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
     let mut reg = Registry::with_prefix("portcullis");
@@ -218,6 +266,9 @@ pub fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
             "Times Redis was lost or unreachable",
             n,
         );
+    }
+    if let Some(lot) = &shared.resume {
+        resume_metrics(&mut reg, lot);
     }
     let rows = shared
         .timings

@@ -11,7 +11,7 @@ pub mod cli;
 mod clients;
 mod dashboard;
 mod devices;
-mod metrics;
+pub(crate) mod metrics;
 mod monitor;
 mod offenders;
 mod server;

@@ -17,6 +17,7 @@ pub mod dial;
 pub mod hop;
 pub mod probe;
 pub mod proxy;
+mod resume;
 mod status;
 pub mod target;
 pub mod tls;
@@ -82,6 +83,7 @@ impl Agent {
                 max_missed_pongs: config.keepalive.max_missed_pongs,
             },
             drain,
+            resume: config.resume.clone(),
         });
         let stop_accepting = CancellationToken::new();
         let tracker = TaskTracker::new();

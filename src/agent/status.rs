@@ -13,6 +13,9 @@ pub struct Status {
     reconnects: AtomicU64,
     dial_failures: AtomicU64,
     refused_local: AtomicU64,
+    drops: AtomicU64,
+    resumed: AtomicU64,
+    resume_failures: AtomicU64,
     bytes_to_gateway: AtomicU64,
     bytes_from_gateway: AtomicU64,
     last_error: Mutex<Option<(Instant, String)>>,
@@ -31,6 +34,10 @@ pub struct StatusSnapshot {
     pub dial_failures: u64,
     /// Local connections closed because no tunnel could be had in time (or over the cap).
     pub local_refused: u64,
+    /// Resumable tunnels whose WebSocket dropped, resumed, and not resumed (local closed).
+    pub drops: u64,
+    pub resumed: u64,
+    pub resume_failures: u64,
     pub bytes_to_gateway: u64,
     pub bytes_from_gateway: u64,
     /// The last failure, and how long ago it was.
@@ -59,6 +66,18 @@ impl Status {
         self.error(error);
     }
 
+    pub fn dropped(&self) {
+        self.drops.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn resumed(&self) {
+        self.resumed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn resume_failed(&self) {
+        self.resume_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn refused_local(&self) {
         self.refused_local.fetch_add(1, Ordering::Relaxed);
     }
@@ -77,6 +96,9 @@ impl Status {
             reconnects: n(&self.reconnects),
             dial_failures: n(&self.dial_failures),
             local_refused: n(&self.refused_local),
+            drops: n(&self.drops),
+            resumed: n(&self.resumed),
+            resume_failures: n(&self.resume_failures),
             bytes_to_gateway: n(&self.bytes_to_gateway),
             bytes_from_gateway: n(&self.bytes_from_gateway),
             last_error: self
@@ -103,6 +125,13 @@ impl fmt::Display for StatusSnapshot {
             Bytes(self.bytes_to_gateway),
             Bytes(self.bytes_from_gateway),
         )?;
+        if self.drops > 0 {
+            write!(
+                f,
+                "; {} dropped, {} resumed, {} not resumed",
+                self.drops, self.resumed, self.resume_failures
+            )?;
+        }
         match &self.last_error {
             Some((ago, e)) => write!(f, "; last error {} s ago: {e}", ago.as_secs()),
             None => Ok(()),

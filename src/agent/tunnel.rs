@@ -10,7 +10,11 @@
 //! `max_missed_pongs` unanswered ones, and Close 1001 when the agent shuts down.
 //!
 //! The local client is never left hanging: when no tunnel can be had within
-//! `open_timeout_secs`, or when the tunnel dies, the local socket is closed at once.
+//! `open_timeout_secs`, or when the tunnel dies, the local socket is closed at once. Unless
+//! the gateway granted resumption at the upgrade: then a dropped WebSocket is resumed
+//! ([`super::resume`]) and the local connection stays open through it.
+
+use http::header::{HeaderName, HeaderValue};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,7 +26,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::WebSocketStream;
 
 use super::backoff::{Gate, Outcome};
-use super::dial::{Connector, GatewayStream, Trace};
+use super::config::ResumeSettings;
+use super::dial::{Connector, GatewayStream, Trace, UpgradeResponse};
 use super::status::Status;
 use super::target::Target;
 use crate::error::Side;
@@ -43,6 +48,7 @@ pub struct AgentCtx {
     pub status: Arc<Status>,
     pub relay: RelaySettings,
     pub drain: Drain,
+    pub resume: ResumeSettings,
 }
 
 /// Carry one accepted local connection until either side ends it.
@@ -53,11 +59,16 @@ pub async fn carry(
     agent: Arc<AgentCtx>,
 ) {
     let _ = local.set_nodelay(true);
+    let offer = match agent.resume.enabled {
+        true => super::resume::offer(agent.resume.window_bytes),
+        false => Vec::new(),
+    };
+    let deadline = Instant::now() + tunnel.open_timeout;
     let ws = tokio::select! {
-        ws = open(&tunnel, &agent) => ws,
+        ws = open(&tunnel, &agent, &offer, deadline) => ws,
         () = agent.drain.started() => return,
     };
-    let Some((ws, outcome)) = ws else {
+    let Some((ws, response, outcome)) = ws else {
         agent.status.refused_local();
         tracing::info!(tunnel = %tunnel.name, %peer, "no tunnel: local connection closed");
         return; // dropping `local` closes it
@@ -71,14 +82,31 @@ pub async fn carry(
     let started = Instant::now();
     // Nothing bans a local client: only the gateway and the drain end a tunnel.
     let traffic = crate::forward::Traffic::default();
-    let relay = relay_websocket(
-        ws,
-        local,
-        &agent.relay,
-        &agent.drain,
-        std::future::pending(),
-        &traffic,
-    );
+    let grant = match agent.resume.enabled {
+        true => super::resume::Grant::from(&response),
+        false => None,
+    };
+    let relay = async {
+        match grant {
+            Some(grant) => {
+                let ending =
+                    super::resume::carry(ws, &local, grant, &tunnel, &agent, &traffic).await;
+                drop(local);
+                ending
+            }
+            None => {
+                let relay = relay_websocket(
+                    ws,
+                    local,
+                    &agent.relay,
+                    &agent.drain,
+                    std::future::pending(),
+                    &traffic,
+                );
+                relay.await
+            }
+        }
+    };
     tokio::pin!(relay);
     let ending = tokio::select! {
         ending = &mut relay => ending,
@@ -118,20 +146,21 @@ pub async fn carry(
     }
 }
 
-/// Dial until it works, the open timeout passes, or a failure no retry will cure; paced by
-/// the shared gate.
-async fn open(
+/// Dial with `extra` headers until it works, the deadline passes, or a failure no retry will
+/// cure; paced by the shared gate.
+pub(super) async fn open(
     tunnel: &TunnelCtx,
     agent: &AgentCtx,
-) -> Option<(WebSocketStream<GatewayStream>, Outcome)> {
-    let deadline = Instant::now() + tunnel.open_timeout;
+    extra: &[(HeaderName, HeaderValue)],
+    deadline: Instant,
+) -> Option<(WebSocketStream<GatewayStream>, UpgradeResponse, Outcome)> {
     loop {
         let attempt = tunnel.gate.admit(deadline).await?;
         let mut trace = Trace::default();
-        let dial = agent.connector.dial(&tunnel.target, &mut trace);
-        // A dial cannot outlive the open timeout: the local client must not wait longer.
+        let dial = agent.connector.dial_with(&tunnel.target, &mut trace, extra);
+        // A dial cannot outlive the deadline: the local client must not wait longer.
         match tokio::time::timeout_at(deadline, dial).await {
-            Ok(Ok(ws)) => return Some((ws, attempt.succeeded())),
+            Ok(Ok((ws, response))) => return Some((ws, response, attempt.succeeded())),
             Ok(Err(e)) => {
                 let retry = attempt.failed();
                 agent.status.dial_failed(&e.to_string());

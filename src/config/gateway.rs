@@ -45,6 +45,9 @@ pub struct Config {
     /// Device authentication: token keys, certificate identity, client ID binding.
     #[serde(default)]
     pub auth: Option<super::AuthSettings>,
+    /// Tunnels that survive a dropped WebSocket (with the agent). On unless disabled.
+    #[serde(default)]
+    pub resume: super::ResumeSettings,
     /// The file this came from, for reload on SIGHUP.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -548,6 +551,7 @@ impl Config {
         if let Some(c) = &self.cluster {
             c.check()?;
         }
+        self.resume.check()?;
         if let Some(a) = &self.admin {
             a.check()?;
         }

@@ -15,6 +15,8 @@ mod locate;
 pub mod policy;
 #[cfg(feature = "gateway")]
 mod push;
+#[cfg(feature = "gateway")]
+mod resume;
 
 #[cfg(feature = "gateway")]
 pub use admin::{AdminSettings, ClusterSettings};
@@ -25,3 +27,5 @@ pub use gateway::*;
 pub use locate::ConfigError;
 #[cfg(feature = "gateway")]
 pub use push::{PushSettings, RedirectRule};
+#[cfg(feature = "gateway")]
+pub use resume::ResumeSettings;

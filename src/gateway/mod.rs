@@ -50,6 +50,8 @@ pub struct Shared {
     pub admin_unauthorized: std::sync::atomic::AtomicU64,
     /// Handshakes by outcome, the policy's decision time.
     pub timings: timings::Timings,
+    /// Resumable tunnels, unless `[resume] enabled = false`.
+    pub resume: Option<Arc<crate::forward::resume::lot::Lot>>,
 }
 
 impl Shared {
@@ -157,6 +159,35 @@ pub struct Gateway {
     admin: Option<crate::admin::AdminServer>,
 }
 
+/// The lot of resumable tunnels, named after this node.
+fn resume_lot(config: &Config) -> Option<Arc<crate::forward::resume::lot::Lot>> {
+    use crate::forward::resume::lot::{Lot, LotSettings};
+    let r = &config.resume;
+    if !r.enabled {
+        return None;
+    }
+    let node = r
+        .node
+        .clone()
+        .or_else(|| config.cluster.as_ref().and_then(|c| c.node_name().ok()))
+        .or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+            let host = host.trim();
+            let ok = (1..=64).contains(&host.len())
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+            ok.then(|| host.to_owned())
+        })
+        .unwrap_or_else(|| "gateway".into());
+    Some(Arc::new(Lot::new(LotSettings {
+        node,
+        window: r.window_bytes,
+        grace: Duration::from_secs(r.grace_secs),
+        max_sessions: r.max_sessions,
+    })))
+}
+
 impl Gateway {
     /// Bind every listener and start serving.
     pub async fn start(config: Config) -> Result<Gateway, String> {
@@ -192,6 +223,7 @@ impl Gateway {
             clients,
             admin_unauthorized: Default::default(),
             timings: Default::default(),
+            resume: resume_lot(&config),
         });
         spawn_sweeper(Arc::downgrade(&shared));
         let mut bound = Vec::new();
@@ -304,6 +336,16 @@ impl Gateway {
     /// Device authentications accepted and refused.
     pub fn auth_stats(&self) -> &crate::auth::AuthStats {
         &self.shared.auth_stats
+    }
+
+    /// Resumable tunnels, unless `[resume]` is off.
+    pub fn resume(&self) -> Option<&crate::forward::resume::lot::Lot> {
+        self.shared.resume.as_deref()
+    }
+
+    /// `/metrics` as the admin API would answer it now.
+    pub fn metrics_text(&self) -> String {
+        crate::admin::metrics::render(&self.shared).unwrap_or_default()
     }
 
     /// The policy (for its counters).

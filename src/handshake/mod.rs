@@ -9,6 +9,7 @@
 
 mod probe_body;
 mod reply;
+mod resume;
 mod upgrade;
 
 use std::convert::Infallible;
@@ -92,6 +93,8 @@ pub struct Inputs {
     pub devices: Option<DeviceHttp>,
     /// `None`: no listener or route asks devices to authenticate.
     pub auth: Option<AuthGate>,
+    /// Resumable tunnels, unless `[resume] enabled = false`.
+    pub resume: Option<Arc<crate::forward::resume::lot::Lot>>,
 }
 
 /// What the device asked for and who it is, as far as HTTP can tell.
@@ -104,6 +107,8 @@ pub struct WsSession {
     pub probe: Option<ProbeTicket>,
     /// Who the device proved to be, where its route asks.
     pub device: Option<crate::auth::Authenticated>,
+    /// On a `/tunnel` that offered or claims resumption.
+    pub resume: Option<crate::forward::resume::lot::Resumption>,
 }
 
 pub enum Session {
@@ -187,6 +192,7 @@ pub async fn negotiate(conn: Conn, inputs: Inputs) -> Result<Session> {
         ip_source: a.ip_source,
         probe: a.probe,
         device: a.device,
+        resume: a.resume,
     })))
 }
 

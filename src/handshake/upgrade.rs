@@ -44,6 +44,7 @@ pub(super) struct Upgrade {
     pub ip_source: IpSource,
     pub probe: Option<ProbeTicket>,
     pub device: Option<crate::auth::Authenticated>,
+    pub resume: Option<crate::forward::resume::lot::Resumption>,
 }
 
 /// MQTT over WebSocket subprotocols we speak, in the order we prefer them.
@@ -144,6 +145,12 @@ pub(super) fn accept(
     }
     // Who the device is, where its route asks: before any upstream exists.
     let device = authenticate(headers, &target, (caller, believed), router)?;
+    let lot = inputs.resume.as_ref();
+    let (resume, resume_answer) =
+        match super::resume::negotiate(headers, &target, device.as_ref(), lot)? {
+            Some((resume, answer)) => (Some(resume), answer),
+            None => (None, Vec::new()),
+        };
     let probe = match (&target, &inputs.probe) {
         (Target::Probe, Some(gate)) => match gate.admit() {
             Ok(slot) => Some(ProbeTicket {
@@ -166,6 +173,9 @@ pub(super) fn accept(
     if let Some(p) = subprotocol {
         h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p));
     }
+    for (name, value) in resume_answer {
+        h.insert(name, value);
+    }
     let on_upgrade = hyper::upgrade::on(&mut req);
     Ok((
         response,
@@ -176,6 +186,7 @@ pub(super) fn accept(
             ip_source: caller.ip_source,
             probe,
             device,
+            resume,
         },
     ))
 }

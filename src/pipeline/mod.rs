@@ -13,6 +13,7 @@
 //! the policy judges packets inside the relay (`forward::mqtt`), since that is where they are.
 //! HTTP push devices never upgrade: their story, one request each, is in [`upload`].
 
+mod tunnel;
 pub mod upload;
 
 use std::net::SocketAddr;
@@ -29,6 +30,7 @@ use tracing::{field, Instrument};
 
 use crate::config::ListenerKind;
 use crate::error::{Error, Kind};
+use crate::forward::resume::lot::{resumable_limits, Attach, Resumption};
 use crate::forward::{self, mqtt, Ending};
 use crate::gateway::clients::{Arrival, Registration, Transport};
 use crate::gateway::timings::Handshake;
@@ -114,6 +116,7 @@ async fn story(
         ip_source,
         probe,
         device,
+        resume,
     } = *session;
     span.record("client_ip", field::display(client_ip));
     span.record("route", target.route());
@@ -125,6 +128,25 @@ async fn story(
         .await;
         return tracing::info!(?end, "probe session ended");
     }
+
+    // A resume: its WebSocket goes to the tunnel's own task, which holds the upstream.
+    let resume = match resume {
+        Some(Resumption::Resume {
+            inbox,
+            peer_received,
+        }) => {
+            let limits = resumable_limits(forward::relay::frame_limits(&ws.config));
+            let (rx, tx) = forward::relay::device_halves(ws.io, limits);
+            let attach = Attach {
+                rx,
+                tx,
+                peer_received,
+            };
+            return tunnel::hand_over(&inbox, attach).await;
+        }
+        Some(Resumption::Fresh { inbox, peer_window }) => Some((inbox, peer_window)),
+        None => None,
+    };
 
     // Listed among the live connections (the admin API's clients, the index bans kick through).
     let registration = shared.clients.register(Arrival {
@@ -143,10 +165,24 @@ async fn story(
     };
     let settings = forward::RelaySettings::from(&*shared.websocket());
     if pool.mqtt {
-        let (rx, tx) =
-            forward::relay::device_halves(ws.io, forward::relay::frame_limits(&ws.config));
         let mut ctx = mqtt_ctx(&shared, &pool, &settings, client_ip, &registration);
         ctx.proof = mqtt::Proof::of(device);
+        if let (Some(lot), Some((inbox, peer_window))) = (&shared.resume, resume) {
+            let limits = resumable_limits(forward::relay::frame_limits(&ws.config));
+            let (rx, tx) = forward::relay::device_halves(ws.io, limits);
+            let tunnel = tunnel::Resumable {
+                lot,
+                inbox,
+                peer_window,
+                settings: &settings,
+                drain: &shared.drain,
+                traffic: &registration.client().traffic,
+            };
+            let ending = Box::pin(tunnel::resumable_mqtt(tunnel, rx, tx, ctx)).await;
+            return log_ending(&ending);
+        }
+        let (rx, tx) =
+            forward::relay::device_halves(ws.io, forward::relay::frame_limits(&ws.config));
         let ending = Box::pin(forward::mqtt::relay(rx, tx, ctx)).await;
         return log_ending(&ending);
     }
@@ -154,11 +190,30 @@ async fn story(
     let key = client_ip.to_string();
     let (upstream, upstream_addr) = match pool.connect(key.as_bytes()).await {
         Ok(pair) => pair,
-        Err(e) => return Box::pin(close_early(ws, &e)).await,
+        Err(e) => {
+            if let (Some(lot), Some((inbox, _))) = (&shared.resume, &resume) {
+                lot.close(inbox);
+            }
+            return Box::pin(close_early(ws, &e)).await;
+        }
     };
     tracing::debug!(upstream = %upstream_addr, "relaying");
     let kick = kicked(&shared, &registration, client_ip);
     let traffic = &registration.client().traffic;
+    if let (Some(lot), Some((inbox, peer_window))) = (&shared.resume, resume) {
+        let limits = resumable_limits(forward::relay::frame_limits(&ws.config));
+        let (rx, tx) = forward::relay::device_halves(ws.io, limits);
+        let tunnel = tunnel::Resumable {
+            lot,
+            inbox,
+            peer_window,
+            settings: &settings,
+            drain: &shared.drain,
+            traffic,
+        };
+        let ending = Box::pin(tunnel.run(rx, tx, upstream, kick)).await;
+        return log_ending(&ending);
+    }
     let (rx, tx) = forward::relay::device_halves(ws.io, forward::relay::frame_limits(&ws.config));
     let drain = &shared.drain;
     let relay = forward::relay_opaque(rx, tx, upstream, &settings, drain, kick, traffic);
@@ -185,6 +240,7 @@ fn router_inputs(shared: &Arc<Shared>) -> handshake::Inputs {
         probe: shared.probe.clone(),
         devices,
         auth: auth_gate(shared),
+        resume: shared.resume.clone(),
     }
 }
 

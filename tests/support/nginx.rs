@@ -32,7 +32,7 @@ impl Nginx {
         server_extra: &str,
         location_extra: &str,
     ) -> Nginx {
-        let bin = require_binary("nginx");
+        require_binary("nginx");
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path().display();
         // A free port can be taken by someone else before nginx binds it: retry a few times.
@@ -83,17 +83,7 @@ http {{
                 ),
             )
             .expect("write nginx.conf");
-            let mut child = Command::new(&bin)
-                .arg("-p")
-                .arg(dir.path())
-                .arg("-c")
-                .arg(&conf)
-                .arg("-e")
-                .arg(dir.path().join("error.log"))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn nginx");
+            let mut child = spawn_nginx(dir.path());
             let addr: SocketAddr = ([127, 0, 0, 1], port).into();
             // nginx writes its pid file only after binding its listen sockets, so "our pid in
             // the file and the port accepts" means the port is nginx's, not someone else's.
@@ -119,10 +109,53 @@ http {{
         panic!("nginx did not start; error.log:\n{log}");
     }
 
+    /// Kill nginx outright (SIGKILL): every connection through it drops without a close.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Start a killed nginx again on the same port, with the same config.
+    pub async fn restart(&mut self) {
+        let pid_file = self.dir.path().join("nginx.pid");
+        let _ = std::fs::remove_file(&pid_file);
+        let child = spawn_nginx(self.dir.path());
+        let ours = child.id().to_string();
+        self.child = child;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let pid = std::fs::read_to_string(&pid_file).unwrap_or_default();
+            if pid.trim() == ours && TcpStream::connect(self.addr).await.is_ok() {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "nginx did not restart on {}: {}",
+                self.addr,
+                self.error_log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// nginx's error log so far (for failure messages).
     pub fn error_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
     }
+}
+
+fn spawn_nginx(dir: &std::path::Path) -> Child {
+    Command::new(require_binary("nginx"))
+        .arg("-p")
+        .arg(dir)
+        .arg("-c")
+        .arg(dir.join("nginx.conf"))
+        .arg("-e")
+        .arg(dir.join("error.log"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn nginx")
 }
 
 impl Drop for Nginx {

@@ -34,6 +34,8 @@ pub struct AgentConfig {
     pub keepalive: KeepaliveSettings,
     #[serde(default)]
     pub reconnect: ReconnectSettings,
+    #[serde(default)]
+    pub resume: ResumeSettings,
     /// The file this came from.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -143,6 +145,32 @@ pub struct ReconnectSettings {
     pub step_timeout_secs: u64,
 }
 
+/// Tunnels that survive a dropped WebSocket: offered at every upgrade; a gateway that does
+/// not grant it gives today's tunnels.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResumeSettings {
+    #[serde(default = "defaults::yes")]
+    pub enabled: bool,
+    /// Replay buffer per tunnel: what was sent to the gateway and not yet acknowledged.
+    #[serde(default = "defaults::resume_window_bytes")]
+    pub window_bytes: usize,
+    /// How long a dropped tunnel keeps trying to resume, the local connection held open.
+    /// The gateway keeps its side as long as its own `resume.grace_secs`.
+    #[serde(default = "defaults::resume_grace_secs")]
+    pub grace_secs: u64,
+}
+
+impl Default for ResumeSettings {
+    fn default() -> Self {
+        ResumeSettings {
+            enabled: true,
+            window_bytes: defaults::resume_window_bytes(),
+            grace_secs: defaults::resume_grace_secs(),
+        }
+    }
+}
+
 /// A secret string: `Debug` and `Display` print `***`.
 #[derive(Clone, Deserialize, PartialEq, Eq)]
 #[serde(transparent)]
@@ -165,6 +193,12 @@ impl fmt::Debug for Secret {
 
 mod defaults {
     pub fn status_interval_secs() -> u64 {
+        60
+    }
+    pub fn resume_window_bytes() -> usize {
+        crate::forward::resume::DEFAULT_WINDOW
+    }
+    pub fn resume_grace_secs() -> u64 {
         60
     }
     pub fn max_connections() -> usize {
@@ -323,6 +357,19 @@ impl AgentConfig {
             if v == 0 {
                 return Err((format!("reconnect.{name}"), "must be at least 1".into()));
             }
+        }
+        let resume = &self.resume;
+        if !(4096..=64 << 20).contains(&resume.window_bytes) {
+            return Err((
+                "resume.window_bytes".into(),
+                "must be between 4096 and 67108864 (64 MiB)".into(),
+            ));
+        }
+        if !(1..=3600).contains(&resume.grace_secs) {
+            return Err((
+                "resume.grace_secs".into(),
+                "must be between 1 and 3600".into(),
+            ));
         }
         Ok(())
     }

@@ -91,6 +91,23 @@ impl Connector {
         Ok(ws)
     }
 
+    /// How long each step of a dial may take.
+    pub fn step_timeout(&self) -> Duration {
+        self.step_timeout
+    }
+
+    /// Open one tunnel with `extra` request headers (resumption's), keeping the 101's headers.
+    pub async fn dial_with(
+        &self,
+        target: &Target,
+        trace: &mut Trace,
+        extra: &[(HeaderName, HeaderValue)],
+    ) -> Result<(WebSocketStream<GatewayStream>, UpgradeResponse), DialError> {
+        let stream = self.open(target, trace).await?;
+        self.upgrade(stream, target, trace, extra, ws_config())
+            .await
+    }
+
     /// Direct, or the proxy to go through, for `target` (`probe` reports it before dialing).
     pub fn route(&self, target: &Target) -> Route {
         let url = &target.url;

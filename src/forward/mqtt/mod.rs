@@ -303,6 +303,7 @@ async fn read_connect<R: DeviceRx, T: DeviceTx>(
                 return Err(Error::device(Kind::Gone, "device left before CONNECT"))
             }
             RxEvent::Failed(e) => return Err(e),
+            RxEvent::Text(_) => return Err(crate::forward::relay::text_frame()),
         }
     }
 }

@@ -13,11 +13,13 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-use super::{device_ws_failure, text_frame, truncate_reason};
+use super::{device_ws_failure, truncate_reason};
 use crate::error::Error;
 
 pub enum RxEvent {
     Data(Bytes),
+    /// A text frame: a resumable tunnel's control frame, an error anywhere else.
+    Text(String),
     /// A WebSocket pong (liveness).
     Pong,
     /// A WebSocket ping whose pong is ours to send (tungstenite sends its own: `Control`).
@@ -44,6 +46,10 @@ pub trait DeviceTx: Send {
     fn pong(&mut self, _payload: Bytes) -> impl Future<Output = Result<(), ()>> + Send {
         async { Ok(()) }
     }
+    /// A text frame (a resumable tunnel's control frame); transports without frames have none.
+    fn send_text(&mut self, _text: String) -> impl Future<Output = Result<(), ()>> + Send {
+        async { Err(()) }
+    }
     /// End the transport, telling the device why where it can hear it.
     fn close(&mut self, code: CloseCode, reason: &str) -> impl Future<Output = ()> + Send;
 }
@@ -59,7 +65,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> DeviceRx for WsRx<S> {
             Some(Ok(Message::Binary(b))) => RxEvent::Data(b),
             Some(Ok(Message::Pong(_))) => RxEvent::Pong,
             Some(Ok(Message::Ping(_) | Message::Frame(_))) => RxEvent::Control,
-            Some(Ok(Message::Text(_))) => RxEvent::Failed(text_frame()),
+            Some(Ok(Message::Text(t))) => RxEvent::Text(t.as_str().to_owned()),
             Some(Ok(Message::Close(f))) => {
                 RxEvent::Closed(f.map(|f| (f.code, f.reason.as_str().to_owned())))
             }
@@ -83,6 +89,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> DeviceTx for WsTx<S> {
             .send(Message::Ping(Bytes::new()))
             .await
             .map_err(|_| ())
+    }
+
+    async fn send_text(&mut self, text: String) -> Result<(), ()> {
+        self.0.send(Message::text(text)).await.map_err(|_| ())
     }
 
     async fn close(&mut self, code: CloseCode, reason: &str) {

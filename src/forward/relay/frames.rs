@@ -11,7 +11,8 @@
 //! opcodes only, control frames whole and at most 125 bytes, continuation frames only inside
 //! a fragmented message, frame and message sizes within the configured limits, and a Close
 //! payload that is empty or a valid code with UTF-8 reason. Text frames are refused (every
-//! endpoint carries bytes).
+//! endpoint carries bytes), except on a resumable tunnel, whose acknowledgements are short
+//! text frames: there a text frame must be whole, at most 125 bytes and UTF-8.
 
 use bytes::{Buf, Bytes, BytesMut};
 
@@ -30,6 +31,8 @@ pub const MAX_CONTROL: usize = 125;
 pub enum Event {
     /// Payload bytes of a binary message, unmasked.
     Data(Bytes),
+    /// A whole text frame (a resumable tunnel's control frame).
+    Text(String),
     Ping(Bytes),
     Pong,
     /// The device's Close: its code and reason, if it gave them.
@@ -65,6 +68,8 @@ pub struct Limits {
     pub max_message: usize,
     /// RFC 6455 requires masked client frames; a listener may accept unmasked ones.
     pub require_mask: bool,
+    /// Whether short, whole text frames are accepted (a resumable tunnel's control frames).
+    pub text_control: bool,
 }
 
 /// A data frame whose payload is still arriving.
@@ -121,8 +126,14 @@ impl Reader {
                 return Ok(None);
             };
             match h.opcode {
-                // Refused (every endpoint here carries bytes), so its payload never matters.
-                OP_TEXT => return Err(FrameError::Text),
+                // Refused (every endpoint here carries bytes), so its payload never matters...
+                OP_TEXT if !self.limits.text_control => return Err(FrameError::Text),
+                // ...except a resumable tunnel's control frames: short and whole.
+                OP_TEXT if !h.fin || h.len > MAX_CONTROL as u64 || self.message.is_some() => {
+                    return Err(FrameError::Protocol(
+                        "text frames here are whole control frames of at most 125 bytes",
+                    ))
+                }
                 OP_BINARY | OP_CONTINUATION => {
                     let so_far = match (h.opcode, self.message) {
                         (OP_BINARY, None) => 0,
@@ -171,6 +182,10 @@ impl Reader {
 fn control(opcode: u8, payload: Bytes) -> Result<Event, FrameError> {
     match opcode {
         OP_PING => Ok(Event::Ping(payload)),
+        OP_TEXT => match String::from_utf8(payload.into()) {
+            Ok(text) => Ok(Event::Text(text)),
+            Err(_) => Err(FrameError::Protocol("text frame that is not UTF-8")),
+        },
         OP_PONG => Ok(Event::Pong),
         _ => close_payload(&payload).map(Event::Close),
     }
@@ -308,6 +323,7 @@ pub fn header(opcode: Opcode, len: usize) -> ([u8; 10], usize) {
 #[repr(u8)]
 pub enum Opcode {
     Binary = OP_BINARY,
+    Text = OP_TEXT,
     Close = OP_CLOSE,
     Ping = OP_PING,
     Pong = OP_PONG,

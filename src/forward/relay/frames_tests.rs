@@ -6,6 +6,7 @@ const LIMITS: Limits = Limits {
     max_frame: 1 << 20,
     max_message: 4 << 20,
     require_mask: true,
+    text_control: false,
 };
 
 /// A client frame as RFC 6455 builds it.
@@ -126,6 +127,7 @@ fn sizes_are_checked_at_the_header_before_any_payload_is_read() {
         max_frame: 100,
         max_message: 150,
         require_mask: true,
+        text_control: false,
     };
     // A 64-bit length far over the limit: refused from the header alone.
     let mut huge = vec![0x82, 0x80 | 127];
@@ -203,6 +205,7 @@ fn server_headers_parse_back_to_their_length() {
         max_frame: usize::MAX,
         max_message: usize::MAX,
         require_mask: false,
+        text_control: false,
     };
     for len in [0usize, 1, 125, 126, 65_535, 65_536, 1 << 20] {
         let (h, n) = header(Opcode::Binary, len);
@@ -213,5 +216,38 @@ fn server_headers_parse_back_to_their_length() {
         );
         assert_eq!(parsed.opcode, 2);
         assert!(parsed.mask.is_none());
+    }
+}
+
+#[test]
+fn a_resumable_tunnel_takes_short_whole_text_frames_and_nothing_longer() {
+    let resumable = Limits {
+        text_control: true,
+        ..LIMITS
+    };
+    let mut bytes = frame(true, 1, b"ack 1048576", K);
+    bytes.extend(frame(true, 2, b"data", K));
+    for step in [1, 3, 100] {
+        let (data, others) = read_all(&bytes, step, resumable).unwrap();
+        assert_eq!(data, b"data");
+        assert_eq!(others, vec![Event::Text("ack 1048576".into())]);
+    }
+    // Refused: off by default, fragmented, over 125 bytes, inside a binary message, not UTF-8.
+    assert_eq!(
+        read_all(&frame(true, 1, b"ack 1", K), 1, LIMITS).unwrap_err(),
+        FrameError::Text
+    );
+    let mut inside = frame(false, 2, b"da", K);
+    inside.extend(frame(true, 1, b"ack 1", K));
+    for bad in [
+        frame(false, 1, b"ack", K),
+        frame(true, 1, &[b'a'; 126], K),
+        inside,
+        frame(true, 1, &[0xff, 0xfe], K),
+    ] {
+        assert!(matches!(
+            read_all(&bad, 7, resumable),
+            Err(FrameError::Protocol(_))
+        ));
     }
 }

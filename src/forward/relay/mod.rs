@@ -21,6 +21,7 @@
 mod device;
 #[cfg(feature = "gateway")]
 pub mod frames;
+pub mod resumable;
 #[cfg(feature = "gateway")]
 mod websocket;
 
@@ -36,6 +37,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::WebSocketStream;
@@ -44,7 +46,7 @@ pub use device::{DeviceRx, DeviceTx, RxEvent, WsRx, WsTx};
 #[cfg(feature = "gateway")]
 pub use device::{RawRx, RawTx};
 #[cfg(feature = "gateway")]
-pub use websocket::device_halves;
+pub use websocket::{device_halves, FrameRx, FrameTx};
 
 use crate::error::{Error, Kind, Side};
 use crate::shutdown::Drain;
@@ -285,6 +287,7 @@ pub fn frame_limits(
         max_frame: config.max_frame_size.unwrap_or(usize::MAX),
         max_message: config.max_message_size.unwrap_or(usize::MAX),
         require_mask: !config.accept_unmasked_frames,
+        text_control: false,
     }
 }
 
@@ -429,6 +432,10 @@ pub async fn up_half<R: DeviceRx, U: UpRules>(
                 RxEvent::Pong => counters.missed_pongs.store(0, Relaxed),
                 RxEvent::Ping(payload) => counters.owe_pong(payload),
                 RxEvent::Control => {}
+                RxEvent::Text(_) => {
+                    stop = Some(text_frame());
+                    break;
+                }
                 RxEvent::Closed(frame) => {
                     *device_close = Some(frame);
                     let e = Error::new(Kind::DeviceClosed, Side::Device, "device closed");
@@ -585,6 +592,8 @@ pub(crate) fn text_frame() -> Error {
 pub(crate) fn device_ws_failure(e: WsError) -> Option<Error> {
     match e {
         WsError::ConnectionClosed | WsError::AlreadyClosed | WsError::Io(_) => None,
+        // The connection ended without a Close (tungstenite words a TCP EOF so): gone.
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
         WsError::Capacity(c) => Some(Error::device(
             Kind::TooBig,
             format!("device frame too big: {c}"),

@@ -139,6 +139,7 @@ fn rx_event(event: Event) -> RxEvent {
         Event::Data(b) => RxEvent::Data(b),
         Event::Ping(p) => RxEvent::Ping(p),
         Event::Pong => RxEvent::Pong,
+        Event::Text(t) => RxEvent::Text(t),
         Event::Close(c) => RxEvent::Closed(c.map(|(code, reason)| (CloseCode::from(code), reason))),
     }
 }
@@ -241,6 +242,12 @@ impl DeviceTx for FrameTx {
 
     async fn pong(&mut self, payload: Bytes) -> Result<(), ()> {
         self.frame(Opcode::Pong, payload).await.map_err(|_| ())
+    }
+
+    async fn send_text(&mut self, text: String) -> Result<(), ()> {
+        self.frame(Opcode::Text, Bytes::from(text))
+            .await
+            .map_err(|_| ())
     }
 
     async fn close(&mut self, code: CloseCode, reason: &str) {

@@ -10,15 +10,19 @@
 //!   frames, `ack N` (N: bytes received so far, cumulative), sent by [`replay::Receiver`]'s
 //!   rule, never one per data frame; `fin N` says the sender's side ended after N bytes.
 //! - **Resume.** The agent upgrades again with [`TOKEN`] and [`RECEIVED`]; the gateway answers
-//!   101 with its own [`RECEIVED`] and a new [`TOKEN`], and each side replays what the other
-//!   lacks ([`replay::ReplayBuffer::resume`]). A gateway without the session answers 409 with
+//!   101 with a new [`TOKEN`], then sends `resume N` (its own count) as the first frame once
+//!   the old WebSocket's relay has stopped, so the count is final; each side replays what
+//!   the other lacks ([`replay::ReplayBuffer::resume`]). A gateway without the session answers 409 with
 //!   [`REFUSED`] naming why, and the agent closes the device's connection as it does today.
 //!
 //! [`session::Session`] holds both directions of one tunnel as one end sees them; its tests
 //! run two ends over a link that loses everything in flight at random moments.
 //!
-//! Not wired yet: neither the relay nor the agent uses this module so far.
+//! The relay of one leg (one WebSocket) is `forward::relay::resumable`; the gateway parks a
+//! dropped tunnel in [`lot`], the agent in its own tunnel loop.
 
+#[cfg(feature = "gateway")]
+pub mod lot;
 pub mod replay;
 pub mod session;
 pub mod tokens;
@@ -46,6 +50,9 @@ pub enum Control {
     Ack(u64),
     /// The sender of this frame will send nothing after this many bytes (its source ended).
     Fin(u64),
+    /// The gateway's first frame on a resumed WebSocket: it has received this many bytes
+    /// (the agent replays from there).
+    Resume(u64),
 }
 
 impl Control {
@@ -53,6 +60,7 @@ impl Control {
         match self {
             Control::Ack(n) => format!("ack {n}"),
             Control::Fin(n) => format!("fin {n}"),
+            Control::Resume(n) => format!("resume {n}"),
         }
     }
 
@@ -67,6 +75,7 @@ impl Control {
         match word {
             "ack" => Ok(Control::Ack(n)),
             "fin" => Ok(Control::Fin(n)),
+            "resume" => Ok(Control::Resume(n)),
             _ => Err(bad()),
         }
     }
@@ -86,7 +95,12 @@ mod tests {
 
     #[test]
     fn control_frames_round_trip_and_nothing_else_parses() {
-        for c in [Control::Ack(0), Control::Ack(u64::MAX), Control::Fin(12345)] {
+        for c in [
+            Control::Ack(0),
+            Control::Ack(u64::MAX),
+            Control::Fin(12345),
+            Control::Resume(7),
+        ] {
             assert_eq!(Control::parse(&c.to_text()), Ok(c));
         }
         for bad in [

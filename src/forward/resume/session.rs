@@ -91,6 +91,11 @@ impl Session {
                 // to close.
                 self.inn.flush();
             }
+            Control::Resume(_) => {
+                return Err(SessionError::Control(
+                    "a resume in the middle of a stream".into(),
+                ))
+            }
             Control::Fin(said) => {
                 return Err(SessionError::FinMismatch {
                     said,

@@ -1,0 +1,232 @@
+//! The story of a resumable tunnel, which can outlive its WebSocket: legs of the relay
+//! (`forward::relay::resumable`), and between them the upstream parked for the grace period
+//! while the agent comes back with its token. A resume arrives on another connection; that
+//! connection only hands its WebSocket over ([`hand_over`]) and this task carries on.
+//!
+//! On an MQTT route the resumable layer sits below the MQTT relay ([`resumable_mqtt`]): the
+//! legs carry the device's bytes to one end of a socket pair, the MQTT relay (policy and all)
+//! reads the other end as it reads a raw MQTT device, and never sees a WebSocket drop.
+
+use std::future::Future;
+use std::pin::pin;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use crate::error::{Error, Side};
+use crate::forward::relay::resumable::{relay_resumable, ByteStream, Carry, Leg, Out};
+use crate::forward::relay::{DeviceTx, FrameRx, FrameTx, Run};
+use crate::forward::resume::lot::{Attach, Inbox, Lot};
+use crate::forward::resume::Control;
+use crate::forward::{Ending, RelaySettings, Traffic};
+use crate::shutdown::Drain;
+
+/// A resume's connection: give its WebSocket to the tunnel, or say the tunnel is gone.
+pub(super) async fn hand_over(inbox: &Inbox, attach: Attach) {
+    match inbox.deliver(attach) {
+        Ok(()) => tracing::info!("resume handed to its tunnel"),
+        Err(mut attach) => {
+            tracing::info!("resume came as its tunnel ended");
+            let reason = "that tunnel has ended";
+            let close = attach.tx.close(CloseCode::Policy, reason);
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), close).await;
+        }
+    }
+}
+
+pub(super) struct Resumable<'a> {
+    pub lot: &'a Arc<Lot>,
+    pub inbox: Arc<Inbox>,
+    /// The agent's replay buffer (we acknowledge every quarter of it).
+    pub peer_window: usize,
+    pub settings: &'a RelaySettings,
+    pub drain: &'a Drain,
+    pub traffic: &'a Traffic,
+}
+
+impl Resumable<'_> {
+    /// Relay until the tunnel ends for good; the token is forgotten then.
+    pub async fn run<S: ByteStream>(
+        self,
+        rx: FrameRx,
+        tx: FrameTx,
+        upstream: S,
+        kick: impl Future<Output = Error> + Send,
+    ) -> Ending {
+        // However this ends (even dropped), the token goes with it.
+        let _forget = Forget(self.lot, &self.inbox);
+        self.legs(rx, tx, &upstream, kick).await
+    }
+
+    async fn legs<S: ByteStream>(
+        &self,
+        mut rx: FrameRx,
+        mut tx: FrameTx,
+        upstream: &S,
+        kick: impl Future<Output = Error> + Send,
+    ) -> Ending {
+        let lot = self.lot;
+        let mut kick = pin!(kick);
+        let mut carry = Carry::new(lot.settings.window, self.peer_window);
+        let mut first = Vec::new();
+        loop {
+            let run = Run {
+                settings: self.settings,
+                drain: self.drain,
+                kick: kick.as_mut(),
+                traffic: self.traffic,
+                wakeup: None,
+            };
+            let leg = relay_resumable(
+                &mut rx,
+                &mut tx,
+                upstream,
+                &mut carry,
+                first,
+                run,
+                self.inbox.arrived(),
+            )
+            .await;
+            let why = match leg {
+                Leg::Ended(ending) => return ending,
+                Leg::Dropped(why) => why,
+            };
+            let dropped = Instant::now();
+            lot.stats.parked.fetch_add(1, Relaxed);
+            let held = carry.session().held();
+            tracing::info!(held, "tunnel parked: {why}");
+
+            // Parked: the upstream is read no more (its bytes wait in the kernel) until a
+            // resume arrives, the grace period passes, a kick, or the shutdown.
+            let deadline = dropped + lot.settings.grace;
+            let attach = loop {
+                if self.inbox.is_ended() {
+                    break Err((
+                        "identity",
+                        "its token came with another identity".to_string(),
+                    ));
+                }
+                if let Some(attach) = self.inbox.take() {
+                    break Ok(attach);
+                }
+                tokio::select! {
+                    () = self.inbox.arrived() => continue,
+                    () = tokio::time::sleep_until(deadline) => {
+                        break Err(("grace", format!("no resume within the grace period ({} s)", lot.settings.grace.as_secs())));
+                    }
+                    () = self.drain.started() => break Err(("", "gateway shutting down".into())),
+                    e = kick.as_mut() => break Err(("", e.to_string())),
+                }
+            };
+            let attach = match attach {
+                Ok(attach) => attach,
+                Err((reason, why)) => {
+                    if reason == "grace" {
+                        lot.fail(reason);
+                    }
+                    let _ = upstream.shutdown_write();
+                    tracing::info!("parked tunnel ended: {why}");
+                    return ending(CloseCode::Abnormal, Side::Device, why, self.traffic);
+                }
+            };
+            (rx, tx) = (attach.rx, attach.tx);
+            let resumed = carry.session().resume(attach.peer_received);
+            let (again, fin) = match resumed {
+                Ok(r) => r,
+                Err(e) => {
+                    lot.fail("replay");
+                    let why = format!("cannot resume: {e}");
+                    let close = tx.close(CloseCode::Policy, &why);
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), close).await;
+                    let _ = upstream.shutdown_write();
+                    tracing::warn!("{why}");
+                    return ending(CloseCode::Policy, Side::Device, why, self.traffic);
+                }
+            };
+            let replayed: usize = again.iter().map(|b| b.len()).sum();
+            let received = carry.session().received_total();
+            first = std::iter::once(Out::Control(Control::Resume(received)))
+                .chain(again.into_iter().map(Out::Data))
+                .chain(fin.map(Out::Control))
+                .collect();
+            let took = dropped.elapsed();
+            let stats = &lot.stats;
+            stats.resumed.fetch_add(1, Relaxed);
+            stats.bytes_replayed.fetch_add(replayed as u64, Relaxed);
+            stats
+                .resume_micros
+                .fetch_add(took.as_micros() as u64, Relaxed);
+            tracing::info!(
+                replayed,
+                received,
+                after_ms = took.as_millis() as u64,
+                "tunnel resumed"
+            );
+        }
+    }
+}
+
+/// Forgets the tunnel's token when dropped.
+struct Forget<'a>(&'a Lot, &'a Inbox);
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.0.close(self.1);
+    }
+}
+
+/// How long a resumable MQTT tunnel's last bytes (a DISCONNECT, the `fin`) may take to reach
+/// the agent once the MQTT relay has ended.
+const LAST_WORDS: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A resumable tunnel on an MQTT route: the legs to one end of a socket pair, the MQTT relay
+/// (with the policy) on the other. The MQTT relay's ending is the connection's.
+pub(super) async fn resumable_mqtt(
+    tunnel: Resumable<'_>,
+    rx: FrameRx,
+    mut tx: FrameTx,
+    ctx: crate::forward::mqtt::MqttCtx<'_>,
+) -> Ending {
+    use crate::forward::mqtt::{RawRx, RawTx};
+    let (ours, theirs) = match tokio::net::UnixStream::pair() {
+        Ok(pair) => pair,
+        Err(e) => {
+            let why = format!("no socket pair for a resumable MQTT tunnel: {e}");
+            let _ = tokio::time::timeout(LAST_WORDS, tx.close(CloseCode::Error, &why)).await;
+            tunnel.lot.close(&tunnel.inbox);
+            return ending(CloseCode::Error, Side::Internal, why, tunnel.traffic);
+        }
+    };
+    let (r, w) = tokio::io::split(theirs);
+    let mqtt = crate::forward::mqtt::relay(RawRx(r), RawTx(w), ctx);
+    // The MQTT relay counts the device's bytes; the legs count into their own.
+    let legs_traffic = Traffic::default();
+    let tunnel = Resumable {
+        traffic: &legs_traffic,
+        ..tunnel
+    };
+    let legs = tunnel.run(rx, tx, ours, std::future::pending());
+    let (mut legs, mut mqtt) = (pin!(legs), pin!(mqtt));
+    tokio::select! {
+        ending = &mut mqtt => {
+            // The relay closed its end: the legs pass that on as a `fin` (or end on their own).
+            let _ = tokio::time::timeout(LAST_WORDS, legs).await;
+            ending
+        }
+        // The WebSocket side is over and the pair closed with it: the relay sees its device
+        // leave.
+        _ = &mut legs => mqtt.await,
+    }
+}
+
+fn ending(code: CloseCode, by: Side, reason: String, traffic: &Traffic) -> Ending {
+    Ending {
+        code,
+        by,
+        reason,
+        bytes_up: traffic.up(),
+        bytes_down: traffic.down(),
+    }
+}
