@@ -14,10 +14,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use portcullis::agent::{Agent, AgentConfig};
+use portcullis::demo::cutter::Cutter;
 use portcullis::{Config, Gateway};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -344,46 +344,6 @@ async fn sink_server() -> Result<SocketAddr, BoxError> {
         }
     });
     Ok(addr)
-}
-
-/// A TCP relay to the gateway whose connections can all be dropped at once.
-struct Cutter {
-    addr: SocketAddr,
-    live: Arc<Mutex<Vec<JoinHandle<()>>>>,
-}
-
-impl Cutter {
-    async fn start(to: SocketAddr) -> Result<Cutter, BoxError> {
-        let l = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = l.local_addr()?;
-        let live: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
-        let tasks = live.clone();
-        tokio::spawn(async move {
-            while let Ok((mut a, _)) = l.accept().await {
-                let _ = a.set_nodelay(true);
-                let task = tokio::spawn(async move {
-                    if let Ok(mut b) = TcpStream::connect(to).await {
-                        let _ = b.set_nodelay(true);
-                        let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
-                    }
-                });
-                if let Ok(mut t) = tasks.lock() {
-                    t.retain(|h| !h.is_finished());
-                    t.push(task);
-                }
-            }
-        });
-        Ok(Cutter { addr, live })
-    }
-
-    /// Drop every connection through us (both sockets closed, no WebSocket close).
-    fn cut(&self) {
-        if let Ok(mut t) = self.live.lock() {
-            for h in t.drain(..) {
-                h.abort();
-            }
-        }
-    }
 }
 
 struct Mosquitto {

@@ -23,6 +23,11 @@ async fn demo_delivers_every_acknowledged_reading_and_bans_the_abusers() {
     let meter = report.devices.iter().find(|d| d.device == "meter-4");
     assert!(meter.is_some_and(|m| m.received >= 1), "{report:?}");
     assert!(report.agent.tunnels_opened >= 1, "{:?}", report.agent);
+    // Halfway, the demo's load balancer cut the tunnel: resumed, and the meter never
+    // reconnected (a broken MQTT session fails the demo: its device has no reconnect).
+    let a = &report.agent;
+    assert_eq!((a.drops, a.resumed, a.resume_failures), (1, 1, 0), "{a:?}");
+    assert_eq!(a.tunnels_opened, 1, "{a:?}");
 
     let names: Vec<_> = report.abusers.iter().map(|a| a.device).collect();
     assert_eq!(names, ["chatty-5", "flood-6", "flapper-7"], "{report:?}");

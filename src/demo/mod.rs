@@ -12,12 +12,16 @@
 //! Every well-behaved device publishes a QoS 1 reading each second, in the rhythm its class
 //! expects; the summary compares what the broker acknowledged with what the platform received.
 //! Meanwhile three abusers report too often, flood, and reconnect in a loop: the gateway's
-//! policy discards what they send, bans them and kicks them, and the others flow on.
+//! policy discards what they send, bans them and kicks them, and the others flow on. Halfway
+//! through, the load balancer in front of the gateway (a stand-in: [`cutter`]) drops the
+//! agent's WebSocket; the agent resumes the tunnel and the legacy device's MQTT session
+//! carries on without a reconnect.
 
 mod abuser;
 mod agent;
 mod broker;
 mod config;
+pub mod cutter;
 mod device;
 mod link;
 mod platform;
@@ -150,7 +154,16 @@ pub async fn run_with_report(
         return Err("the gateway has no listener".into());
     };
     let token = signer.device_token(Some("demo"), "meter-4", 24 * 3600);
-    let agent = match agent::start(gateway_addr, &token).await {
+    // The agent reaches the gateway through a stand-in load balancer, which the demo restarts
+    // halfway: the legacy meter's tunnel is resumed and its MQTT session never notices.
+    let lb = match cutter::Cutter::start(gateway_addr).await {
+        Ok(lb) => lb,
+        Err(e) => {
+            gateway.shutdown().await;
+            return Err(format!("the demo's load balancer: {e}"));
+        }
+    };
+    let agent = match agent::start(lb.addr, &token).await {
         Ok(agent) => agent,
         Err(e) => {
             gateway.shutdown().await;
@@ -189,8 +202,13 @@ pub async fn run_with_report(
             (a.sensor.device, tokio::spawn(task))
         })
         .collect();
+    let run_for = async {
+        tokio::time::sleep(duration / 2).await;
+        show::cut(lb.cut());
+        tokio::time::sleep(duration - duration / 2).await;
+    };
     tokio::select! {
-        () = tokio::time::sleep(duration) => {}
+        () = run_for => {}
         () = stop => {}
     }
 

@@ -56,6 +56,15 @@ pub fn banner(broker: SocketAddr, gateway: SocketAddr, agent: SocketAddr, durati
     );
 }
 
+/// The stand-in load balancer dropped `n` connections (the agent's tunnel among them).
+pub fn cut(n: usize) {
+    if n > 0 {
+        println!(
+            "\n  -- the load balancer restarts: the agent's WebSocket is cut, no close frame ({n} connection(s)).\n     The agent keeps meter-4's TCP connection and resumes the tunnel; its MQTT session goes on.\n"
+        );
+    }
+}
+
 pub fn summary(
     devices: &[DeviceReport],
     abusers: &[AbuserReport],
