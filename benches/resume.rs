@@ -79,6 +79,7 @@ async fn run() -> Result<(), BoxError> {
         let mut row = vec![format!("{run}"), ms(p50), ms(p99)];
         let mut bulk = [0.0; 2];
         let mut qos1 = [0.0; 2];
+        let mut qos1_raw = [0.0; 2];
         for (i, resumable) in [false, true].into_iter().enumerate() {
             let agent = start_agent(cutter.addr, "bulk", resumable).await?;
             bulk[i] = bulk_mib_per_sec(&agent, sink_count(), bulk_mib).await?;
@@ -86,22 +87,21 @@ async fn run() -> Result<(), BoxError> {
             let agent = start_agent(cutter.addr, "mqtt", resumable).await?;
             qos1[i] = qos1_per_sec(&agent, qos1_n, &format!("r{run}{i}")).await?;
             agent.shutdown().await;
+            let agent = start_agent(cutter.addr, "mqtt-raw", resumable).await?;
+            qos1_raw[i] = qos1_per_sec(&agent, qos1_n, &format!("raw{run}{i}")).await?;
+            agent.shutdown().await;
         }
-        row.push(format!(
-            "{:.0} / {:.0} ({:.2})",
-            bulk[0],
-            bulk[1],
-            bulk[1] / bulk[0]
-        ));
-        row.push(format!(
-            "{:.0} / {:.0} ({:.2})",
-            qos1[0],
-            qos1[1],
-            qos1[1] / qos1[0]
-        ));
+        for pair in [bulk, qos1, qos1_raw] {
+            row.push(format!(
+                "{:.0} / {:.0} ({:.2})",
+                pair[0],
+                pair[1],
+                pair[1] / pair[0]
+            ));
+        }
         println!(
-            "run {run}: drop→flow p50 {} ms, p99 {} ms; bulk MiB/s plain/resumable {}; QoS 1 msg/s plain/resumable {}",
-            row[1], row[2], row[3], row[4]
+            "run {run}: drop→flow p50 {} ms, p99 {} ms; plain / resumable: bulk MiB/s {}; QoS 1 msg/s on the MQTT route {}, on a tcp route {}",
+            row[1], row[2], row[3], row[4], row[5]
         );
         table.push(row);
     }
@@ -116,8 +116,8 @@ async fn run() -> Result<(), BoxError> {
         );
     }
     println!();
-    println!("| run | drop → flow p50 (ms) | p99 (ms) | bulk MiB/s plain / resumable (ratio) | QoS 1 msg/s plain / resumable (ratio) |");
-    println!("|---|---|---|---|---|");
+    println!("| run | drop → flow p50 (ms) | p99 (ms) | bulk MiB/s, plain / resumable (ratio) | QoS 1 msg/s, MQTT route | QoS 1 msg/s, tcp route |");
+    println!("|---|---|---|---|---|---|");
     for row in &table {
         println!("| {} |", row.join(" | "));
     }
@@ -145,6 +145,10 @@ bind = "127.0.0.1:0"
 
 [routes.mqtt]
 upstreams = ["{broker}"]
+
+[routes.mqtt-raw]
+upstreams = ["{broker}"]
+protocol = "tcp"
 
 [routes.echo]
 upstreams = ["{echo}"]

@@ -186,20 +186,31 @@ async fn an_mqtt_client_behind_the_agent_keeps_its_session_across_three_drops() 
     sub.wait_for("received SUBACK", 1, Duration::from_secs(20))
         .await;
     let mut sent = 0;
-    for drop_n in 1..=3 {
-        for _ in 0..5 {
-            sent += 1;
-            // Straight to the broker: each returns after its PUBACK.
-            let id = format!("meter-pub-{sent}");
-            publish(broker.addr, &id, "meter/7/reading", &format!("r={sent};")).await;
+    // Straight to the broker: each returns after its PUBACK.
+    let publish_five = |sent: &mut usize| {
+        let from = *sent + 1;
+        *sent += 5;
+        let broker = broker.addr;
+        async move {
+            for i in from..from + 5 {
+                let id = format!("meter-pub-{i}");
+                publish(broker, &id, "meter/7/reading", &format!("r={i};")).await;
+            }
         }
-        path.cut(&agent, drop_n).await;
+    };
+    publish_five(&mut sent).await;
+    for drop_n in 1..=3 {
+        // Published while the path is down: the broker sends them to the gateway's parked
+        // upstream socket (not read while parked), and they cross after the resume.
+        path.nginx.kill();
+        let saw = eventually(Duration::from_secs(20), || agent.status().drops >= drop_n).await;
+        assert!(saw, "drop {drop_n} unseen: {:?}", agent.status());
+        publish_five(&mut sent).await;
+        path.nginx.restart().await;
+        let back = eventually(Duration::from_secs(20), || agent.status().resumed >= drop_n).await;
+        assert!(back, "drop {drop_n} not resumed: {:?}", agent.status());
     }
-    for _ in 0..5 {
-        sent += 1;
-        let id = format!("meter-pub-{sent}");
-        publish(broker.addr, &id, "meter/7/reading", &format!("r={sent};")).await;
-    }
+    publish_five(&mut sent).await;
     sub.wait_for("meter/7/reading r=", sent, Duration::from_secs(30))
         .await;
     for i in 1..=sent {
@@ -482,4 +493,63 @@ async fn a_resume_to_a_restarted_gateway_is_refused_and_the_local_connection_clo
         .unwrap()
         .1;
     assert_eq!(unknown, 1, "the new gateway refused the resume as unknown");
+}
+
+#[tokio::test]
+async fn a_resume_while_the_old_websocket_still_looks_alive_takes_the_tunnel_over() {
+    // One side saw the drop (the agent), the other did not (the gateway): the resume must
+    // not wait for the gateway's pings to time out.
+    let echo = support::echo_server().await;
+    let gw = TestGateway::start(&ws::config("", &[("echo", echo)])).await;
+    let (mut old, h) = upgrade_raw(gw.addr(), "/tunnel/echo", &offer())
+        .await
+        .unwrap();
+    let token = token_of(&h);
+    old.send(Message::binary(b"abc".to_vec())).await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        if let Message::Binary(b) = old.next().await.unwrap().unwrap() {
+            got.extend_from_slice(&b);
+        }
+    }
+    // The old WebSocket stays open; a resume claims the tunnel with all 3 bytes received.
+    let (mut new, _) = upgrade_raw(gw.addr(), "/tunnel/echo", &resume_headers(&token, 3))
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(10), new.next()).await;
+    match first {
+        Ok(Some(Ok(Message::Text(t)))) => assert_eq!(t.as_str(), "resume 3"),
+        other => panic!("the gateway's count comes first: {other:?}"),
+    }
+    new.send(Message::binary(b"def".to_vec())).await.unwrap();
+    let echoed = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut got = Vec::new();
+        while got.len() < 3 {
+            if let Some(Ok(Message::Binary(b))) = new.next().await {
+                got.extend_from_slice(&b);
+            }
+        }
+        got
+    })
+    .await
+    .expect("the tunnel carries on on the new WebSocket");
+    assert_eq!(echoed, b"def");
+    // The old one is let go (shut, without a Close: it is not the tunnel's end).
+    let old_ends = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match old.next().await {
+                None | Some(Err(_)) => return true,
+                Some(Ok(Message::Close(_))) => return false,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        old_ends.ok(),
+        Some(true),
+        "the old WebSocket is dropped, not closed"
+    );
+    let lot = gw.gw().resume().unwrap();
+    assert_eq!(lot.stats.resumed.load(Relaxed), 1);
 }

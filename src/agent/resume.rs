@@ -144,32 +144,48 @@ async fn resume(
     deadline: Instant,
 ) -> Result<Resumed, String> {
     let received = carry.session().received_total();
-    let token = HeaderValue::from_str(&grant.token).map_err(|_| "a token that is no header")?;
-    let headers = [
-        (HeaderName::from_static(TOKEN), token),
-        (
-            HeaderName::from_static(RECEIVED),
-            HeaderValue::from(received),
-        ),
-    ];
-    let Some((mut ws, response, _)) = open(tunnel, agent, &headers, deadline).await else {
-        return Err("the gateway refused the resume or could not be reached in time".into());
-    };
-    let Some(next) = Grant::from(&response) else {
-        return Err("the gateway answered the resume without a new token".into());
-    };
-    let step = agent.connector.step_timeout();
-    let theirs = match tokio::time::timeout(step, their_count(&mut ws)).await {
-        Ok(r) => r?,
-        Err(_) => return Err("the gateway did not say its count in time".into()),
-    };
-    let (again, fin) = carry.session().resume(theirs).map_err(|e| e.to_string())?;
-    let replay = again
-        .into_iter()
-        .map(Out::Data)
-        .chain(fin.map(Out::Control))
-        .collect();
-    Ok((ws, next.token, replay))
+    let mut token = grant.token.clone();
+    loop {
+        let value = HeaderValue::from_str(&token).map_err(|_| "a token that is no header")?;
+        let mut headers = vec![
+            (HeaderName::from_static(TOKEN), value),
+            (
+                HeaderName::from_static(RECEIVED),
+                HeaderValue::from(received),
+            ),
+        ];
+        // The node that holds the tunnel, for a load balancer that routes resumes by header.
+        if let Ok(node) = HeaderValue::from_str(&grant.node) {
+            headers.push((HeaderName::from_static(NODE), node));
+        }
+        let Some((mut ws, response, _)) = open(tunnel, agent, &headers, deadline).await else {
+            return Err("the gateway refused the resume or could not be reached in time".into());
+        };
+        let Some(next) = Grant::from(&response) else {
+            return Err("the gateway answered the resume without a new token".into());
+        };
+        let step = agent.connector.step_timeout();
+        let why = match tokio::time::timeout(step, their_count(&mut ws)).await {
+            Ok(Ok(theirs)) => {
+                let (again, fin) = carry.session().resume(theirs).map_err(|e| e.to_string())?;
+                let replay = again
+                    .into_iter()
+                    .map(Out::Data)
+                    .chain(fin.map(Out::Control))
+                    .collect();
+                return Ok((ws, next.token, replay));
+            }
+            Ok(Err(why)) => why,
+            Err(_) => "the gateway did not say its count in time".to_string(),
+        };
+        // The old token is spent, but the 101 gave a new one: the tunnel is still resumable
+        // with it (the path broke again right after the upgrade).
+        tracing::warn!(tunnel = %tunnel.name, "resume broke after the upgrade ({why}): again, with the new token");
+        token = next.token;
+        if Instant::now() >= deadline {
+            return Err(why);
+        }
+    }
 }
 
 /// The gateway's first frame on a resumed WebSocket: `resume N`.

@@ -66,9 +66,9 @@ pub(super) fn negotiate(
         .filter(|n| PEER_WINDOWS.contains(n))
         .unwrap_or(DEFAULT_WINDOW);
     match lot.open(identity) {
-        Ok((token, inbox)) => {
+        Ok((token, lease)) => {
             let answer = answer(lot, &token, true);
-            Ok(Some((Resumption::Fresh { inbox, peer_window }, answer)))
+            Ok(Some((Resumption::Fresh { lease, peer_window }, answer)))
         }
         // Not resumable, but the tunnel itself is fine: today's tunnel.
         Err(refusal) => {

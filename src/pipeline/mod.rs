@@ -144,7 +144,7 @@ async fn story(
             };
             return tunnel::hand_over(&inbox, attach).await;
         }
-        Some(Resumption::Fresh { inbox, peer_window }) => Some((inbox, peer_window)),
+        Some(Resumption::Fresh { lease, peer_window }) => Some((lease, peer_window)),
         None => None,
     };
 
@@ -190,12 +190,8 @@ async fn story(
     let key = client_ip.to_string();
     let (upstream, upstream_addr) = match pool.connect(key.as_bytes()).await {
         Ok(pair) => pair,
-        Err(e) => {
-            if let (Some(lot), Some((inbox, _))) = (&shared.resume, &resume) {
-                lot.close(inbox);
-            }
-            return Box::pin(close_early(ws, &e)).await;
-        }
+        // A resumable tunnel's lease goes with `resume`: its token is forgotten.
+        Err(e) => return Box::pin(close_early(ws, &e)).await,
     };
     tracing::debug!(upstream = %upstream_addr, "relaying");
     let kick = kicked(&shared, &registration, client_ip);

@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use crate::error::{Error, Side};
 use crate::forward::relay::resumable::{relay_resumable, ByteStream, Carry, Leg, Out};
 use crate::forward::relay::{DeviceTx, FrameRx, FrameTx, Run};
-use crate::forward::resume::lot::{Attach, Inbox, Lot};
+use crate::forward::resume::lot::{Attach, Inbox, Lease, Lot};
 use crate::forward::resume::Control;
 use crate::forward::{Ending, RelaySettings, Traffic};
 use crate::shutdown::Drain;
@@ -38,7 +38,8 @@ pub(super) async fn hand_over(inbox: &Inbox, attach: Attach) {
 
 pub(super) struct Resumable<'a> {
     pub lot: &'a Arc<Lot>,
-    pub inbox: Arc<Inbox>,
+    /// The tunnel's place in the lot (its token is forgotten when this goes).
+    pub inbox: Lease,
     /// The agent's replay buffer (we acknowledge every quarter of it).
     pub peer_window: usize,
     pub settings: &'a RelaySettings,
@@ -55,8 +56,7 @@ impl Resumable<'_> {
         upstream: S,
         kick: impl Future<Output = Error> + Send,
     ) -> Ending {
-        // However this ends (even dropped), the token goes with it.
-        let _forget = Forget(self.lot, &self.inbox);
+        // However this ends (even dropped), the token goes with `self.inbox`.
         self.legs(rx, tx, &upstream, kick).await
     }
 
@@ -94,6 +94,8 @@ impl Resumable<'_> {
                 Leg::Dropped(why) => why,
             };
             let dropped = Instant::now();
+            let abandon = tx.abandon();
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), abandon).await;
             lot.stats.parked.fetch_add(1, Relaxed);
             let held = carry.session().held();
             tracing::info!(held, "tunnel parked: {why}");
@@ -168,15 +170,6 @@ impl Resumable<'_> {
     }
 }
 
-/// Forgets the tunnel's token when dropped.
-struct Forget<'a>(&'a Lot, &'a Inbox);
-
-impl Drop for Forget<'_> {
-    fn drop(&mut self) {
-        self.0.close(self.1);
-    }
-}
-
 /// How long a resumable MQTT tunnel's last bytes (a DISCONNECT, the `fin`) may take to reach
 /// the agent once the MQTT relay has ended.
 const LAST_WORDS: std::time::Duration = std::time::Duration::from_secs(5);
@@ -195,7 +188,6 @@ pub(super) async fn resumable_mqtt(
         Err(e) => {
             let why = format!("no socket pair for a resumable MQTT tunnel: {e}");
             let _ = tokio::time::timeout(LAST_WORDS, tx.close(CloseCode::Error, &why)).await;
-            tunnel.lot.close(&tunnel.inbox);
             return ending(CloseCode::Error, Side::Internal, why, tunnel.traffic);
         }
     };

@@ -309,8 +309,14 @@ async fn outbound<T: DeviceTx, S: ByteStream>(
                     }
                     Ok(n) => {
                         size.after(n);
-                        buf.truncate(n);
-                        let data = buf.freeze();
+                        // Kept until acknowledged: a short read gets its own exact allocation,
+                        // so the replay buffer's bound counts memory, not just bytes.
+                        let data = if n < want / 2 {
+                            Bytes::copy_from_slice(&buf[..n])
+                        } else {
+                            buf.truncate(n);
+                            buf.freeze()
+                        };
                         if let Err(e) = lock(session).send(data.clone()) {
                             return Stop::Failed(Error::new(Kind::Protocol, Side::Internal, e.to_string()));
                         }

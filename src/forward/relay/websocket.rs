@@ -227,6 +227,26 @@ fn advance(parts: &mut [&[u8]; 2], mut n: usize) {
     }
 }
 
+impl FrameTx {
+    /// Give up on this WebSocket without a Close (a resumable tunnel parks when it is lost):
+    /// the socket is shut both ways, so a peer that still thinks it alive learns otherwise
+    /// now, not after its own pings time out.
+    pub async fn abandon(&mut self) {
+        self.closed = true;
+        match &mut self.sink {
+            Sink::Tcp(tcp) => {
+                use std::os::fd::AsFd;
+                if let Ok(fd) = tcp.as_fd().try_clone_to_owned() {
+                    let _ = std::net::TcpStream::from(fd).shutdown(std::net::Shutdown::Both);
+                }
+            }
+            Sink::Io(w) => {
+                let _ = w.shutdown().await;
+            }
+        }
+    }
+}
+
 impl DeviceTx for FrameTx {
     async fn send(&mut self, data: Bytes) -> Result<(), ()> {
         self.frame(Opcode::Binary, data).await.map_err(|_| ())

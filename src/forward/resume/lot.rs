@@ -29,13 +29,30 @@ pub struct Attach {
     pub peer_received: u64,
 }
 
+/// A new tunnel's place in the lot: however it ends (the upgrade failing, a shutdown before
+/// the relay starts, the relay's end, a dropped task), its token is forgotten with it.
+pub struct Lease {
+    lot: Arc<Lot>,
+    inbox: Arc<Inbox>,
+}
+
+impl std::ops::Deref for Lease {
+    type Target = Inbox;
+    fn deref(&self) -> &Inbox {
+        &self.inbox
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.lot.close(&self.inbox);
+    }
+}
+
 /// What an accepted tunnel upgrade says about resumption.
 pub enum Resumption {
-    /// A new resumable tunnel: its inbox, and the agent's replay buffer.
-    Fresh {
-        inbox: Arc<Inbox>,
-        peer_window: usize,
-    },
+    /// A new resumable tunnel: its lease, and the agent's replay buffer.
+    Fresh { lease: Lease, peer_window: usize },
     /// A resume of a parked (or still live) tunnel: hand it the new WebSocket.
     Resume {
         inbox: Arc<Inbox>,
@@ -63,13 +80,28 @@ impl Inbox {
         }
         // A later resume replaces one not yet picked up (its WebSocket is dropped).
         *self.attach.lock().unwrap_or_else(|p| p.into_inner()) = Some(attach);
-        self.arrived.notify_one();
+        self.arrived.notify_waiters();
         Ok(())
     }
 
-    /// Resolves when a resume has delivered something, or the tunnel must end.
+    /// Resolves when a resume's WebSocket is waiting to be taken, or the tunnel must end.
+    /// Judged by the state, never by a stored wake-up: a signal consumed elsewhere (a
+    /// `select!` that took another branch) cannot leave a stale one behind.
     pub async fn arrived(&self) {
-        self.arrived.notified().await
+        loop {
+            let notified = self.arrived.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            let waiting = self
+                .attach
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_some();
+            if waiting || self.ended.load(Relaxed) {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// The delivered WebSocket, if any (`None` after [`Inbox::arrived`]: the tunnel must end).
@@ -87,7 +119,7 @@ impl Inbox {
 
     fn end(&self) {
         self.ended.store(true, Relaxed);
-        self.arrived.notify_one();
+        self.arrived.notify_waiters();
     }
 }
 
@@ -148,12 +180,16 @@ impl Lot {
         self.registry.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A new resumable tunnel of `identity`: its first token and its inbox.
-    pub fn open(&self, identity: Identity) -> Result<(String, Arc<Inbox>), Refusal> {
+    /// A new resumable tunnel of `identity`: its first token and its lease.
+    pub fn open(self: &Arc<Self>, identity: Identity) -> Result<(String, Lease), Refusal> {
         let inbox = Arc::new(Inbox::default());
         let token = self.registry().register(identity, inbox.clone())?;
         *inbox.token.lock().unwrap_or_else(|p| p.into_inner()) = token.clone();
-        Ok((token, inbox))
+        let lease = Lease {
+            lot: self.clone(),
+            inbox,
+        };
+        Ok((token, lease))
     }
 
     /// A resume with `token`: the tunnel's inbox, now reached by the new token returned. A
@@ -229,13 +265,13 @@ pub fn resumable_limits(limits: Limits) -> Limits {
 mod tests {
     use super::*;
 
-    fn lot(max: usize) -> Lot {
-        Lot::new(LotSettings {
+    fn lot(max: usize) -> Arc<Lot> {
+        Arc::new(Lot::new(LotSettings {
             node: "n1".into(),
             window: 1 << 20,
             grace: Duration::from_secs(60),
             max_sessions: max,
-        })
+        }))
     }
 
     fn id(route: &str, who: Option<&str>) -> Identity {
@@ -247,13 +283,14 @@ mod tests {
         let lot = lot(10);
         let (t1, inbox) = lot.open(id("r", Some("dev-1"))).unwrap();
         let (t2, same) = lot.claim(&t1, id("r", Some("dev-1"))).unwrap();
-        assert!(Arc::ptr_eq(&inbox, &same));
+        assert!(std::ptr::eq(&*inbox, &*same));
         assert_ne!(t1, t2);
         assert_eq!(
             lot.claim(&t1, id("r", Some("dev-1"))).err(),
             Some(Refusal::Unknown),
             "a spent token"
         );
+        drop(same);
         lot.close(&inbox);
         assert!(lot.is_empty(), "the current token is forgotten");
         assert_eq!(
@@ -285,7 +322,11 @@ mod tests {
     #[test]
     fn the_lot_is_bounded() {
         let lot = lot(1);
-        let (_t, _inbox) = lot.open(id("r", None)).unwrap();
+        let (_t, lease) = lot.open(id("r", None)).unwrap();
         assert_eq!(lot.open(id("r", None)).err(), Some(Refusal::Full));
+        // A tunnel whose upgrade never completed: its lease goes, and its token with it.
+        drop(lease);
+        assert!(lot.is_empty());
+        assert!(lot.open(id("r", None)).is_ok());
     }
 }
