@@ -119,7 +119,7 @@ pub(super) async fn carry(
             }
             Err(why) => {
                 agent.status.resume_failed();
-                let _ = crate::forward::relay::shutdown_write(local);
+                carry.finish(local, std::time::Duration::from_secs(2)).await;
                 return Ending {
                     code: CloseCode::Abnormal,
                     by: Side::Device,

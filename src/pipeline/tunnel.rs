@@ -128,7 +128,7 @@ impl Resumable<'_> {
                     if reason == "grace" {
                         lot.fail(reason);
                     }
-                    let _ = upstream.shutdown_write();
+                    carry.finish(upstream, LAST_WORDS).await;
                     tracing::info!("parked tunnel ended: {why}");
                     return ending(CloseCode::Abnormal, Side::Device, why, self.traffic);
                 }
@@ -199,12 +199,28 @@ pub(super) async fn resumable_mqtt(
         traffic: &legs_traffic,
         ..tunnel
     };
-    let legs = tunnel.run(rx, tx, ours, std::future::pending());
+    // Once the MQTT relay has ended, and its last bytes had their time, the legs end with its
+    // reason: the agent hears a Close (a kick stays a kick), not a drop to resume.
+    let (end_legs, ended) = tokio::sync::oneshot::channel::<Error>();
+    let kick = async move {
+        match ended.await {
+            Ok(e) => e,
+            Err(_) => std::future::pending().await,
+        }
+    };
+    let legs = tunnel.run(rx, tx, ours, kick);
     let (mut legs, mut mqtt) = (pin!(legs), pin!(mqtt));
     tokio::select! {
         ending = &mut mqtt => {
             // The relay closed its end: the legs pass that on as a `fin` (or end on their own).
-            let _ = tokio::time::timeout(LAST_WORDS, legs).await;
+            if tokio::time::timeout(LAST_WORDS, &mut legs).await.is_err() {
+                let kind = match ending.code {
+                    CloseCode::Policy => crate::error::Kind::Kicked,
+                    _ => crate::error::Kind::UpstreamClosed,
+                };
+                let _ = end_legs.send(Error::new(kind, ending.by, ending.reason.clone()));
+                let _ = tokio::time::timeout(LAST_WORDS, legs).await;
+            }
             ending
         }
         // The WebSocket side is over and the pair closed with it: the relay sees its device

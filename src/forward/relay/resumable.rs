@@ -41,6 +41,8 @@ pub trait ByteStream: Send + Sync {
     fn try_write(&self, buf: &[u8]) -> io::Result<usize>;
     /// Our FIN: the peer's source ended.
     fn shutdown_write(&self) -> io::Result<()>;
+    /// Both ways at once: the stream is cut short.
+    fn shut_both(&self) -> io::Result<()>;
 }
 
 macro_rules! byte_stream {
@@ -63,6 +65,11 @@ macro_rules! byte_stream {
                 use std::os::fd::AsFd;
                 let fd = self.as_fd().try_clone_to_owned()?;
                 <$std>::from(fd).shutdown(std::net::Shutdown::Write)
+            }
+            fn shut_both(&self) -> io::Result<()> {
+                use std::os::fd::AsFd;
+                let fd = self.as_fd().try_clone_to_owned()?;
+                <$std>::from(fd).shutdown(std::net::Shutdown::Both)
             }
         }
     };
@@ -94,6 +101,24 @@ impl Carry {
 
     pub fn session(&self) -> MutexGuard<'_, Session> {
         lock(&self.session)
+    }
+
+    /// At the end of a parked tunnel: write what was received (and so acknowledged) but not
+    /// yet written, within `within`, then the FIN. What cannot be written in time is lost
+    /// with the tunnel (logged), and the socket is shut both ways.
+    pub async fn finish<S: ByteStream>(&mut self, tcp: &S, within: Duration) {
+        let flushed = tokio::time::timeout(within, write_advancing(tcp, &mut self.pending)).await;
+        if matches!(flushed, Ok(Ok(()))) {
+            self.pending.clear();
+            let _ = tcp.shutdown_write();
+        } else {
+            let lost: usize = self.pending.iter().map(Bytes::len).sum();
+            tracing::warn!(
+                lost,
+                "the tunnel ended with received bytes its TCP side would not take"
+            );
+            let _ = tcp.shut_both();
+        }
     }
 }
 
