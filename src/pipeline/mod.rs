@@ -30,7 +30,7 @@ use tracing::{field, Instrument};
 
 use crate::config::ListenerKind;
 use crate::error::{Error, Kind};
-use crate::forward::resume::lot::{resumable_limits, Attach, Resumption};
+use crate::forward::resume::lot::{Attach, Resumption};
 use crate::forward::{self, mqtt, Ending};
 use crate::gateway::clients::{Arrival, Registration, Transport};
 use crate::gateway::timings::Handshake;
@@ -135,8 +135,7 @@ async fn story(
             inbox,
             peer_received,
         }) => {
-            let limits = resumable_limits(forward::relay::frame_limits(&ws.config));
-            let (rx, tx) = forward::relay::device_halves(ws.io, limits);
+            let (rx, tx) = tunnel::halves(ws);
             let attach = Attach {
                 rx,
                 tx,
@@ -164,20 +163,12 @@ async fn story(
         return Box::pin(close_early(ws, &e)).await;
     };
     let settings = forward::RelaySettings::from(&*shared.websocket());
+    let traffic = &registration.client().traffic;
     if pool.mqtt {
         let mut ctx = mqtt_ctx(&shared, &pool, &settings, client_ip, &registration);
         ctx.proof = mqtt::Proof::of(device);
-        if let (Some(lot), Some((inbox, peer_window))) = (&shared.resume, resume) {
-            let limits = resumable_limits(forward::relay::frame_limits(&ws.config));
-            let (rx, tx) = forward::relay::device_halves(ws.io, limits);
-            let tunnel = tunnel::Resumable {
-                lot,
-                inbox,
-                peer_window,
-                settings: &settings,
-                drain: &shared.drain,
-                traffic: &registration.client().traffic,
-            };
+        if let Some(tunnel) = tunnel::resumable(&shared, resume, &settings, traffic) {
+            let (rx, tx) = tunnel::halves(ws);
             let ending = Box::pin(tunnel::resumable_mqtt(tunnel, rx, tx, ctx)).await;
             return log_ending(&ending);
         }
@@ -195,18 +186,8 @@ async fn story(
     };
     tracing::debug!(upstream = %upstream_addr, "relaying");
     let kick = kicked(&shared, &registration, client_ip);
-    let traffic = &registration.client().traffic;
-    if let (Some(lot), Some((inbox, peer_window))) = (&shared.resume, resume) {
-        let limits = resumable_limits(forward::relay::frame_limits(&ws.config));
-        let (rx, tx) = forward::relay::device_halves(ws.io, limits);
-        let tunnel = tunnel::Resumable {
-            lot,
-            inbox,
-            peer_window,
-            settings: &settings,
-            drain: &shared.drain,
-            traffic,
-        };
+    if let Some(tunnel) = tunnel::resumable(&shared, resume, &settings, traffic) {
+        let (rx, tx) = tunnel::halves(ws);
         let ending = Box::pin(tunnel.run(rx, tx, upstream, kick)).await;
         return log_ending(&ending);
     }

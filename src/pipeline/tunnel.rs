@@ -36,6 +36,31 @@ pub(super) async fn hand_over(inbox: &Inbox, attach: Attach) {
     }
 }
 
+/// The relay's halves of a resumable tunnel's WebSocket (text control frames allowed).
+pub(super) fn halves(ws: crate::handshake::DeviceUpgrade) -> (FrameRx, FrameTx) {
+    use crate::forward::relay::{device_halves, frame_limits};
+    let limits = crate::forward::resume::lot::resumable_limits(frame_limits(&ws.config));
+    device_halves(ws.io, limits)
+}
+
+/// A resumable tunnel's story, if the upgrade granted one (and so the lot is on).
+pub(super) fn resumable<'a>(
+    shared: &'a crate::gateway::Shared,
+    resume: Option<(Lease, usize)>,
+    settings: &'a RelaySettings,
+    traffic: &'a Traffic,
+) -> Option<Resumable<'a>> {
+    let (lot, (inbox, peer_window)) = (shared.resume.as_ref()?, resume?);
+    Some(Resumable {
+        lot,
+        inbox,
+        peer_window,
+        settings,
+        drain: &shared.drain,
+        traffic,
+    })
+}
+
 pub(super) struct Resumable<'a> {
     pub lot: &'a Arc<Lot>,
     /// The tunnel's place in the lot (its token is forgotten when this goes).
