@@ -6,7 +6,8 @@
 //! once, as a restarting load balancer does). mosquitto is the broker for the QoS 1 rows.
 //!
 //! `cargo bench --bench resume` (or `bash benches/resume.sh`). Knobs: BENCH_DROPS (100),
-//! BENCH_BULK_MIB (256), BENCH_QOS1 (20000), BENCH_RUNS (3).
+//! BENCH_BULK_MIB (256), BENCH_QOS1 (20000), BENCH_ROUNDS (5: bulk and QoS 1 figures are the
+//! medians of this many plain/resumable alternations), BENCH_RUNS (3).
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -47,6 +48,7 @@ async fn run() -> Result<(), BoxError> {
     let bulk_mib = knob("BENCH_BULK_MIB", 256);
     let qos1_n = knob("BENCH_QOS1", 20_000);
     let runs = knob("BENCH_RUNS", 3);
+    let rounds = knob("BENCH_ROUNDS", 5).max(1);
     let broker = Mosquitto::spawn()?;
     let echo = echo_server().await?;
     let sink = sink_server().await?;
@@ -54,7 +56,7 @@ async fn run() -> Result<(), BoxError> {
     let gw_addr = gateway.local_addrs()[0];
     let cutter = Cutter::start(gw_addr).await?;
     println!(
-        "resume bench: {drops} drops, {bulk_mib} MiB bulk, {qos1_n} QoS 1 publishes, {runs} runs"
+        "resume bench: {drops} drops; {bulk_mib} MiB bulk and {qos1_n} QoS 1 publishes, medians of {rounds} rounds; {runs} runs"
     );
     println!(
         "machine: {} cores",
@@ -75,22 +77,30 @@ async fn run() -> Result<(), BoxError> {
         let p50 = percentile(&samples, 50);
         let p99 = percentile(&samples, 99);
 
-        // Bulk and QoS 1, plain and resumable, alternating.
+        // Bulk and QoS 1, plain and resumable, alternating `rounds` times; each figure is the
+        // median of its rounds (one agent's tunnel can land badly on the two cores).
         let mut row = vec![format!("{run}"), ms(p50), ms(p99)];
-        let mut bulk = [0.0; 2];
-        let mut qos1 = [0.0; 2];
-        let mut qos1_raw = [0.0; 2];
-        for (i, resumable) in [false, true].into_iter().enumerate() {
-            let agent = start_agent(cutter.addr, "bulk", resumable).await?;
-            bulk[i] = bulk_mib_per_sec(&agent, sink_count(), bulk_mib).await?;
-            agent.shutdown().await;
-            let agent = start_agent(cutter.addr, "mqtt", resumable).await?;
-            qos1[i] = qos1_per_sec(&agent, qos1_n, &format!("r{run}{i}")).await?;
-            agent.shutdown().await;
-            let agent = start_agent(cutter.addr, "mqtt-raw", resumable).await?;
-            qos1_raw[i] = qos1_per_sec(&agent, qos1_n, &format!("raw{run}{i}")).await?;
-            agent.shutdown().await;
+        let mut samples = [
+            [(); 2].map(|()| Vec::new()),
+            [(); 2].map(|()| Vec::new()),
+            [(); 2].map(|()| Vec::new()),
+        ];
+        for round in 0..rounds {
+            for (i, resumable) in [false, true].into_iter().enumerate() {
+                let agent = start_agent(cutter.addr, "bulk", resumable).await?;
+                samples[0][i].push(bulk_mib_per_sec(&agent, sink_count(), bulk_mib).await?);
+                agent.shutdown().await;
+                let agent = start_agent(cutter.addr, "mqtt", resumable).await?;
+                let id = format!("r{run}{round}{i}");
+                samples[1][i].push(qos1_per_sec(&agent, qos1_n, &id).await?);
+                agent.shutdown().await;
+                let agent = start_agent(cutter.addr, "mqtt-raw", resumable).await?;
+                let id = format!("raw{run}{round}{i}");
+                samples[2][i].push(qos1_per_sec(&agent, qos1_n, &id).await?);
+                agent.shutdown().await;
+            }
         }
+        let [bulk, qos1, qos1_raw] = samples.map(|pair| pair.map(median));
         for pair in [bulk, qos1, qos1_raw] {
             row.push(format!(
                 "{:.0} / {:.0} ({:.2})",
@@ -127,6 +137,11 @@ async fn run() -> Result<(), BoxError> {
 
 fn ms(d: Duration) -> String {
     format!("{:.1}", d.as_secs_f64() * 1000.0)
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
 }
 
 fn percentile(sorted: &[Duration], p: usize) -> Duration {

@@ -4,8 +4,8 @@
 //! connection only hands its WebSocket over ([`hand_over`]) and this task carries on.
 //!
 //! On an MQTT route the resumable layer sits below the MQTT relay ([`resumable_mqtt`]): the
-//! legs carry the device's bytes to one end of a socket pair, the MQTT relay (policy and all)
-//! reads the other end as it reads a raw MQTT device, and never sees a WebSocket drop.
+//! legs carry the device's bytes into an in-memory pipe, the MQTT relay (policy and all) reads
+//! the other end as it reads a raw MQTT device, and never sees a WebSocket drop.
 
 use std::future::Future;
 use std::pin::pin;
@@ -199,25 +199,16 @@ impl Resumable<'_> {
 /// the agent once the MQTT relay has ended.
 const LAST_WORDS: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// A resumable tunnel on an MQTT route: the legs to one end of a socket pair, the MQTT relay
-/// (with the policy) on the other. The MQTT relay's ending is the connection's.
+/// A resumable tunnel on an MQTT route: the legs to one end of an in-memory pipe, the MQTT
+/// relay (with the policy) on the other. The MQTT relay's ending is the connection's.
 pub(super) async fn resumable_mqtt(
     tunnel: Resumable<'_>,
     rx: FrameRx,
-    mut tx: FrameTx,
+    tx: FrameTx,
     ctx: crate::forward::mqtt::MqttCtx<'_>,
 ) -> Ending {
-    use crate::forward::mqtt::{RawRx, RawTx};
-    let (ours, theirs) = match tokio::net::UnixStream::pair() {
-        Ok(pair) => pair,
-        Err(e) => {
-            let why = format!("no socket pair for a resumable MQTT tunnel: {e}");
-            let _ = tokio::time::timeout(LAST_WORDS, tx.close(CloseCode::Error, &why)).await;
-            return ending(CloseCode::Error, Side::Internal, why, tunnel.traffic);
-        }
-    };
-    let (r, w) = tokio::io::split(theirs);
-    let mqtt = crate::forward::mqtt::relay(RawRx(r), RawTx(w), ctx);
+    let (ours, relay_rx, relay_tx) = crate::forward::relay::pipe::pipe();
+    let mqtt = crate::forward::mqtt::relay(relay_rx, relay_tx, ctx);
     // The MQTT relay counts the device's bytes; the legs count into their own.
     let legs_traffic = Traffic::default();
     let tunnel = Resumable {

@@ -21,6 +21,8 @@
 mod device;
 #[cfg(feature = "gateway")]
 pub mod frames;
+#[cfg(feature = "gateway")]
+pub mod pipe;
 pub mod resumable;
 #[cfg(feature = "gateway")]
 mod websocket;

@@ -12,7 +12,8 @@
 //! [`Carry`] intact for the next leg. A Close from the peer, a broken peer, an error on the
 //! TCP side, a kick or a shutdown end the tunnel for good ([`Leg::Ended`]).
 
-use std::io;
+use std::io::{self, IoSlice};
+use std::pin::pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -23,22 +24,26 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
+use futures_util::FutureExt;
+
 use super::{
     ending_code, upstream_write_failed, Counters, DeviceRx, DeviceTx, Ending, ReadSize, Run,
-    RxEvent, CLOSE_WAIT,
+    RxEvent, CLOSE_WAIT, COALESCE_BYTES, COALESCE_FRAMES,
 };
 use crate::error::{Error, Kind, Side};
 use crate::forward::resume::session::{Session, SessionError};
 use crate::forward::resume::Control;
 
 /// The byte-stream side of a resumable tunnel: the upstream or the device's local connection
-/// (TCP), or, for an MQTT route, one end of a socket pair whose other end the MQTT relay
-/// reads (Unix). Readiness-based, so both halves share it without a lock.
+/// (TCP), or, for an MQTT route, the legs' end of the in-memory pipe whose other end the MQTT
+/// relay reads (`super::pipe`). Readiness-based, so both halves share it without a lock.
 pub trait ByteStream: Send + Sync {
     fn readable(&self) -> impl std::future::Future<Output = io::Result<()>> + Send;
     fn writable(&self) -> impl std::future::Future<Output = io::Result<()>> + Send;
-    fn try_read(&self, buf: &mut [u8]) -> io::Result<usize>;
-    fn try_write(&self, buf: &[u8]) -> io::Result<usize>;
+    /// Reads at most `max` bytes onto the end of `buf` (no zeroed buffer first).
+    fn try_read_buf(&self, buf: &mut BytesMut, max: usize) -> io::Result<usize>;
+    /// Frames that arrived together go out in one write.
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
     /// Our FIN: the peer's source ended.
     fn shutdown_write(&self) -> io::Result<()>;
     /// Both ways at once: the stream is cut short.
@@ -54,11 +59,11 @@ macro_rules! byte_stream {
             async fn writable(&self) -> io::Result<()> {
                 <$t>::writable(self).await
             }
-            fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
-                <$t>::try_read(self, buf)
+            fn try_read_buf(&self, buf: &mut BytesMut, max: usize) -> io::Result<usize> {
+                <$t>::try_read_buf(self, &mut bytes::BufMut::limit(buf, max))
             }
-            fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
-                <$t>::try_write(self, buf)
+            fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+                <$t>::try_write_vectored(self, bufs)
             }
             fn shutdown_write(&self) -> io::Result<()> {
                 // Through std on a duplicate of the descriptor (tokio's `&` has no shutdown).
@@ -75,7 +80,6 @@ macro_rules! byte_stream {
     };
 }
 byte_stream!(TcpStream, std::net::TcpStream);
-byte_stream!(tokio::net::UnixStream, std::os::unix::net::UnixStream);
 
 /// What one end of a resumable tunnel carries from one leg to the next.
 pub struct Carry {
@@ -233,7 +237,8 @@ pub async fn relay_resumable<R: DeviceRx, T: DeviceTx, S: ByteStream>(
 }
 
 /// WebSocket → TCP: data counted and written (what is left of a cut-off write stays in
-/// `pending`), control frames to the session, the peer's FIN passed on.
+/// `pending`), control frames to the session, the peer's FIN passed on. Data frames already
+/// decoded go out together in one write, as in the relay core.
 async fn inbound<R: DeviceRx, S: ByteStream>(
     rx: &mut R,
     tcp: &S,
@@ -243,6 +248,9 @@ async fn inbound<R: DeviceRx, S: ByteStream>(
     counters: &Counters<'_>,
     poke: &Notify,
 ) -> Stop {
+    // An event that came behind data frames, handled once they are written. Lost if the leg
+    // ends first: it came on a WebSocket that is finished with (data is never held here).
+    let mut held = None;
     loop {
         if !pending.is_empty() {
             if let Err(e) = write_advancing(tcp, pending).await {
@@ -254,15 +262,35 @@ async fn inbound<R: DeviceRx, S: ByteStream>(
             let _ = tcp.shutdown_write();
             *write_shut = true;
         }
-        match rx.recv().await {
+        let event = match held.take() {
+            Some(event) => event,
+            None => rx.recv().await,
+        };
+        match event {
             RxEvent::Data(b) => {
-                if let Err(e) = lock(session).received(b.len(), std::time::Instant::now()) {
-                    return Stop::Failed(broken(e));
+                let mut bytes = 0;
+                let mut next = Some(RxEvent::Data(b));
+                let mut look = false;
+                while let Some(event) = next.take() {
+                    let RxEvent::Data(b) = event else {
+                        held = Some(event);
+                        break;
+                    };
+                    match lock(session).received(b.len(), std::time::Instant::now()) {
+                        Ok(wake) => look |= wake,
+                        Err(e) => return Stop::Failed(broken(e)),
+                    }
+                    counters.bytes.add_up(b.len());
+                    bytes += b.len();
+                    pending.push(b);
+                    if bytes < COALESCE_BYTES && pending.len() < COALESCE_FRAMES {
+                        next = rx.recv().now_or_never();
+                    }
                 }
-                counters.bytes.add_up(b.len());
-                pending.push(b);
-                // An acknowledgement may be due: the other half sends it.
-                poke.notify_one();
+                // An acknowledgement's timer starts, or one is due: the other half sends it.
+                if look {
+                    poke.notify_one();
+                }
             }
             RxEvent::Text(text) => {
                 let mut s = lock(session);
@@ -311,6 +339,9 @@ async fn outbound<T: DeviceTx, S: ByteStream>(
     let mut ping = tokio::time::interval_at(start, settings.ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut size = ReadSize::new();
+    // One timer for the acknowledgement, moved only when its deadline does (not per frame).
+    let mut ack_timer = pin!(tokio::time::sleep(Duration::ZERO));
+    let mut armed = None;
     loop {
         let (room, ack_at) = {
             let s = lock(session);
@@ -319,6 +350,12 @@ async fn outbound<T: DeviceTx, S: ByteStream>(
             }
             (s.room(), s.next_control_at().map(Instant::from_std))
         };
+        if ack_at != armed {
+            if let Some(at) = ack_at {
+                ack_timer.as_mut().reset(at);
+            }
+            armed = ack_at;
+        }
         let out = tokio::select! {
             ready = tcp.readable(), if room > 0 && !*read_done => {
                 if let Err(e) = ready {
@@ -326,8 +363,8 @@ async fn outbound<T: DeviceTx, S: ByteStream>(
                 }
                 // Never more than the replay buffer can keep.
                 let want = size.get().min(room);
-                let mut buf = BytesMut::zeroed(want);
-                match tcp.try_read(&mut buf) {
+                let mut buf = BytesMut::with_capacity(want);
+                match tcp.try_read_buf(&mut buf, want) {
                     Ok(0) => {
                         *read_done = true;
                         Some(Out::Control(lock(session).finish()))
@@ -337,9 +374,8 @@ async fn outbound<T: DeviceTx, S: ByteStream>(
                         // Kept until acknowledged: a short read gets its own exact allocation,
                         // so the replay buffer's bound counts memory, not just bytes.
                         let data = if n < want / 2 {
-                            Bytes::copy_from_slice(&buf[..n])
+                            Bytes::copy_from_slice(&buf)
                         } else {
-                            buf.truncate(n);
                             buf.freeze()
                         };
                         if let Err(e) = lock(session).send(data.clone()) {
@@ -352,7 +388,10 @@ async fn outbound<T: DeviceTx, S: ByteStream>(
                 }
             }
             () = poke.notified() => None,
-            () = sleep_until(ack_at) => None,
+            () = &mut ack_timer, if armed.is_some() => {
+                armed = None;
+                None
+            }
             () = counters.pong_due.notified() => {
                 if let Some(payload) = counters.take_pong() {
                     match tokio::time::timeout(stall, tx.pong(payload)).await {
@@ -389,13 +428,6 @@ async fn outbound<T: DeviceTx, S: ByteStream>(
     }
 }
 
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
 async fn send<T: DeviceTx>(
     tx: &mut T,
     out: Out,
@@ -420,21 +452,37 @@ async fn send<T: DeviceTx>(
     }
 }
 
-/// Write all of `bufs`, emptying each as it is written: cut off at any await, `bufs` holds
-/// exactly what is still to write.
+/// Write all of `bufs` (several at a time), emptying each as it is written: cut off at any
+/// await, `bufs` holds exactly what is still to write.
 async fn write_advancing<S: ByteStream>(tcp: &S, bufs: &mut [Bytes]) -> io::Result<()> {
-    for b in bufs.iter_mut() {
-        while !b.is_empty() {
-            tcp.writable().await?;
-            match tcp.try_write(b) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    let _ = b.split_to(n);
+    let mut first = 0;
+    loop {
+        while bufs.get(first).is_some_and(Bytes::is_empty) {
+            first += 1;
+        }
+        if first == bufs.len() {
+            return Ok(());
+        }
+        tcp.writable().await?;
+        let mut slices = [IoSlice::new(&[]); COALESCE_FRAMES];
+        let n = (bufs.len() - first).min(COALESCE_FRAMES);
+        for (slot, b) in slices.iter_mut().zip(&bufs[first..first + n]) {
+            *slot = IoSlice::new(b);
+        }
+        match tcp.try_write_vectored(&slices[..n]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(mut written) => {
+                for b in &mut bufs[first..] {
+                    let k = written.min(b.len());
+                    let _ = b.split_to(k);
+                    written -= k;
+                    if written == 0 {
+                        break;
+                    }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
             }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
         }
     }
-    Ok(())
 }

@@ -170,11 +170,16 @@ impl Receiver {
     }
 
     /// `n` bytes arrived and were passed on.
-    pub fn on_data(&mut self, n: usize, now: Instant) {
-        if n > 0 {
-            self.received += n as u64;
-            self.pending_since.get_or_insert(now);
+    /// Whether the acknowledging side should look now: its timer starts, or an ack is due by
+    /// bytes. Otherwise it has nothing new to do, and is not woken for every frame.
+    pub fn on_data(&mut self, n: usize, now: Instant) -> bool {
+        if n == 0 {
+            return false;
         }
+        self.received += n as u64;
+        let started = self.pending_since.is_none();
+        self.pending_since.get_or_insert(now);
+        started || self.received - self.acked >= self.rule.every_bytes
     }
 
     /// The cumulative acknowledgement to send now, if one is due (it is then taken as sent).
@@ -324,14 +329,18 @@ mod tests {
         let t0 = Instant::now();
         let mut rx = Receiver::new(AckRule::for_window(1000));
         assert_eq!(rx.ack_due(t0), None, "nothing received");
-        rx.on_data(100, t0);
-        rx.on_data(100, t0);
+        assert!(rx.on_data(100, t0), "the timer starts: look");
+        assert!(!rx.on_data(100, t0), "nothing new to do: no wake-up");
+        assert!(!rx.on_data(0, t0));
         assert_eq!(rx.ack_due(t0), None, "under a quarter, not yet waited");
         assert_eq!(rx.next_ack_at(), Some(t0 + Duration::from_millis(200)));
-        rx.on_data(50, t0);
+        assert!(rx.on_data(50, t0), "a quarter: look");
         assert_eq!(rx.ack_due(t0), Some(250), "a quarter of the window");
         assert_eq!(rx.ack_due(t0), None, "taken");
-        rx.on_data(1, t0 + Duration::from_millis(10));
+        assert!(
+            rx.on_data(1, t0 + Duration::from_millis(10)),
+            "the timer starts again"
+        );
         assert_eq!(rx.ack_due(t0 + Duration::from_millis(209)), None);
         assert_eq!(rx.ack_due(t0 + Duration::from_millis(210)), Some(251));
         rx.on_data(9, t0);

@@ -69,13 +69,13 @@ impl Session {
     }
 
     /// A data frame of `n` bytes from the peer, to pass on to our side (refused after the
-    /// peer said its side ended: a broken peer's extra bytes never reach the device).
-    pub fn received(&mut self, n: usize, now: Instant) -> Result<(), SessionError> {
+    /// peer said its side ended: a broken peer's extra bytes never reach the device). Says
+    /// whether an acknowledgement needs attention now (its timer starts, or one is due).
+    pub fn received(&mut self, n: usize, now: Instant) -> Result<bool, SessionError> {
         if self.peer_fin.is_some() && n > 0 {
             return Err(SessionError::AfterFin("the peer's"));
         }
-        self.inn.on_data(n, now);
-        Ok(())
+        Ok(self.inn.on_data(n, now))
     }
 
     /// A control frame (text) from the peer.
