@@ -553,3 +553,55 @@ async fn a_resume_while_the_old_websocket_still_looks_alive_takes_the_tunnel_ove
     let lot = gw.gw().resume().unwrap();
     assert_eq!(lot.stats.resumed.load(Relaxed), 1);
 }
+
+/// A ban is the end of a resumable tunnel, never a drop to resume. Live: the MQTT 5 device
+/// behind the agent gets its DISCONNECT (administrative action) and EOF, and the agent counts
+/// no drop. Parked: banned while its WebSocket is down, the tunnel ends at the gateway
+/// well within the grace period, so the agent's resume is refused and the device's connection closes.
+#[tokio::test]
+async fn a_ban_ends_a_resumable_mqtt_tunnel_live_or_parked_and_nothing_resumes_it() {
+    use portcullis::mqtt::wire::{self, Version};
+    use portcullis::policy::Subject;
+    use support::raw_mqtt::{disconnect_reason, End, RawClient};
+    let broker = Broker::spawn().await;
+    let mut path = tls_path(&[("mqtt", broker.addr)], "").await;
+    let agent = TestAgent::start(&path.agent_config("mqtt")).await;
+    let ban = |id: &str| support::admin_ban(Subject::ClientId(id.into()), None);
+
+    let mut live = RawClient::tcp(agent.addr(), Version::V5).await;
+    let connect = wire::connect("banned-live", 30, Version::V5);
+    assert_eq!(live.connect(&connect).await, 0);
+    path.gw.gw().ban(ban("banned-live")).await.unwrap();
+    let (packets, end) = live.until_end().await;
+    assert_eq!(end, End::Eof);
+    let last = packets.last().map(Vec::as_slice).unwrap_or_default();
+    assert_eq!(disconnect_reason(last), Some(0x98), "{packets:?}");
+    drop(live);
+    assert!(eventually(Duration::from_secs(20), || agent.status().tunnels_up == 0).await);
+    let s = agent.status();
+    assert_eq!((s.drops, s.resume_failures), (0, 0), "{s:?}");
+
+    let mut parked = RawClient::tcp(agent.addr(), Version::V5).await;
+    let connect = wire::connect("banned-parked", 30, Version::V5);
+    assert_eq!(parked.connect(&connect).await, 0);
+    path.nginx.kill();
+    assert!(eventually(Duration::from_secs(20), || agent.status().drops == 1).await);
+    path.gw.gw().ban(ban("banned-parked")).await.unwrap();
+    // The parked tunnel ends (its token with it) once the MQTT relay's last words had their
+    // time (5 s), not after the grace period (60 s).
+    let held = || path.gw.gw().metrics_text();
+    let gone = eventually(Duration::from_secs(20), || {
+        held().contains("\nportcullis_resumable_tunnels 0\n")
+    })
+    .await;
+    assert!(gone, "{}", held());
+    path.nginx.restart().await;
+    let (_, end) = parked.until_end().await;
+    assert_eq!(end, End::Eof);
+    let refused = eventually(Duration::from_secs(20), || {
+        agent.status().resume_failures == 1
+    })
+    .await;
+    assert!(refused, "{:?}", agent.status());
+    assert_eq!(agent.status().resumed, 0);
+}

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::error::{Error, Side};
+use crate::error::{Error, Kind, Side};
 use crate::forward::relay::resumable::{relay_resumable, ByteStream, Carry, Leg, Out};
 use crate::forward::relay::{DeviceTx, FrameRx, FrameTx, Run};
 use crate::forward::resume::lot::{Attach, Inbox, Lease, Lot};
@@ -130,10 +130,8 @@ impl Resumable<'_> {
             let deadline = dropped + lot.settings.grace;
             let attach = loop {
                 if self.inbox.is_ended() {
-                    break Err((
-                        "identity",
-                        "its token came with another identity".to_string(),
-                    ));
+                    let why = "its token came with another identity";
+                    break Err(Error::new(Kind::Refused, Side::Device, why));
                 }
                 if let Some(attach) = self.inbox.take() {
                     break Ok(attach);
@@ -141,21 +139,26 @@ impl Resumable<'_> {
                 tokio::select! {
                     () = self.inbox.arrived() => continue,
                     () = tokio::time::sleep_until(deadline) => {
-                        break Err(("grace", format!("no resume within the grace period ({} s)", lot.settings.grace.as_secs())));
+                        lot.fail("grace");
+                        let secs = lot.settings.grace.as_secs();
+                        let why = format!("no resume within the grace period ({secs} s)");
+                        break Err(Error::new(Kind::Gone, Side::Device, why));
                     }
-                    () = self.drain.started() => break Err(("", "gateway shutting down".into())),
-                    e = kick.as_mut() => break Err(("", e.to_string())),
+                    () = self.drain.started() => {
+                        break Err(Error::new(Kind::Shutdown, Side::Internal, "gateway shutting down"));
+                    }
+                    e = kick.as_mut() => break Err(e),
                 }
             };
             let attach = match attach {
                 Ok(attach) => attach,
-                Err((reason, why)) => {
-                    if reason == "grace" {
-                        lot.fail(reason);
-                    }
+                Err(e) => {
+                    // Nobody to tell: the WebSocket is gone. The upstream gets what it is owed
+                    // and its FIN; the ending says why, as a live tunnel's would.
                     carry.finish(upstream, LAST_WORDS).await;
-                    tracing::info!("parked tunnel ended: {why}");
-                    return ending(CloseCode::Abnormal, Side::Device, why, self.traffic);
+                    tracing::info!("parked tunnel ended: {e}");
+                    let code = crate::forward::relay::ending_code(&e);
+                    return ending(code, e.side(), e.to_string(), self.traffic);
                 }
             };
             (rx, tx) = (attach.rx, attach.tx);
@@ -231,8 +234,8 @@ pub(super) async fn resumable_mqtt(
             // The relay closed its end: the legs pass that on as a `fin` (or end on their own).
             if tokio::time::timeout(LAST_WORDS, &mut legs).await.is_err() {
                 let kind = match ending.code {
-                    CloseCode::Policy => crate::error::Kind::Kicked,
-                    _ => crate::error::Kind::UpstreamClosed,
+                    CloseCode::Policy => Kind::Kicked,
+                    _ => Kind::UpstreamClosed,
                 };
                 let _ = end_legs.send(Error::new(kind, ending.by, ending.reason.clone()));
                 let _ = tokio::time::timeout(LAST_WORDS, legs).await;
