@@ -605,3 +605,69 @@ async fn a_ban_ends_a_resumable_mqtt_tunnel_live_or_parked_and_nothing_resumes_i
     assert!(refused, "{:?}", agent.status());
     assert_eq!(agent.status().resumed, 0);
 }
+
+/// A roaming device resumes from a new address: its tunnel is listed there, and an IP ban on
+/// the new address ends it, while a ban on the address it left does not.
+#[tokio::test]
+async fn a_tunnel_resumed_from_a_new_address_is_listed_and_banned_there() {
+    use serde_json::json;
+    use support::admin::{ops, AdminFiles};
+    let echo = support::echo_server().await;
+    let files = AdminFiles::new();
+    let mut config = ws::config("trusted_proxies = [\"127.0.0.1/32\"]", &[("echo", echo)]);
+    config.push_str(&files.toml());
+    let gw = TestGateway::start(&config).await;
+    let api = gw.gw().admin_addr().expect("[admin] configured");
+    let from = |ip: &str| ("x-forwarded-for", ip.to_string());
+
+    let mut headers = offer();
+    headers.push(from("198.51.100.1"));
+    let (old, h) = upgrade_raw(gw.addr(), "/tunnel/echo", &headers)
+        .await
+        .unwrap();
+    drop(old);
+    let mut headers = resume_headers(&token_of(&h), 0);
+    headers.push(from("203.0.113.7"));
+    let (mut new, _) = upgrade_raw(gw.addr(), "/tunnel/echo", &headers)
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(10), new.next()).await;
+    match first {
+        Ok(Some(Ok(Message::Text(t)))) => assert_eq!(t.as_str(), "resume 0"),
+        other => panic!("the gateway's count comes first: {other:?}"),
+    }
+
+    let listed = ops(api, "GET", "/api/v1/clients?route=echo", None).await;
+    assert_eq!(listed.json["meta"]["count"], 1, "{:?}", listed.json);
+    assert_eq!(listed.json["data"][0]["ip_address"], json!("203.0.113.7"));
+
+    let ban = |who: &str| Some(json!({ "as": "peerhost", "who": who, "reason": "test" }));
+    let left = ops(api, "POST", "/api/v1/banned", ban("198.51.100.1")).await;
+    assert_eq!(left.status, 201, "{:?}", left.json);
+    new.send(Message::binary(b"still".to_vec())).await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < 5 {
+        let frame = tokio::time::timeout(Duration::from_secs(10), new.next()).await;
+        match frame {
+            Ok(Some(Ok(Message::Binary(b)))) => got.extend_from_slice(&b),
+            Ok(Some(Ok(Message::Text(_)))) => {} // an acknowledgement
+            other => panic!("a ban on the address it left ended the tunnel: {other:?}"),
+        }
+    }
+    assert_eq!(got, b"still");
+
+    let here = ops(api, "POST", "/api/v1/banned", ban("203.0.113.7")).await;
+    assert_eq!(here.status, 201, "{:?}", here.json);
+    let close = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match new.next().await {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => {}
+                other => panic!("ended without a Close: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the ban ends the tunnel");
+    assert_eq!(close, Some(1008));
+}

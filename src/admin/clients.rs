@@ -121,7 +121,7 @@ pub async fn list(
         .filter(|c| {
             let id = c.mqtt().map(|m| &*m.client_id);
             let user = c.mqtt().and_then(|m| m.username.as_deref());
-            let ip = c.ip.to_string();
+            let ip = c.ip().to_string();
             is(&q.clientid, id)
                 && is(&q.username, user)
                 && is(&q.ip_address, Some(&ip))
@@ -148,7 +148,7 @@ pub async fn list(
                 clientid: mqtt.map(|m| m.client_id.to_string()),
                 username: mqtt.and_then(|m| m.username.as_deref().map(String::from)),
                 serial: c.serial.as_deref().map(String::from),
-                ip_address: c.ip.to_string(),
+                ip_address: c.ip().to_string(),
                 listener: c.listener.to_string(),
                 route: c.route.to_string(),
                 transport: c.transport.as_str(),

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::SystemTime;
 
 use tokio_util::sync::CancellationToken;
@@ -57,7 +57,9 @@ pub struct Client {
     pub listener: Arc<str>,
     pub route: Arc<str>,
     pub transport: Transport,
-    pub ip: IpAddr,
+    /// Where it is now: where it connected from, or where its resumable tunnel was last
+    /// resumed from (changed under the index's lock, with the index).
+    ip: Mutex<IpAddr>,
     pub connected_at: SystemTime,
     pub traffic: Traffic,
     /// An HTTP push device's serial.
@@ -75,6 +77,11 @@ pub struct Client {
 impl Client {
     pub fn mqtt(&self) -> Option<&MqttIdentity> {
         self.mqtt.get()
+    }
+
+    /// The address it is at now (IP bans kick it through this one).
+    pub fn ip(&self) -> IpAddr {
+        *self.ip.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Whether its kick was a session takeover.
@@ -105,8 +112,8 @@ impl Client {
                 .mqtt()
                 .and_then(|m| m.username.as_ref())
                 .is_some_and(|n| n == u),
-            Subject::Ip(ip) => self.ip.to_canonical() == *ip,
-            Subject::Cidr(net) => net.contains(&self.ip.to_canonical()),
+            Subject::Ip(ip) => self.ip() == *ip,
+            Subject::Cidr(net) => net.contains(&self.ip()),
             Subject::ClientIdRe(_) => self.mqtt().is_some_and(|m| matches(&m.client_id)),
             Subject::UsernameRe(_) => self
                 .mqtt()
@@ -185,7 +192,7 @@ impl Clients {
             listener: a.listener,
             route: a.route,
             transport: a.transport,
-            ip,
+            ip: Mutex::new(ip),
             connected_at: SystemTime::now(),
             traffic: Traffic::default(),
             serial: a.serial,
@@ -323,6 +330,19 @@ impl Registration {
             .await
     }
 
+    /// Its resumable tunnel was resumed from `ip`: listed, and kicked by IP bans, there now
+    /// (not where the lost WebSocket came from).
+    pub fn moved_to(&self, ip: IpAddr) {
+        let (c, ip) = (&self.client, ip.to_canonical());
+        let mut index = self.clients.write();
+        let mut at = c.ip.lock().unwrap_or_else(|e| e.into_inner());
+        if *at != ip {
+            forget(&mut index.by_ip, &at, c.id);
+            add(&mut index.by_ip, ip, c.id);
+            *at = ip;
+        }
+    }
+
     /// The CONNECT was admitted: index the connection by client ID and username too. The caller
     /// checks for a ban once more after this, so that a ban issued meanwhile is not missed.
     pub fn identify(&self, mqtt: MqttIdentity) {
@@ -346,7 +366,7 @@ impl Drop for Registration {
         // Under the lock, so that a reader summing live and ended bytes never counts twice.
         self.clients.ended.up.fetch_add(c.traffic.up(), Relaxed);
         self.clients.ended.down.fetch_add(c.traffic.down(), Relaxed);
-        forget(&mut index.by_ip, &c.ip, c.id);
+        forget(&mut index.by_ip, &c.ip(), c.id);
         if let Some(m) = c.mqtt.get() {
             forget(&mut index.by_client_id, &m.client_id, c.id);
             if let Some(u) = &m.username {
@@ -447,6 +467,23 @@ mod tests {
         let index = clients.read();
         assert!(index.by_client_id.is_empty() && index.by_username.is_empty());
         assert!(index.by_ip.is_empty());
+    }
+
+    #[test]
+    fn a_resumed_tunnel_is_found_at_its_new_address_only() {
+        let clients = Clients::new();
+        let r = arrive(&clients, 1, "10.0.0.1");
+        let other = arrive(&clients, 2, "10.0.0.1");
+        r.moved_to("::ffff:10.9.0.2".parse().unwrap());
+        assert_eq!(r.client().ip(), "10.9.0.2".parse::<IpAddr>().unwrap());
+        let old = Subject::Ip("10.0.0.1".parse().unwrap());
+        assert_eq!(clients.kick_covered(&old, "x"), 1);
+        assert!(is_kicked(&other) && !is_kicked(&r));
+        let net = Subject::Cidr("10.9.0.0/16".parse().unwrap());
+        assert_eq!(clients.kick_covered(&net, "y"), 1);
+        assert!(is_kicked(&r));
+        drop((r, other));
+        assert!(clients.read().by_ip.is_empty());
     }
 
     #[tokio::test]

@@ -140,6 +140,7 @@ async fn story(
                 rx,
                 tx,
                 peer_received,
+                ip: client_ip,
             };
             return tunnel::hand_over(&inbox, attach).await;
         }
@@ -167,7 +168,7 @@ async fn story(
     if pool.mqtt {
         let mut ctx = mqtt_ctx(&shared, &pool, &settings, client_ip, &registration);
         ctx.proof = mqtt::Proof::of(device);
-        if let Some(tunnel) = tunnel::resumable(&shared, resume, &settings, traffic) {
+        if let Some(tunnel) = tunnel::resumable(&shared, resume, &settings, &registration) {
             let (rx, tx) = tunnel::halves(ws);
             let ending = Box::pin(tunnel::resumable_mqtt(tunnel, rx, tx, ctx)).await;
             return log_ending(&ending);
@@ -186,7 +187,7 @@ async fn story(
     };
     tracing::debug!(upstream = %upstream_addr, "relaying");
     let kick = kicked(&shared, &registration, client_ip);
-    if let Some(tunnel) = tunnel::resumable(&shared, resume, &settings, traffic) {
+    if let Some(tunnel) = tunnel::resumable(&shared, resume, &settings, &registration) {
         let (rx, tx) = tunnel::halves(ws);
         let ending = Box::pin(tunnel.run(rx, tx, upstream, kick)).await;
         return log_ending(&ending);

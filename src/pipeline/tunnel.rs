@@ -21,6 +21,7 @@ use crate::forward::relay::{DeviceTx, FrameRx, FrameTx, Run};
 use crate::forward::resume::lot::{Attach, Inbox, Lease, Lot};
 use crate::forward::resume::Control;
 use crate::forward::{Ending, RelaySettings, Traffic};
+use crate::gateway::clients::Registration;
 use crate::shutdown::Drain;
 
 /// A resume's connection: give its WebSocket to the tunnel, or say the tunnel is gone.
@@ -48,7 +49,7 @@ pub(super) fn resumable<'a>(
     shared: &'a crate::gateway::Shared,
     resume: Option<(Lease, usize)>,
     settings: &'a RelaySettings,
-    traffic: &'a Traffic,
+    client: &'a Registration,
 ) -> Option<Resumable<'a>> {
     let (lot, (inbox, peer_window)) = (shared.resume.as_ref()?, resume?);
     Some(Resumable {
@@ -57,7 +58,8 @@ pub(super) fn resumable<'a>(
         peer_window,
         settings,
         drain: &shared.drain,
-        traffic,
+        client,
+        traffic: &client.client().traffic,
     })
 }
 
@@ -69,6 +71,8 @@ pub(super) struct Resumable<'a> {
     pub peer_window: usize,
     pub settings: &'a RelaySettings,
     pub drain: &'a Drain,
+    /// Its listing among the live connections: moved to a resume's address.
+    pub client: &'a Registration,
     pub traffic: &'a Traffic,
 }
 
@@ -162,6 +166,8 @@ impl Resumable<'_> {
                 }
             };
             (rx, tx) = (attach.rx, attach.tx);
+            // A roaming device resumes from a new address: IP bans now find it there.
+            self.client.moved_to(attach.ip);
             let resumed = carry.session().resume(attach.peer_received);
             let (again, fin) = match resumed {
                 Ok(r) => r,

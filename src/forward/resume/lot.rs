@@ -27,6 +27,8 @@ pub struct Attach {
     pub tx: FrameTx,
     /// What the agent says it received of ours.
     pub peer_received: u64,
+    /// The client IP the resume came from (a roaming device's may have changed).
+    pub ip: std::net::IpAddr,
 }
 
 /// A new tunnel's place in the lot: however it ends (the upgrade failing, a shutdown before
