@@ -671,3 +671,35 @@ async fn a_tunnel_resumed_from_a_new_address_is_listed_and_banned_there() {
     .expect("the ban ends the tunnel");
     assert_eq!(close, Some(1008));
 }
+
+/// Short resumable tunnels that the local client ends are no failure of the gateway: the
+/// agent's backoff stays out of the way, and each new local connection gets its tunnel at once
+/// (a finished tunnel was once counted as the gateway dropping it, and the agent backed off).
+#[tokio::test]
+async fn local_clients_that_hang_up_do_not_make_the_agent_back_off() {
+    let echo = support::echo_server().await;
+    let gw = TestGateway::start(&ws::config("", &[("echo", echo)])).await;
+    let url = format!("ws://{}/tunnel/echo", gw.addr());
+    let agent = TestAgent::start(&agent_support::config(&url, "", "")).await;
+    for i in 0..4u8 {
+        let mut local = TcpStream::connect(agent.addr()).await.unwrap();
+        local.write_all(&[b'a' + i; 3]).await.unwrap();
+        let mut got = [0u8; 3];
+        let read = tokio::time::timeout(Duration::from_secs(10), local.read_exact(&mut got));
+        read.await.expect("echo in time").unwrap();
+        assert_eq!(got, [b'a' + i; 3]);
+        local.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        let end = tokio::time::timeout(Duration::from_secs(10), local.read_to_end(&mut rest));
+        assert_eq!(end.await.expect("EOF in time").unwrap(), 0);
+        let ended = eventually(Duration::from_secs(10), || agent.status().tunnels_up == 0).await;
+        assert!(ended, "{:?}", agent.status());
+    }
+    let s = agent.status();
+    assert_eq!(s.tunnels_opened, 4, "{s:?}");
+    assert_eq!(
+        (s.reconnects, s.dial_failures, s.resumed),
+        (0, 0, 0),
+        "{s:?}"
+    );
+}

@@ -205,11 +205,13 @@ pub async fn relay_resumable<R: DeviceRx, T: DeviceTx, S: ByteStream>(
         Stop::Lost(why) => return Leg::Dropped(why),
         Stop::Done => {
             let _ = tokio::time::timeout(CLOSE_WAIT, tx.close(CloseCode::Normal, "")).await;
-            (
-                CloseCode::Normal,
-                Side::Device,
-                "tunnel finished".to_string(),
-            )
+            // Finished by whichever source ended first: the TCP side's (the agent's local
+            // client, the gateway's upstream) or the peer's.
+            let by = match lock(session).ours_ended_first() {
+                Some(true) => Side::Upstream,
+                _ => Side::Device,
+            };
+            (CloseCode::Normal, by, "tunnel finished".to_string())
         }
         Stop::Closed(frame) => {
             let _ = tokio::time::timeout(CLOSE_WAIT, tx.close(CloseCode::Normal, "")).await;

@@ -32,6 +32,9 @@ pub struct Session {
     our_fin: Option<u64>,
     /// The peer's source ended after this many bytes (and all of them arrived).
     peer_fin: Option<u64>,
+    /// Whose source ended first: ours (`true`) or the peer's. Who finished a tunnel matters
+    /// to the agent's backoff: a local client that hung up is not a gateway dropping tunnels.
+    ours_ended_first: Option<bool>,
 }
 
 impl Session {
@@ -43,6 +46,7 @@ impl Session {
             inn: Receiver::new(AckRule::for_window(peer_window)),
             our_fin: None,
             peer_fin: None,
+            ours_ended_first: None,
         }
     }
 
@@ -65,6 +69,7 @@ impl Session {
     /// Our source ended: the control frame to send.
     pub fn finish(&mut self) -> Control {
         let at = *self.our_fin.get_or_insert(self.out.sent());
+        self.ours_ended_first.get_or_insert(true);
         Control::Fin(at)
     }
 
@@ -87,6 +92,7 @@ impl Session {
             // Frames arrive in order on one WebSocket, so everything the peer sent is here.
             Control::Fin(said) if said == self.inn.received() => {
                 self.peer_fin = Some(said);
+                self.ours_ended_first.get_or_insert(false);
                 // Its last bytes are acknowledged at once: the peer may be waiting on that
                 // to close.
                 self.inn.flush();
@@ -138,6 +144,11 @@ impl Session {
         self.peer_fin.is_some()
             && self.inn.all_acked()
             && self.our_fin.is_some_and(|n| self.out.acked() == n)
+    }
+
+    /// Whether our source ended before the peer's (`None` while neither has).
+    pub fn ours_ended_first(&self) -> Option<bool> {
+        self.ours_ended_first
     }
 
     /// Whether the peer's source has ended (our side's write half can be shut).
@@ -325,8 +336,14 @@ mod tests {
                 received: 5
             })
         );
+        assert_eq!(s.ours_ended_first(), None);
         assert_eq!(s.on_control("fin 5"), Ok(()));
         assert!(s.peer_finished());
+        assert_eq!(
+            s.ours_ended_first(),
+            Some(false),
+            "the peer's source ended first"
+        );
         assert_eq!(s.received(1, t0), Err(SessionError::AfterFin("the peer's")));
         assert_eq!(
             s.control_due(t0),
@@ -334,6 +351,7 @@ mod tests {
             "its end acknowledged at once"
         );
         assert_eq!(s.finish(), Control::Fin(3));
+        assert_eq!(s.ours_ended_first(), Some(false), "still the peer's");
         assert_eq!(s.room(), 0, "nothing more is read once our side ended");
         assert_eq!(
             s.send(Bytes::from_static(b"x")),
