@@ -240,14 +240,20 @@ fn auth_gate(shared: &Arc<Shared>) -> Option<handshake::AuthGate> {
 /// Resolves when a ban comes to cover this raw tunnel (it names no client ID: an IP or CIDR
 /// ban, from any source) or an admin kicks it. Closed with 1008.
 async fn kicked(shared: &Shared, registration: &Registration, ip: std::net::IpAddr) -> Error {
-    use crate::policy::{BanList, Subject};
     // A ban issued between the handshake's check and the registration found nothing to kick.
-    let now = std::time::SystemTime::now();
-    if let Some(ban) = shared.bans.get(&Subject::Ip(ip), now) {
-        let why = format!("banned while connected: {}", ban.reason);
+    if let Some(why) = ip_ban(shared, ip) {
         return Error::device(Kind::Kicked, why);
     }
     Error::device(Kind::Kicked, registration.client().kicked().await)
+}
+
+/// Why a connection at `ip` is to be kicked, if a ban covers the address now.
+fn ip_ban(shared: &Shared, ip: std::net::IpAddr) -> Option<String> {
+    use crate::policy::{BanList, Subject};
+    let ban = shared
+        .bans
+        .get(&Subject::Ip(ip), std::time::SystemTime::now())?;
+    Some(format!("banned while connected: {}", ban.reason))
 }
 
 fn mqtt_ctx<'a>(

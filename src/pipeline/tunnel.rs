@@ -58,6 +58,7 @@ pub(super) fn resumable<'a>(
         peer_window,
         settings,
         drain: &shared.drain,
+        shared,
         client,
         traffic: &client.client().traffic,
     })
@@ -71,6 +72,7 @@ pub(super) struct Resumable<'a> {
     pub peer_window: usize,
     pub settings: &'a RelaySettings,
     pub drain: &'a Drain,
+    pub shared: &'a crate::gateway::Shared,
     /// Its listing among the live connections: moved to a resume's address.
     pub client: &'a Registration,
     pub traffic: &'a Traffic,
@@ -166,8 +168,14 @@ impl Resumable<'_> {
                 }
             };
             (rx, tx) = (attach.rx, attach.tx);
-            // A roaming device resumes from a new address: IP bans now find it there.
+            // A roaming device resumes from a new address: IP bans now find it there. One
+            // issued since the resume's admission found nothing there to kick: look once more
+            // (the kick then ends the tunnel as any kick does, the MQTT relay's included).
             self.client.moved_to(attach.ip);
+            if let Some(why) = super::ip_ban(self.shared, attach.ip) {
+                let subject = crate::policy::Subject::Ip(attach.ip.to_canonical());
+                self.shared.clients.kick_covered(&subject, &why);
+            }
             let resumed = carry.session().resume(attach.peer_received);
             let (again, fin) = match resumed {
                 Ok(r) => r,

@@ -5,8 +5,10 @@
 //! It stands where a Unix socket pair stood: no system calls, and a write wakes the reader
 //! directly rather than through the reactor (both ends run in the tunnel's one task), so a
 //! QoS 1 round trip costs what it costs without resumption, and the relay gets everything the
-//! legs wrote since its last read as one chunk to frame. Each direction holds at most
-//! [`CAPACITY`] bytes, a socket buffer's worth: a writer that finds it full waits.
+//! legs wrote since its last read as one chunk to frame. Each direction holds about
+//! [`CAPACITY`] bytes, a socket buffer's worth: a writer that finds it full waits. The relay's
+//! sends are whole or nothing (a packet may take the buffer past its capacity once), so a
+//! send cut off by a kick or a timeout never leaves half a packet for its last words to follow.
 //!
 //! Ends behave as a socket's do: `shutdown_write` and a writer's `close` are a FIN (the reader
 //! gets what was buffered, then the end); an end dropped is a close, so the other side's
@@ -22,8 +24,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use super::resumable::ByteStream;
 use super::{DeviceRx, DeviceTx, RxEvent};
 
-/// The most one direction holds before its writer waits.
-pub const CAPACITY: usize = 64 * 1024;
+/// What one direction holds before its writer waits (as much as a Unix socket pair's buffer:
+/// a parked tunnel's relay may keep sending this much before it stalls).
+pub const CAPACITY: usize = 256 * 1024;
 
 /// A pipe: the legs' end, and the relay's reading and writing ends.
 pub fn pipe() -> (LegsEnd, RelayRx, RelayTx) {
@@ -223,19 +226,15 @@ pub struct RelayTx(Arc<Shared>);
 impl DeviceTx for RelayTx {
     async fn send(&mut self, data: Bytes) -> Result<(), ()> {
         let s = &self.0;
-        let mut rest = &data[..];
-        while !rest.is_empty() {
-            s.until(&s.relay_writable, |st| st.up.writable()).await;
-            let written = s.state().up.write(rest);
-            match written {
-                Ok(n) => {
-                    rest = &rest[n..];
-                    s.legs_readable.notify_one();
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(_) => return Err(()),
-            }
+        // Whole, with no wait after the first byte is in: cancel-safe.
+        s.until(&s.relay_writable, |st| st.up.writable()).await;
+        let mut st = s.state();
+        if st.up.unread || st.up.fin {
+            return Err(());
         }
+        st.up.buf.extend_from_slice(&data);
+        drop(st);
+        s.legs_readable.notify_one();
         Ok(())
     }
 
@@ -321,23 +320,28 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_relay_send_waits_for_room_and_delivers_all() {
+    async fn the_relays_sends_are_whole_and_a_cut_off_one_leaves_nothing() {
         let (legs, _rx, mut tx) = pipe();
-        let big = Bytes::from(vec![1u8; 3 * CAPACITY]);
-        let reader = async {
-            let mut got = 0;
-            while got < 3 * CAPACITY {
-                legs.readable().await.unwrap();
-                match read(&legs, 10_000) {
-                    Ok(b) => got += b.len(),
-                    Err(e) => assert_eq!(e.kind(), io::ErrorKind::WouldBlock),
-                }
-            }
-            got
-        };
-        let (sent, got) = tokio::join!(tx.send(big), reader);
-        assert_eq!(sent, Ok(()));
-        assert_eq!(got, 3 * CAPACITY);
+        let big = Bytes::from(vec![1u8; CAPACITY + 10]);
+        assert_eq!(
+            tx.send(big).await,
+            Ok(()),
+            "room for a byte: the packet goes in whole"
+        );
+        let small = tx.send(Bytes::from_static(b"after"));
+        let cut_off = tokio::time::timeout(std::time::Duration::from_millis(50), small);
+        assert!(cut_off.await.is_err(), "full: the send waits");
+        assert_eq!(
+            legs.0.state().up.buf.len(),
+            CAPACITY + 10,
+            "nothing of it went in"
+        );
+        let mut got = 0;
+        while got < CAPACITY + 10 {
+            got += read(&legs, 10_000).unwrap().len();
+        }
+        assert_eq!(tx.send(Bytes::from_static(b"after")).await, Ok(()));
+        assert_eq!(read(&legs, 100).unwrap(), b"after");
     }
 
     #[tokio::test]
