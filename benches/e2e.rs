@@ -17,6 +17,7 @@
 //! is always run), BENCH_BULK_MIB (0: no bulk), BENCH_SCALE (device counts, empty: none),
 //! BENCH_SCALE_RATE, BENCH_SCALE_SECS, BENCH_CONN_RATE_SECS (0: none), BENCH_IDLE
 //! (comma-separated device counts, empty for none), BENCH_AGENT_CONNS (0: none),
+//! BENCH_AGENT_RESUME (0: the agent's tunnels are not resumable; they are by default),
 //! BENCH_GATEWAY_WORKERS (the gateway's tokio worker threads).
 //!
 //! Everything runs on one machine: client, gateway, agent and mosquitto share its cores, so

@@ -282,6 +282,10 @@ impl AgentProc {
 /// environment, room for more local connections than the default 256.
 fn agent_config(ports: &[u16], urls: &[String]) -> String {
     let mut conf = String::from("status_interval_secs = 0\n\n[proxy]\nfrom_env = false\n");
+    // BENCH_AGENT_RESUME=0: plain tunnels, to set against the resumable ones (the default).
+    if std::env::var("BENCH_AGENT_RESUME").is_ok_and(|v| v == "0") {
+        conf += "\n[resume]\nenabled = false\n";
+    }
     for (port, url) in ports.iter().zip(urls) {
         conf += &format!(
             "\n[[tunnel]]\nlisten = \"127.0.0.1:{port}\"\nurl = \"{url}\"\nmax_connections = 100000\n"
