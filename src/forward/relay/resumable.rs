@@ -202,7 +202,11 @@ pub async fn relay_resumable<R: DeviceRx, T: DeviceTx, S: ByteStream>(
         }
     };
     let (code, by, reason) = match stop {
-        Stop::Lost(why) => return Leg::Dropped(why),
+        Stop::Lost(why) => {
+            // Parked, nothing is read: hold no spare buffers.
+            lock(session).drop_spares();
+            return Leg::Dropped(why);
+        }
         Stop::Done => {
             let _ = tokio::time::timeout(CLOSE_WAIT, tx.close(CloseCode::Normal, "")).await;
             // Finished by whichever source ended first: the TCP side's (the agent's local
@@ -365,7 +369,7 @@ async fn outbound<T: DeviceTx, S: ByteStream>(
                 }
                 // Never more than the replay buffer can keep.
                 let want = size.get().min(room);
-                let mut buf = BytesMut::with_capacity(want);
+                let mut buf = lock(session).read_buffer(want);
                 match tcp.try_read_buf(&mut buf, want) {
                     Ok(0) => {
                         *read_done = true;
@@ -376,7 +380,9 @@ async fn outbound<T: DeviceTx, S: ByteStream>(
                         // Kept until acknowledged: a short read gets its own exact allocation,
                         // so the replay buffer's bound counts memory, not just bytes.
                         let data = if n < want / 2 {
-                            Bytes::copy_from_slice(&buf)
+                            let data = Bytes::copy_from_slice(&buf);
+                            lock(session).give_back(buf);
+                            data
                         } else {
                             buf.freeze()
                         };
@@ -385,7 +391,10 @@ async fn outbound<T: DeviceTx, S: ByteStream>(
                         }
                         Some(Out::Data(data))
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        lock(session).give_back(buf);
+                        None
+                    }
                     Err(e) => return Stop::Failed(Error::upstream(Kind::UpstreamIo, format!("reading: {e}"))),
                 }
             }
@@ -405,6 +414,8 @@ async fn outbound<T: DeviceTx, S: ByteStream>(
                 None
             }
             _ = ping.tick() => {
+                // Spare read buffers live at most a ping interval past the bulk that used them.
+                lock(session).drop_spares();
                 let missed = counters.missed_pongs.fetch_add(1, Relaxed);
                 if missed >= settings.max_missed_pongs {
                     return Stop::Lost(format!("{missed} pongs missed"));

@@ -13,7 +13,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 /// Why a resumed stream cannot continue byte-exact.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -34,7 +34,17 @@ pub struct ReplayBuffer {
     start: u64,
     len: usize,
     cap: usize,
+    /// Read buffers whose bytes were acknowledged, for the next reads. Held data outlives its
+    /// read by an acknowledgement's round trip, so without these every bulk read got memory
+    /// the allocator had just returned to the system and faulted it in again (a third of the
+    /// agent's bulk throughput). Held and spare together stay within the window; the relay
+    /// lets the spares go when the stream is quiet or parked ([`ReplayBuffer::drop_spares`]).
+    spare: Vec<BytesMut>,
+    spare_bytes: usize,
 }
+
+/// The smallest buffer worth keeping: a bulk read's (the relay's largest read).
+pub const SPARE_SIZE: usize = 64 * 1024;
 
 impl ReplayBuffer {
     pub fn new(cap: usize) -> ReplayBuffer {
@@ -43,6 +53,8 @@ impl ReplayBuffer {
             start: 0,
             len: 0,
             cap,
+            spare: Vec::new(),
+            spare_bytes: 0,
         }
     }
 
@@ -91,21 +103,60 @@ impl ReplayBuffer {
         }
         let mut release = upto.saturating_sub(self.start) as usize;
         let freed = release;
+        // Counted first: what is released may become a spare, within the window.
+        self.start += freed as u64;
+        self.len -= freed;
         while release > 0 {
             let Some(front) = self.chunks.front_mut() else {
                 break;
             };
             if front.len() <= release {
                 release -= front.len();
-                self.chunks.pop_front();
+                if let Some(done) = self.chunks.pop_front() {
+                    // Only if nothing else holds it (its frame was written long ago).
+                    if let Ok(buf) = done.try_into_mut() {
+                        self.give_back(buf);
+                    }
+                }
             } else {
                 let _ = front.split_to(release);
                 release = 0;
             }
         }
-        self.start += freed as u64;
-        self.len -= freed;
         Ok(freed)
+    }
+
+    /// A buffer to read up to `want` bytes into: a spare one for a large read. (Not for a
+    /// small one: what is held must not pin much more memory than it is, the replay bound
+    /// counts memory.)
+    pub fn buffer(&mut self, want: usize) -> BytesMut {
+        if want < SPARE_SIZE / 2 {
+            return BytesMut::with_capacity(want);
+        }
+        while let Some(b) = self.spare.pop() {
+            self.spare_bytes -= b.capacity();
+            if b.capacity() >= want {
+                return b;
+            }
+        }
+        // Sized to be reused.
+        BytesMut::with_capacity(want.max(SPARE_SIZE))
+    }
+
+    /// A read buffer not kept (its bytes were copied, or there were none): for the next read.
+    pub fn give_back(&mut self, mut buf: BytesMut) {
+        buf.clear();
+        let cap = buf.capacity();
+        if cap >= SPARE_SIZE && self.len + self.spare_bytes + cap <= self.cap {
+            self.spare_bytes += cap;
+            self.spare.push(buf);
+        }
+    }
+
+    /// Let the spare buffers go (the stream went quiet, or its WebSocket was lost).
+    pub fn drop_spares(&mut self) {
+        self.spare = Vec::new();
+        self.spare_bytes = 0;
     }
 
     /// After a drop: the receiver says it has `peer` bytes. That acknowledges them, and the
@@ -322,6 +373,53 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn acknowledged_read_buffers_are_reused_within_the_window_until_let_go() {
+        let mut rb = ReplayBuffer::new(3 * SPARE_SIZE);
+        let read = |rb: &mut ReplayBuffer, fill: u8| {
+            let mut b = rb.buffer(SPARE_SIZE);
+            b.resize(SPARE_SIZE, fill);
+            let p = b.as_ptr();
+            rb.push(b.freeze()).unwrap();
+            p
+        };
+        let first = read(&mut rb, 1);
+        let _second = read(&mut rb, 2);
+        let held_elsewhere = rb.chunks[1].clone();
+        rb.ack(2 * SPARE_SIZE as u64 - 1).unwrap();
+        assert_eq!(
+            rb.spare.len(),
+            1,
+            "the first came back; the second is partly held"
+        );
+        assert_eq!(
+            read(&mut rb, 3),
+            first,
+            "the next read reuses the first's memory"
+        );
+        assert_eq!(
+            rb.buffer(100).capacity(),
+            100,
+            "a small read gets its own allocation"
+        );
+        drop(held_elsewhere);
+        let third = read(&mut rb, 4);
+        rb.ack(rb.sent()).unwrap();
+        assert_eq!(rb.held(), 0);
+        // The second, split by a partial acknowledgement, is not whole; the others are.
+        assert_eq!(rb.spare.len(), 2);
+        assert!(rb.spare.iter().any(|b| b.as_ptr() == third));
+        assert!(
+            rb.spare_bytes <= rb.cap,
+            "held and spare stay within the window"
+        );
+        rb.drop_spares();
+        assert!(
+            rb.spare.is_empty() && rb.spare_bytes == 0,
+            "nothing kept once let go"
+        );
     }
 
     #[test]

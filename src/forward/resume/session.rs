@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::replay::{AckRule, Receiver, ReplayBuffer, StreamError};
 use super::Control;
@@ -64,6 +64,22 @@ impl Session {
             return Err(SessionError::AfterFin("our"));
         }
         Ok(self.out.push(data)?)
+    }
+
+    /// A buffer for the next read of up to `want` bytes from our source (a reused one when a
+    /// busy stream has one spare).
+    pub fn read_buffer(&mut self, want: usize) -> BytesMut {
+        self.out.buffer(want)
+    }
+
+    /// A read buffer whose bytes were copied out (or that read nothing): for the next read.
+    pub fn give_back(&mut self, buf: BytesMut) {
+        self.out.give_back(buf);
+    }
+
+    /// Let spare read buffers go (quiet for a ping interval, or parked).
+    pub fn drop_spares(&mut self) {
+        self.out.drop_spares();
     }
 
     /// Our source ended: the control frame to send.
