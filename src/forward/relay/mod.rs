@@ -47,6 +47,7 @@ use tokio_tungstenite::WebSocketStream;
 pub use device::{DeviceRx, DeviceTx, RxEvent, WsRx, WsTx};
 #[cfg(feature = "gateway")]
 pub use device::{RawRx, RawTx};
+use resumable::ByteStream;
 #[cfg(feature = "gateway")]
 pub use websocket::{device_halves, FrameRx, FrameTx};
 
@@ -607,27 +608,36 @@ pub(crate) fn device_ws_failure(e: WsError) -> Option<Error> {
     }
 }
 
-/// `writev` all of `bufs` to the upstream, waiting for it to accept them (backpressure).
-pub(crate) async fn write_all_vectored(up: &TcpStream, bufs: &mut [Bytes]) -> io::Result<()> {
+/// `writev` all of `bufs`, waiting for the socket to accept them (backpressure), emptying each
+/// as it is written: cut off at any await, `bufs` holds exactly what is still to write (a
+/// resumable tunnel keeps that for its next leg).
+pub(crate) async fn write_all_vectored<S: ByteStream>(
+    up: &S,
+    bufs: &mut [Bytes],
+) -> io::Result<()> {
     let mut first = 0;
-    while first < bufs.len() {
+    loop {
+        while bufs.get(first).is_some_and(Bytes::is_empty) {
+            first += 1;
+        }
+        if first == bufs.len() {
+            return Ok(());
+        }
         up.writable().await?;
         let mut slices = [IoSlice::new(&[]); COALESCE_FRAMES];
-        let n = bufs.len().saturating_sub(first).min(COALESCE_FRAMES);
+        let n = (bufs.len() - first).min(COALESCE_FRAMES);
         for (slot, b) in slices.iter_mut().zip(&bufs[first..first + n]) {
             *slot = IoSlice::new(b);
         }
         match up.try_write_vectored(&slices[..n]) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(mut written) => {
-                while written > 0 && first < bufs.len() {
-                    let len = bufs[first].len();
-                    if written >= len {
-                        written -= len;
-                        first += 1;
-                    } else {
-                        let _ = bufs[first].split_to(written);
-                        written = 0;
+                for b in &mut bufs[first..] {
+                    let k = written.min(b.len());
+                    let _ = b.split_to(k);
+                    written -= k;
+                    if written == 0 {
+                        break;
                     }
                 }
             }
@@ -635,7 +645,6 @@ pub(crate) async fn write_all_vectored(up: &TcpStream, bufs: &mut [Bytes]) -> io
             Err(e) => return Err(e),
         }
     }
-    Ok(())
 }
 
 /// `shutdown(SHUT_WR)` through std: tokio's `&TcpStream` has no shutdown of its own. The

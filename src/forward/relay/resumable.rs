@@ -27,8 +27,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use futures_util::FutureExt;
 
 use super::{
-    ending_code, upstream_write_failed, Counters, DeviceRx, DeviceTx, Ending, ReadSize, Run,
-    RxEvent, CLOSE_WAIT, COALESCE_BYTES, COALESCE_FRAMES,
+    ending_code, upstream_write_failed, write_all_vectored, Counters, DeviceRx, DeviceTx, Ending,
+    ReadSize, Run, RxEvent, CLOSE_WAIT, COALESCE_BYTES, COALESCE_FRAMES,
 };
 use crate::error::{Error, Kind, Side};
 use crate::forward::resume::session::{Session, SessionError};
@@ -111,7 +111,8 @@ impl Carry {
     /// yet written, within `within`, then the FIN. What cannot be written in time is lost
     /// with the tunnel (logged), and the socket is shut both ways.
     pub async fn finish<S: ByteStream>(&mut self, tcp: &S, within: Duration) {
-        let flushed = tokio::time::timeout(within, write_advancing(tcp, &mut self.pending)).await;
+        let flushed =
+            tokio::time::timeout(within, write_all_vectored(tcp, &mut self.pending)).await;
         if matches!(flushed, Ok(Ok(()))) {
             self.pending.clear();
             let _ = tcp.shutdown_write();
@@ -259,7 +260,7 @@ async fn inbound<R: DeviceRx, S: ByteStream>(
     let mut held = None;
     loop {
         if !pending.is_empty() {
-            if let Err(e) = write_advancing(tcp, pending).await {
+            if let Err(e) = write_all_vectored(tcp, pending).await {
                 return Stop::Failed(upstream_write_failed(e));
             }
             pending.clear();
@@ -462,40 +463,5 @@ async fn send<T: DeviceTx>(
         Ok(Ok(())) => Ok(()),
         Ok(Err(())) => Err("the WebSocket went away"),
         Err(_) => Err("the peer stopped reading"),
-    }
-}
-
-/// Write all of `bufs` (several at a time), emptying each as it is written: cut off at any
-/// await, `bufs` holds exactly what is still to write.
-async fn write_advancing<S: ByteStream>(tcp: &S, bufs: &mut [Bytes]) -> io::Result<()> {
-    let mut first = 0;
-    loop {
-        while bufs.get(first).is_some_and(Bytes::is_empty) {
-            first += 1;
-        }
-        if first == bufs.len() {
-            return Ok(());
-        }
-        tcp.writable().await?;
-        let mut slices = [IoSlice::new(&[]); COALESCE_FRAMES];
-        let n = (bufs.len() - first).min(COALESCE_FRAMES);
-        for (slot, b) in slices.iter_mut().zip(&bufs[first..first + n]) {
-            *slot = IoSlice::new(b);
-        }
-        match tcp.try_write_vectored(&slices[..n]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(mut written) => {
-                for b in &mut bufs[first..] {
-                    let k = written.min(b.len());
-                    let _ = b.split_to(k);
-                    written -= k;
-                    if written == 0 {
-                        break;
-                    }
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
     }
 }
