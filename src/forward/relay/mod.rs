@@ -647,13 +647,17 @@ pub(crate) async fn write_all_vectored<S: ByteStream>(
     }
 }
 
-/// `shutdown(SHUT_WR)` through std: tokio's `&TcpStream` has no shutdown of its own. The
-/// duplicated descriptor shares the socket, so the FIN goes out on the real connection.
+/// `shutdown(SHUT_WR)`: the upstream sees our FIN.
 pub(crate) fn shutdown_write(up: &TcpStream) -> io::Result<()> {
+    shutdown(up, std::net::Shutdown::Write)
+}
+
+/// `shutdown(2)` through std: tokio's `&TcpStream` has no shutdown of its own. The duplicated
+/// descriptor shares the socket, so the FIN (or both ways) goes out on the real connection.
+pub(crate) fn shutdown(tcp: &TcpStream, how: std::net::Shutdown) -> io::Result<()> {
     use std::os::fd::AsFd;
-    let fd = up.as_fd().try_clone_to_owned()?;
-    let std_stream = std::net::TcpStream::from(fd);
-    std_stream.shutdown(std::net::Shutdown::Write)
+    let fd = tcp.as_fd().try_clone_to_owned()?;
+    std::net::TcpStream::from(fd).shutdown(how)
 }
 
 #[cfg(feature = "gateway")]

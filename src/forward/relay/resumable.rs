@@ -50,36 +50,26 @@ pub trait ByteStream: Send + Sync {
     fn shut_both(&self) -> io::Result<()>;
 }
 
-macro_rules! byte_stream {
-    ($t:ty, $std:ty) => {
-        impl ByteStream for $t {
-            async fn readable(&self) -> io::Result<()> {
-                <$t>::readable(self).await
-            }
-            async fn writable(&self) -> io::Result<()> {
-                <$t>::writable(self).await
-            }
-            fn try_read_buf(&self, buf: &mut BytesMut, max: usize) -> io::Result<usize> {
-                <$t>::try_read_buf(self, &mut bytes::BufMut::limit(buf, max))
-            }
-            fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-                <$t>::try_write_vectored(self, bufs)
-            }
-            fn shutdown_write(&self) -> io::Result<()> {
-                // Through std on a duplicate of the descriptor (tokio's `&` has no shutdown).
-                use std::os::fd::AsFd;
-                let fd = self.as_fd().try_clone_to_owned()?;
-                <$std>::from(fd).shutdown(std::net::Shutdown::Write)
-            }
-            fn shut_both(&self) -> io::Result<()> {
-                use std::os::fd::AsFd;
-                let fd = self.as_fd().try_clone_to_owned()?;
-                <$std>::from(fd).shutdown(std::net::Shutdown::Both)
-            }
-        }
-    };
+impl ByteStream for TcpStream {
+    async fn readable(&self) -> io::Result<()> {
+        TcpStream::readable(self).await
+    }
+    async fn writable(&self) -> io::Result<()> {
+        TcpStream::writable(self).await
+    }
+    fn try_read_buf(&self, buf: &mut BytesMut, max: usize) -> io::Result<usize> {
+        TcpStream::try_read_buf(self, &mut bytes::BufMut::limit(buf, max))
+    }
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        TcpStream::try_write_vectored(self, bufs)
+    }
+    fn shutdown_write(&self) -> io::Result<()> {
+        super::shutdown(self, std::net::Shutdown::Write)
+    }
+    fn shut_both(&self) -> io::Result<()> {
+        super::shutdown(self, std::net::Shutdown::Both)
+    }
 }
-byte_stream!(TcpStream, std::net::TcpStream);
 
 /// What one end of a resumable tunnel carries from one leg to the next.
 pub struct Carry {

@@ -235,10 +235,7 @@ impl FrameTx {
         self.closed = true;
         match &mut self.sink {
             Sink::Tcp(tcp) => {
-                use std::os::fd::AsFd;
-                if let Ok(fd) = tcp.as_fd().try_clone_to_owned() {
-                    let _ = std::net::TcpStream::from(fd).shutdown(std::net::Shutdown::Both);
-                }
+                let _ = super::shutdown(tcp, std::net::Shutdown::Both);
             }
             Sink::Io(w) => {
                 let _ = w.shutdown().await;
