@@ -268,12 +268,13 @@ async fn inbound<R: DeviceRx, S: ByteStream>(
                 let mut bytes = 0;
                 let mut next = Some(RxEvent::Data(b));
                 let mut look = false;
+                let now = std::time::Instant::now();
                 while let Some(event) = next.take() {
                     let RxEvent::Data(b) = event else {
                         held = Some(event);
                         break;
                     };
-                    match lock(session).received(b.len(), std::time::Instant::now()) {
+                    match lock(session).received(b.len(), now) {
                         Ok(wake) => look |= wake,
                         Err(e) => return Stop::Failed(broken(e)),
                     }
@@ -340,13 +341,22 @@ async fn outbound<T: DeviceTx, S: ByteStream>(
     let mut ack_timer = pin!(tokio::time::sleep(Duration::ZERO));
     let mut armed = None;
     loop {
-        let (room, ack_at) = {
-            let s = lock(session);
-            if s.done() {
+        // One look at the session per turn: an acknowledgement due goes first (and may be what
+        // finishes the tunnel, so `done` is asked once none is due).
+        let (room, ack_at, due) = {
+            let mut s = lock(session);
+            let due = s.control_due(std::time::Instant::now());
+            if due.is_none() && s.done() {
                 return Stop::Done;
             }
-            (s.room(), s.next_control_at().map(Instant::from_std))
+            (s.room(), s.next_control_at().map(Instant::from_std), due)
         };
+        if let Some(ack) = due {
+            if let Err(why) = send(tx, Out::Control(ack), stall, counters).await {
+                return lost(why);
+            }
+            continue;
+        }
         if ack_at != armed {
             if let Some(at) = ack_at {
                 ack_timer.as_mut().reset(at);
@@ -360,11 +370,14 @@ async fn outbound<T: DeviceTx, S: ByteStream>(
                 }
                 // Never more than the replay buffer can keep.
                 let want = size.get().min(room);
-                let mut buf = lock(session).read_buffer(want);
+                // One lock for the read and its keeping (the other half shares this task, so
+                // it never waits on it).
+                let mut s = lock(session);
+                let mut buf = s.read_buffer(want);
                 match tcp.try_read_buf(&mut buf, want) {
                     Ok(0) => {
                         *read_done = true;
-                        Some(Out::Control(lock(session).finish()))
+                        Some(Out::Control(s.finish()))
                     }
                     Ok(n) => {
                         size.after(n);
@@ -372,18 +385,18 @@ async fn outbound<T: DeviceTx, S: ByteStream>(
                         // so the replay buffer's bound counts memory, not just bytes.
                         let data = if n < want / 2 {
                             let data = Bytes::copy_from_slice(&buf);
-                            lock(session).give_back(buf);
+                            s.give_back(buf);
                             data
                         } else {
                             buf.freeze()
                         };
-                        if let Err(e) = lock(session).send(data.clone()) {
+                        if let Err(e) = s.send(data.clone()) {
                             return Stop::Failed(Error::new(Kind::Protocol, Side::Internal, e.to_string()));
                         }
                         Some(Out::Data(data))
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        lock(session).give_back(buf);
+                        s.give_back(buf);
                         None
                     }
                     Err(e) => return Stop::Failed(Error::upstream(Kind::UpstreamIo, format!("reading: {e}"))),
@@ -420,12 +433,6 @@ async fn outbound<T: DeviceTx, S: ByteStream>(
         };
         if let Some(out) = out {
             if let Err(why) = send(tx, out, stall, counters).await {
-                return lost(why);
-            }
-        }
-        let due = lock(session).control_due(std::time::Instant::now());
-        if let Some(ack) = due {
-            if let Err(why) = send(tx, Out::Control(ack), stall, counters).await {
                 return lost(why);
             }
         }
