@@ -22,7 +22,6 @@ use crate::forward::resume::lot::{Attach, Inbox, Lease, Lot};
 use crate::forward::resume::Control;
 use crate::forward::{Ending, RelaySettings, Traffic};
 use crate::gateway::clients::Registration;
-use crate::shutdown::Drain;
 
 /// A resume's connection: give its WebSocket to the tunnel, or say the tunnel is gone.
 pub(super) async fn hand_over(inbox: &Inbox, attach: Attach) {
@@ -57,7 +56,6 @@ pub(super) fn resumable<'a>(
         inbox,
         peer_window,
         settings,
-        drain: &shared.drain,
         shared,
         client,
         traffic: &client.client().traffic,
@@ -71,7 +69,6 @@ pub(super) struct Resumable<'a> {
     /// The agent's replay buffer (we acknowledge every quarter of it).
     pub peer_window: usize,
     pub settings: &'a RelaySettings,
-    pub drain: &'a Drain,
     pub shared: &'a crate::gateway::Shared,
     /// Its listing among the live connections: moved to a resume's address.
     pub client: &'a Registration,
@@ -105,7 +102,7 @@ impl Resumable<'_> {
         loop {
             let run = Run {
                 settings: self.settings,
-                drain: self.drain,
+                drain: &self.shared.drain,
                 kick: kick.as_mut(),
                 traffic: self.traffic,
                 wakeup: None,
@@ -150,7 +147,7 @@ impl Resumable<'_> {
                         let why = format!("no resume within the grace period ({secs} s)");
                         break Err(Error::new(Kind::Gone, Side::Device, why));
                     }
-                    () = self.drain.started() => {
+                    () = self.shared.drain.started() => {
                         break Err(Error::new(Kind::Shutdown, Side::Internal, "gateway shutting down"));
                     }
                     e = kick.as_mut() => break Err(e),

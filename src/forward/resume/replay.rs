@@ -40,7 +40,6 @@ pub struct ReplayBuffer {
     /// agent's bulk throughput). Held and spare together stay within the window; the relay
     /// lets the spares go when the stream is quiet or parked ([`ReplayBuffer::drop_spares`]).
     spare: Vec<BytesMut>,
-    spare_bytes: usize,
 }
 
 /// The smallest buffer worth keeping: a bulk read's (the relay's largest read).
@@ -54,7 +53,6 @@ impl ReplayBuffer {
             len: 0,
             cap,
             spare: Vec::new(),
-            spare_bytes: 0,
         }
     }
 
@@ -134,7 +132,6 @@ impl ReplayBuffer {
             return BytesMut::with_capacity(want);
         }
         while let Some(b) = self.spare.pop() {
-            self.spare_bytes -= b.capacity();
             if b.capacity() >= want {
                 return b;
             }
@@ -147,16 +144,19 @@ impl ReplayBuffer {
     pub fn give_back(&mut self, mut buf: BytesMut) {
         buf.clear();
         let cap = buf.capacity();
-        if cap >= SPARE_SIZE && self.len + self.spare_bytes + cap <= self.cap {
-            self.spare_bytes += cap;
+        if cap >= SPARE_SIZE && self.len + self.spare_bytes() + cap <= self.cap {
             self.spare.push(buf);
         }
+    }
+
+    /// Memory the spares hold (a few buffers at most: within the window).
+    fn spare_bytes(&self) -> usize {
+        self.spare.iter().map(BytesMut::capacity).sum()
     }
 
     /// Let the spare buffers go (the stream went quiet, or its WebSocket was lost).
     pub fn drop_spares(&mut self) {
         self.spare = Vec::new();
-        self.spare_bytes = 0;
     }
 
     /// After a drop: the receiver says it has `peer` bytes. That acknowledges them, and the
@@ -412,12 +412,12 @@ mod tests {
         assert_eq!(rb.spare.len(), 2);
         assert!(rb.spare.iter().any(|b| b.as_ptr() == third));
         assert!(
-            rb.spare_bytes <= rb.cap,
+            rb.spare_bytes() <= rb.cap,
             "held and spare stay within the window"
         );
         rb.drop_spares();
         assert!(
-            rb.spare.is_empty() && rb.spare_bytes == 0,
+            rb.spare.is_empty() && rb.spare_bytes() == 0,
             "nothing kept once let go"
         );
     }
