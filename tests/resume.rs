@@ -703,3 +703,57 @@ async fn local_clients_that_hang_up_do_not_make_the_agent_back_off() {
         "{s:?}"
     );
 }
+
+/// What the agent itself is told when the MQTT relay above a resumable tunnel is kicked: the
+/// device's DISCONNECT (0x98) in the byte stream, our `fin`, then Close 1008, not a drop it
+/// would try to resume. A hand-written agent, so the close code is seen as sent.
+#[tokio::test]
+async fn a_banned_resumable_mqtt_tunnel_closes_its_websocket_with_1008() {
+    use portcullis::mqtt::wire::{self, Version};
+    use portcullis::policy::Subject;
+    let broker = Broker::spawn().await;
+    let gw = TestGateway::start(&ws::config("", &[("mqtt", broker.addr)])).await;
+    let (mut ws, h) = upgrade_raw(gw.addr(), "/tunnel/mqtt", &offer())
+        .await
+        .unwrap();
+    let _ = token_of(&h);
+    let connect = wire::connect("banned-raw", 30, Version::V5);
+    ws.send(Message::binary(connect)).await.unwrap();
+    let mut stream = Vec::new();
+    let mut texts = Vec::new();
+    let mut banned = false;
+    let close = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Binary(b))) => stream.extend_from_slice(&b),
+                Some(Ok(Message::Text(t))) => texts.push(t.as_str().to_owned()),
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                other => panic!("ended without a Close: {other:?}"),
+            }
+            // CONNACK (4+ bytes, success) seen: ban the client ID.
+            if !banned && stream.len() >= 4 {
+                assert_eq!(
+                    (stream[0], stream[3]),
+                    (0x20, 0),
+                    "CONNACK success: {stream:?}"
+                );
+                let ban = support::admin_ban(Subject::ClientId("banned-raw".into()), None);
+                gw.gw().ban(ban).await.unwrap();
+                banned = true;
+            }
+        }
+    })
+    .await
+    .expect("the ban ends the tunnel");
+    assert_eq!(close, Some(1008), "texts {texts:?}");
+    let connack_len = 2 + stream[1] as usize;
+    assert_eq!(
+        &stream[connack_len..],
+        &[0xE0, 2, 0x98, 0],
+        "then DISCONNECT 0x98"
+    );
+    assert!(
+        texts.iter().any(|t| t == &format!("fin {}", stream.len())),
+        "our fin after the DISCONNECT: {texts:?}"
+    );
+}
