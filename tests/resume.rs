@@ -236,13 +236,7 @@ async fn upgrade_raw(
     gw: SocketAddr,
     path: &str,
     headers: &[(&str, String)],
-) -> Result<
-    (
-        tokio_tungstenite::WebSocketStream<TcpStream>,
-        http::HeaderMap,
-    ),
-    (u16, http::HeaderMap),
-> {
+) -> Result<(RawWs, http::HeaderMap), (u16, http::HeaderMap)> {
     let mut request = format!("ws://{gw}{path}").into_client_request().unwrap();
     for (name, value) in headers {
         request.headers_mut().append(
@@ -280,6 +274,31 @@ fn token_of(h: &http::HeaderMap) -> String {
         .to_str()
         .unwrap()
         .to_owned()
+}
+
+type RawWs = tokio_tungstenite::WebSocketStream<TcpStream>;
+
+/// A resumed WebSocket's first frame: the gateway's count (`resume N`), as text.
+async fn first_text(ws: &mut RawWs) -> String {
+    let first = tokio::time::timeout(Duration::from_secs(10), ws.next()).await;
+    match first {
+        Ok(Some(Ok(Message::Text(t)))) => t.as_str().to_owned(),
+        other => panic!("the gateway's count comes first: {other:?}"),
+    }
+}
+
+/// The code of the Close that ends `ws` (other frames skipped), within 10 s.
+async fn close_code(ws: &mut RawWs) -> Option<u16> {
+    let close = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => {}
+                other => panic!("ended without a Close: {other:?}"),
+            }
+        }
+    });
+    close.await.expect("a Close in time")
 }
 
 fn refusal_of(h: &http::HeaderMap) -> &str {
@@ -337,10 +356,7 @@ async fn wrong_reused_expired_and_foreign_tokens_are_refused_and_a_resume_replay
         .unwrap();
     let t2 = token_of(&h);
     assert_ne!(t1, t2, "rotated on every resume");
-    match ws2.next().await.unwrap().unwrap() {
-        Message::Text(t) => assert_eq!(t.as_str(), "resume 5"),
-        other => panic!("the gateway's count comes first: {other:?}"),
-    }
+    assert_eq!(first_text(&mut ws2).await, "resume 5");
     match ws2.next().await.unwrap().unwrap() {
         Message::Binary(b) => assert_eq!(&b[..], b"llo", "exactly what we lacked"),
         other => panic!("{other:?}"),
@@ -516,11 +532,7 @@ async fn a_resume_while_the_old_websocket_still_looks_alive_takes_the_tunnel_ove
     let (mut new, _) = upgrade_raw(gw.addr(), "/tunnel/echo", &resume_headers(&token, 3))
         .await
         .unwrap();
-    let first = tokio::time::timeout(Duration::from_secs(10), new.next()).await;
-    match first {
-        Ok(Some(Ok(Message::Text(t)))) => assert_eq!(t.as_str(), "resume 3"),
-        other => panic!("the gateway's count comes first: {other:?}"),
-    }
+    assert_eq!(first_text(&mut new).await, "resume 3");
     new.send(Message::binary(b"def".to_vec())).await.unwrap();
     let echoed = tokio::time::timeout(Duration::from_secs(10), async {
         let mut got = Vec::new();
@@ -631,11 +643,7 @@ async fn a_tunnel_resumed_from_a_new_address_is_listed_and_banned_there() {
     let (mut new, _) = upgrade_raw(gw.addr(), "/tunnel/echo", &headers)
         .await
         .unwrap();
-    let first = tokio::time::timeout(Duration::from_secs(10), new.next()).await;
-    match first {
-        Ok(Some(Ok(Message::Text(t)))) => assert_eq!(t.as_str(), "resume 0"),
-        other => panic!("the gateway's count comes first: {other:?}"),
-    }
+    assert_eq!(first_text(&mut new).await, "resume 0");
 
     let listed = ops(api, "GET", "/api/v1/clients?route=echo", None).await;
     assert_eq!(listed.json["meta"]["count"], 1, "{:?}", listed.json);
@@ -658,18 +666,7 @@ async fn a_tunnel_resumed_from_a_new_address_is_listed_and_banned_there() {
 
     let here = ops(api, "POST", "/api/v1/banned", ban("203.0.113.7")).await;
     assert_eq!(here.status, 201, "{:?}", here.json);
-    let close = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match new.next().await {
-                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
-                Some(Ok(_)) => {}
-                other => panic!("ended without a Close: {other:?}"),
-            }
-        }
-    })
-    .await
-    .expect("the ban ends the tunnel");
-    assert_eq!(close, Some(1008));
+    assert_eq!(close_code(&mut new).await, Some(1008));
 }
 
 /// Short resumable tunnels that the local client ends are no failure of the gateway: the
